@@ -1,0 +1,1 @@
+"""Q/A backends: the training pairs and the held-out questions the model is tested on."""

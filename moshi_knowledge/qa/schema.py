@@ -1,0 +1,71 @@
+"""Questions of every tier, saved as `qa.json` and validated on load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from moshi_knowledge.io_utils import atomic_write_json, read_json
+
+Tier = Literal["train", "eval", "paraphrase"]
+
+
+class QAItem(BaseModel):
+    """A question with its gold answer and everything needed to score it later."""
+
+    id: str
+    tier: Tier
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    # Training phrasings of the question (the first is `question`); one element for other tiers.
+    phrasings: list[str] = Field(default_factory=list)
+    aliases: list[str] = Field(default_factory=list)
+    answer_type: str = "text"  # person, place, year, ...: distractors share it
+    distractors: list[str] = Field(default_factory=list)
+    fact_ids: list[str] = Field(default_factory=list)  # supporting facts (or training item ids)
+    source_id: str | None = None  # paraphrase tier: the training item it rephrases
+    quote: str | None = None  # LLM backends: the story passage that supports the answer
+
+    @model_validator(mode="after")
+    def _phrasings_start_with_question(self) -> "QAItem":
+        if not self.phrasings:
+            self.phrasings = [self.question]
+        elif self.phrasings[0] != self.question:
+            raise ValueError("phrasings[0] must equal question")
+        if self.answer in self.distractors:
+            raise ValueError(f"gold answer {self.answer!r} is among its own distractors")
+        return self
+
+
+class QASet(BaseModel):
+    train: list[QAItem] = Field(min_length=1)
+    eval: list[QAItem] = Field(default_factory=list)
+    paraphrase: list[QAItem] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "QASet":
+        ids = [q.id for q in self.all_items()]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate question ids: {dupes}")
+        for tier in ("train", "eval", "paraphrase"):
+            for q in getattr(self, tier):
+                if q.tier != tier:
+                    raise ValueError(f"item {q.id} has tier {q.tier!r} but is listed under {tier!r}")
+        train_ids = {q.id for q in self.train}
+        for q in self.paraphrase:
+            if q.source_id not in train_ids:
+                raise ValueError(f"paraphrase {q.id} rephrases unknown training item {q.source_id!r}")
+        return self
+
+    def all_items(self) -> list[QAItem]:
+        return [*self.train, *self.eval, *self.paraphrase]
+
+    def save(self, out_dir: Path) -> None:
+        atomic_write_json(out_dir / "qa.json", self.model_dump())
+
+    @classmethod
+    def load(cls, out_dir: Path) -> "QASet":
+        return cls.model_validate(read_json(out_dir / "qa.json"))

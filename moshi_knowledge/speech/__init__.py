@@ -1,0 +1,1 @@
+"""Speech: TTS backends, stereo layouts and word aligners."""

@@ -1,0 +1,25 @@
+"""The layout contract: which lines a layout needs spoken, and how it arranges them into stereo conversations."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+from moshi_knowledge.qa.schema import QASet
+from moshi_knowledge.speech.schema import Conversation, Line, SpeakerWord, Utterance
+
+
+class Layout(ABC):
+    @abstractmethod
+    def lines(self, qa: QASet) -> list[Line]:
+        """Lines this layout needs beyond `script.question_lines` (which are always spoken)."""
+
+    @abstractmethod
+    def compose(self, qa: QASet, speech: Mapping[str, Utterance]) -> list[Conversation]:
+        """Train conversations from every phrasing of every train item, eval ones from the eval items."""
+
+
+class Aligner(ABC):
+    @abstractmethod
+    def align(self, conversation: Conversation) -> list[SpeakerWord]:
+        """Word spans of both channels, sorted by start, within [0, duration]."""

@@ -1,0 +1,40 @@
+"""The TTS backend contract: voices by role, and text -> 24 kHz utterance with word times."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from moshi_knowledge.errors import UserError
+from moshi_knowledge.speech.schema import Line, Utterance, Voice
+
+
+def _voice(spec: Mapping[str, Any], field: str) -> Voice:
+    try:
+        return Voice(**dict(spec))
+    except TypeError as exc:
+        raise UserError(f"tts.{field}: bad voice {dict(spec)!r} ({exc})",
+                        "a voice has the keys name, rate and pitch") from exc
+
+
+class TTSBackend(ABC):
+    """Moshi speaks in one voice; users rotate through `user_voices`; `heldout_voice` is never trained on."""
+
+    def __init__(self, moshi_voice: Mapping, user_voices: Sequence[Mapping], heldout_voice: Mapping) -> None:
+        if not user_voices:
+            raise UserError("tts.user_voices is empty", "give at least one user voice")
+        self.moshi_voice = _voice(moshi_voice, "moshi_voice")
+        self.user_voices = [_voice(v, f"user_voices[{i}]") for i, v in enumerate(user_voices)]
+        self.heldout_voice = _voice(heldout_voice, "heldout_voice")
+
+    def voice_for(self, line: Line) -> Voice:
+        if line.role == "moshi":
+            return self.moshi_voice
+        if line.role == "heldout":
+            return self.heldout_voice
+        return self.user_voices[line.voice_index % len(self.user_voices)]
+
+    @abstractmethod
+    def synthesize(self, text: str, voice: Voice) -> Utterance:
+        """Speak `text`; raise UserError for empty text or an unknown voice."""

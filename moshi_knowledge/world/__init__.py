@@ -1,0 +1,1 @@
+"""Story backends: invent (or read) the out-of-distribution world the model must learn."""
