@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from typing import ClassVar
 
 from moshi_knowledge.qa.schema import QASet
 from moshi_knowledge.speech.schema import Conversation, Line, SpeakerWord, Utterance
 
 
 class Layout(ABC):
+    name: ClassVar[str]  # recorded in the dataset's meta.json; validation checks channel separation for "dialogue"
+
     @abstractmethod
     def lines(self, qa: QASet) -> list[Line]:
         """Lines this layout needs beyond `script.question_lines` (which are always spoken)."""

@@ -1,0 +1,86 @@
+"""The dataset stage: arrange spoken lines into stereo conversations and write the moshi-finetune format."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tqdm import tqdm
+
+from moshi_knowledge.dataset.format import (
+    write_conversation,
+    write_conversations_index,
+    write_manifest,
+    write_meta,
+)
+from moshi_knowledge.dataset.validate import validate_dataset
+from moshi_knowledge.errors import UserError
+from moshi_knowledge.io_utils import atomic_write_json
+from moshi_knowledge.qa.schema import QASet
+from moshi_knowledge.speech.layout_base import Aligner, Layout
+from moshi_knowledge.speech.script import question_line_id
+from moshi_knowledge.speech.synthesize import load_utterance
+
+
+def build_dataset(qa: QASet, layout: Layout, aligner: Aligner, tts_dir: Path, out: Path) -> None:
+    """Write train/eval manifests, conversation wavs + alignments, question audio and questions.json."""
+    speech = _SpeechStore(tts_dir)
+    conversations = layout.compose(qa, speech)
+    rows: dict[str, list[dict]] = {"train": [], "eval": []}
+    index = []
+    for conv in tqdm(conversations, desc="dataset", unit="conv", mininterval=1.0):
+        rel = f"conv/{conv.id}.wav"
+        rows[conv.split].append(write_conversation(conv, aligner.align(conv), out, rel))
+        index.append({
+            "path": rel,
+            "split": conv.split,
+            "turns": [{"qid": t.qid, "question": list(t.question), "answer": list(t.answer)} for t in conv.turns],
+        })
+    for split, split_rows in rows.items():
+        write_manifest(out / f"{split}.jsonl", split_rows)
+    write_conversations_index(out / "conversations.json", index)
+    write_meta(out / "meta.json", layout.name)
+    _write_questions(qa, tts_dir, out)
+    problems = validate_dataset(out)
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        raise UserError(f"the dataset built in {out} failed validation:\n  {shown}",
+                        "this is a bug in a layout or aligner; please report it with the config")
+
+
+def _write_questions(qa: QASet, tts_dir: Path, out: Path) -> None:
+    """questions.json: everything a later eval needs, with each question's audio alone (first phrasing)."""
+    (out / "questions").mkdir(exist_ok=True)
+    entries = []
+    for item in qa.all_items():
+        line_id = question_line_id(item.id)
+        rel = f"questions/{line_id}.wav"
+        shutil.copyfile(tts_dir / f"{line_id}.wav", out / rel)
+        entries.append({
+            "id": item.id,
+            "tier": item.tier,
+            "text": item.question,
+            "audio": rel,
+            "gold": item.answer,
+            "aliases": item.aliases,
+            "distractors": item.distractors,
+            "fact_ids": item.fact_ids,
+            "answer_type": item.answer_type,
+            "source_id": item.source_id,
+        })
+    atomic_write_json(out / "questions.json", {"questions": entries})
+
+
+class _SpeechStore(dict):
+    """A read-only mapping line_id -> Utterance that loads each utterance from the tts stage on first use."""
+
+    def __init__(self, tts_dir: Path) -> None:
+        super().__init__()
+        self._dir = tts_dir
+
+    def __missing__(self, line_id: str):
+        if not (self._dir / f"{line_id}.wav").exists():
+            raise KeyError(line_id)
+        utt = load_utterance(self._dir, line_id)
+        self[line_id] = utt
+        return utt

@@ -1,0 +1,206 @@
+"""Read and write the dataset in kyutai-labs/moshi-finetune's format, plus our own index files beside it.
+
+moshi-finetune reads a jsonl manifest of {"path", "duration"} rows (paths relative to the manifest's folder),
+one stereo wav per row (channel 0 = Moshi, channel 1 = user) and, beside each wav, a JSON of word times
+{"alignments": [[word, [start, end], speaker], ...]}; it trains Moshi's text stream only on "SPEAKER_MAIN"
+words. Our extras (conversations.json, meta.json, questions.json) sit beside the manifests and are ignored
+by moshi-finetune, so the same folder trains there unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import soundfile as sf
+
+from moshi_knowledge.errors import UserError
+from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from moshi_knowledge.speech.schema import SAMPLE_RATE, Conversation, SpeakerWord, Turn
+
+with warnings.catch_warnings():
+    # pydub warns at import that ffmpeg is missing; it needs ffmpeg only for compressed formats, never for wav.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    from pydub import AudioSegment
+
+TRAIN_MANIFEST = "train.jsonl"
+EVAL_MANIFEST = "eval.jsonl"
+CONVERSATIONS = "conversations.json"
+META = "meta.json"
+QUESTIONS = "questions.json"
+
+LayoutName = Literal["dialogue", "mono_duplicate"]
+_INT16_SCALE = 32768  # soundfile reads PCM_16 as int / 32768, so writing with the same scale round-trips
+
+
+@dataclass(frozen=True)
+class ConversationEntry:
+    """Where each Q/A turn sits in one conversation wav, so training and eval can find it."""
+
+    path: str  # relative to the dataset folder, as in the manifests
+    split: Literal["train", "eval"]
+    turns: list[Turn]
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    layout: LayoutName
+    sample_rate: int = SAMPLE_RATE
+
+
+def write_conversation(
+    conv: Conversation, alignments: list[SpeakerWord], dataset_dir: Path, rel_path: str
+) -> dict[str, Any]:
+    """Write `rel_path` (stereo wav, left = Moshi) and its alignment JSON; return the manifest row."""
+    if len(conv.left) != len(conv.right):
+        raise ValueError(f"conversation {conv.id}: left has {len(conv.left)} samples, right {len(conv.right)}")
+    if not rel_path.endswith(".wav") or Path(rel_path).is_absolute():
+        raise ValueError(f"conversation {conv.id}: rel_path {rel_path!r} must be a relative path ending in .wav")
+    # pydub interleaves the channels; equal frame counts (checked above) keep them in sync.
+    stereo = AudioSegment.from_mono_audiosegments(_mono_segment(conv.left), _mono_segment(conv.right))
+    buffer = io.BytesIO()
+    stereo.export(buffer, format="wav")
+    wav_path = Path(dataset_dir) / rel_path
+    atomic_write_bytes(wav_path, buffer.getvalue())
+    rows = [[w.word, [w.start, w.end], w.speaker] for w in alignments]
+    atomic_write_json(wav_path.with_suffix(".json"), {"alignments": rows})
+    return {"path": rel_path, "duration": len(conv.left) / SAMPLE_RATE}
+
+
+def read_stereo(wav_path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """(left, right, sample_rate) as float32 in [-1, 1)."""
+    data, sample_rate = sf.read(wav_path, dtype="float32", always_2d=True)
+    if data.shape[1] != 2:
+        raise ValueError(f"{wav_path}: {data.shape[1]} channel(s), expected stereo")
+    return data[:, 0].copy(), data[:, 1].copy(), sample_rate
+
+
+def write_mono_wav(samples: np.ndarray, path: Path) -> None:
+    """A 24 kHz 16-bit mono wav, e.g. a question's audio for questions.json."""
+    buffer = io.BytesIO()
+    _mono_segment(samples).export(buffer, format="wav")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_mono_wav(path: Path) -> tuple[np.ndarray, int]:
+    data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+    if data.shape[1] != 1:
+        raise ValueError(f"{path}: {data.shape[1]} channels, expected mono")
+    return data[:, 0].copy(), sample_rate
+
+
+def read_alignments(json_path: Path) -> list[SpeakerWord]:
+    """Parse moshi-finetune's alignment JSON; a malformed file raises UserError naming the file and entry."""
+    data = _read_json_file(json_path)
+    entries = data.get("alignments") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise UserError(f"{json_path}: expected an object with an 'alignments' list", fix="rewrite the dataset")
+    words = []
+    for i, entry in enumerate(entries):
+        try:
+            word, (start, end), speaker = entry
+            words.append(SpeakerWord(str(word), float(start), float(end), str(speaker)))
+        except (TypeError, ValueError):
+            raise UserError(
+                f"{json_path}: alignment {i} is {entry!r}, expected [word, [start, end], speaker]",
+                fix="rewrite the dataset",
+            ) from None
+    return words
+
+
+def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps({"path": r["path"], "duration": r["duration"]}) + "\n" for r in rows))
+
+
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    """Rows of a jsonl manifest; a malformed line raises UserError naming the file and line."""
+    rows = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} line {lineno}: invalid JSON ({e.msg})", fix="rewrite the dataset") from None
+        if not (isinstance(row, dict) and isinstance(row.get("path"), str) and _is_number(row.get("duration"))):
+            raise UserError(
+                f"{path} line {lineno}: expected {{\"path\": str, \"duration\": seconds}}, got {line.strip()}",
+                fix="rewrite the dataset",
+            )
+        rows.append(row)
+    return rows
+
+
+def write_conversations_index(path: Path, items: list[ConversationEntry]) -> None:
+    atomic_write_json(
+        path,
+        [
+            {
+                "path": item.path,
+                "split": item.split,
+                "turns": [{"qid": t.qid, "question": list(t.question), "answer": list(t.answer)} for t in item.turns],
+            }
+            for item in items
+        ],
+    )
+
+
+def read_conversations_index(path: Path) -> list[ConversationEntry]:
+    data = _read_json_file(path)
+    try:
+        return [
+            ConversationEntry(
+                path=item["path"],
+                split=item["split"],
+                turns=[Turn(t["qid"], _span(t["question"]), _span(t["answer"])) for t in item["turns"]],
+            )
+            for item in data
+        ]
+    except (TypeError, KeyError, ValueError) as e:
+        raise UserError(f"{path}: malformed conversation index ({type(e).__name__}: {e})", fix="rewrite the dataset") from None
+
+
+def write_meta(path: Path, layout: LayoutName) -> None:
+    if layout not in get_args(LayoutName):
+        raise ValueError(f"layout {layout!r} is not one of {get_args(LayoutName)}")
+    atomic_write_json(path, {"layout": layout, "sample_rate": SAMPLE_RATE})
+
+
+def read_meta(path: Path) -> DatasetMeta:
+    data = _read_json_file(path)
+    layout = data.get("layout") if isinstance(data, dict) else None
+    if layout not in get_args(LayoutName) or not isinstance(data.get("sample_rate"), int):
+        raise UserError(
+            f"{path}: expected {{\"layout\": one of {list(get_args(LayoutName))}, \"sample_rate\": int}}, got {data!r}",
+            fix="rewrite the dataset",
+        )
+    return DatasetMeta(layout=layout, sample_rate=data["sample_rate"])
+
+
+def _mono_segment(samples: np.ndarray) -> AudioSegment:
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim != 1 or not np.isfinite(samples).all():
+        raise ValueError(f"audio must be 1-D and finite, got shape {samples.shape}")
+    pcm = np.clip(np.round(samples * _INT16_SCALE), -_INT16_SCALE, _INT16_SCALE - 1).astype("<i2")
+    return AudioSegment(data=pcm.tobytes(), sample_width=2, frame_rate=SAMPLE_RATE, channels=1)
+
+
+def _read_json_file(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})", fix="rewrite the dataset") from None
+
+
+def _span(value: Any) -> tuple[float, float]:
+    start, end = value
+    return float(start), float(end)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,47 @@
+"""The tts stage: speak every line of the script once and store it as wav + word times."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json, read_json
+from moshi_knowledge.speech.schema import SAMPLE_RATE, Line, Utterance, WordSpan
+from moshi_knowledge.speech.tts_base import TTSBackend
+
+
+def script_fingerprint(lines: Iterable[Line]) -> str:
+    """The script's content, for the cache key: the tts stage depends on what is said, not on layout knobs."""
+    return json.dumps([asdict(line) for line in lines], sort_keys=True)
+
+
+def synthesize_script(tts: TTSBackend, lines: list[Line], out_dir: Path) -> None:
+    """Write `<line_id>.wav` (24 kHz mono) and `<line_id>.words.json` per line, plus `index.json`."""
+    index = []
+    for line in tqdm(lines, desc="tts", unit="line", mininterval=1.0):
+        voice = tts.voice_for(line)
+        utt = tts.synthesize(line.text, voice)
+        save_utterance(utt, out_dir, line.id)
+        index.append({**asdict(line), "voice": asdict(voice), "duration": utt.duration})
+    atomic_write_json(out_dir / "index.json", index)
+
+
+def save_utterance(utt: Utterance, out_dir: Path, line_id: str) -> None:
+    buf = io.BytesIO()
+    sf.write(buf, utt.samples.astype(np.float32), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    atomic_write_bytes(out_dir / f"{line_id}.wav", buf.getvalue())
+    atomic_write_json(out_dir / f"{line_id}.words.json", [asdict(w) for w in utt.words])
+
+
+def load_utterance(out_dir: Path, line_id: str) -> Utterance:
+    samples, rate = sf.read(out_dir / f"{line_id}.wav", dtype="float32")
+    assert rate == SAMPLE_RATE, f"{out_dir / line_id}.wav is {rate} Hz"
+    words = [WordSpan(**w) for w in read_json(out_dir / f"{line_id}.words.json")]
+    return Utterance(samples=samples, words=words)

@@ -1,0 +1,126 @@
+"""The stage registry: each stage names its inputs and the config it depends on, and runs through the cache.
+
+A stage function takes the composed config, its inputs' output dirs and a fresh output dir. It knows nothing
+about caching, Hydra or W&B; `run_stages` adds those.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from moshi_knowledge.cache import CacheEntry, build_or_reuse, cache_key
+from moshi_knowledge.dataset.build import build_dataset
+from moshi_knowledge.errors import UserError
+from moshi_knowledge.io_utils import atomic_write_json
+from moshi_knowledge.qa.schema import QASet
+from moshi_knowledge.speech.script import answer_lines, question_lines
+from moshi_knowledge.speech.synthesize import script_fingerprint, synthesize_script
+from moshi_knowledge.world.schema import Story
+
+log = logging.getLogger(__name__)
+
+Inputs = dict[str, Path]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    version: str  # bump when the stage's output changes meaning, to invalidate old cache entries
+    deps: tuple[str, ...]
+    config_keys: tuple[str, ...]  # config nodes whose resolved value is part of the cache key
+    run: Callable[[DictConfig, Inputs, Path], None]
+    extra_key: Callable[[DictConfig, Inputs], str] | None = None  # key material read from the inputs
+
+
+def _story(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
+    instantiate(cfg.story).generate().save(out)
+
+
+def _qa(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
+    instantiate(cfg.qa).build(Story.load(inputs["story"])).save(out)
+
+
+def _script(cfg: DictConfig, inputs: Inputs):
+    qa = QASet.load(inputs["qa"])
+    extra = instantiate(cfg.layout).lines(qa)
+    lines = {line.id: line for line in [*question_lines(qa), *answer_lines(qa), *extra]}
+    return list(lines.values())
+
+
+def _tts(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
+    synthesize_script(instantiate(cfg.tts), _script(cfg, inputs), out)
+
+
+def _dataset(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
+    build_dataset(QASet.load(inputs["qa"]), instantiate(cfg.layout), instantiate(cfg.align), inputs["tts"], out)
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in [
+        Stage("story", "1", (), ("story",), _story),
+        Stage("qa", "1", ("story",), ("qa",), _qa),
+        Stage("tts", "1", ("qa",), ("tts",), _tts,
+              extra_key=lambda cfg, inputs: script_fingerprint(_script(cfg, inputs))),
+        Stage("dataset", "1", ("qa", "tts"), ("layout", "align"), _dataset),
+    ]
+}
+
+
+def _with_deps(names: list[str]) -> list[str]:
+    """The requested stages plus everything they need, in registry order."""
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise UserError(f"stages: unknown stage(s) {unknown}", f"choose from {list(STAGES)}")
+    needed: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name not in needed:
+            needed.add(name)
+            for dep in STAGES[name].deps:
+                visit(dep)
+
+    for name in names:
+        visit(name)
+    return [n for n in STAGES if n in needed]
+
+
+def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, CacheEntry]:
+    """Run (or reuse) each stage, link its output into `run_dir` and record what happened in stages.json."""
+    cache_dir = Path(cfg.paths.cache_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done: dict[str, CacheEntry] = {}
+    record = []
+    for name in _with_deps(list(cfg.stages)):
+        stage = STAGES[name]
+        inputs = {dep: done[dep].path for dep in stage.deps}
+        config = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True) for k in stage.config_keys}
+        extra = stage.extra_key(cfg, inputs) if stage.extra_key else ""
+        key = cache_key(name, stage.version, config, {d: done[d].key for d in stage.deps}, extra)
+        start = time.perf_counter()
+        entry = build_or_reuse(cache_dir, name, key, {"config": config},
+                               lambda out, stage=stage, inputs=inputs: stage.run(cfg, inputs, out))
+        seconds = time.perf_counter() - start
+        log.info("stage %-8s %s  %s (%.1f s)", name, "built " if entry.computed else "cached", entry.path, seconds)
+        _link(run_dir / name, entry.path)
+        done[name] = entry
+        record.append({"stage": name, "key": key, "path": str(entry.path.resolve()),
+                       "computed": entry.computed, "seconds": round(seconds, 3)})
+    atomic_write_json(run_dir / "stages.json", record)
+    return done
+
+
+def _link(link: Path, target: Path) -> None:
+    """Point `run_dir/<stage>` at the cache entry (replacing an older link atomically)."""
+    tmp = link.with_name(f".{link.name}.link")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target.resolve(), tmp, target_is_directory=True)
+    os.replace(tmp, link)

@@ -1,0 +1,49 @@
+"""Every option of every config group composes, and schemas reject typos at composition time."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from conftest import REPO, compose_cfg
+
+GROUPS = ["story", "qa", "tts", "layout", "align", "paths"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_group_option_composes_with_a_target(group: str, option: str) -> None:
+    cfg = compose_cfg([f"{group}={option}"])
+    node = cfg[group]
+    if group != "paths":
+        assert node._target_.startswith("moshi_knowledge."), node
+    assert OmegaConf.select(cfg, "stages")
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "experiments").glob("*.yaml")))
+def test_every_experiment_composes(experiment: str) -> None:
+    cfg = compose_cfg([f"experiment={experiment}"])
+    assert cfg.stages
+
+
+def test_schema_rejects_a_mistyped_key() -> None:
+    with pytest.raises(ConfigCompositionException, match="n_trian"):
+        compose_cfg(["qa.n_trian=5"])
+
+
+def test_schema_rejects_a_wrong_type() -> None:
+    with pytest.raises(ConfigCompositionException, match="n_train"):
+        compose_cfg(["qa.n_train=many"])
+
+
+def test_defaults_are_the_offline_backends() -> None:
+    cfg = compose_cfg()
+    assert cfg.story._target_.endswith("ProceduralStory")
+    assert cfg.qa._target_.endswith("FactsQA")
+    assert cfg.tts._target_.endswith("EspeakTTS")
+    assert cfg.layout._target_.endswith("DialogueLayout")
+    assert cfg.qa.n_train == 100 and cfg.qa.n_eval == 20 and cfg.qa.paraphrases == 3
