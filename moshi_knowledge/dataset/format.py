@@ -24,8 +24,10 @@ from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json, atom
 from moshi_knowledge.speech.schema import SAMPLE_RATE, Conversation, SpeakerWord, Turn
 
 with warnings.catch_warnings():
-    # pydub warns at import that ffmpeg is missing; it needs ffmpeg only for compressed formats, never for wav.
+    # pydub warns at import that ffmpeg is missing (needed only for compressed formats, never for wav) and
+    # that audioop goes away in Python 3.13 (the project pins <3.13): neither concerns what we do with it.
     warnings.simplefilter("ignore", RuntimeWarning)
+    warnings.simplefilter("ignore", DeprecationWarning)
     from pydub import AudioSegment
 
 TRAIN_MANIFEST = "train.jsonl"
@@ -136,33 +138,46 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_conversations_index(path: Path, items: list[ConversationEntry]) -> None:
+def write_conversations_index(path: Path, items: list[dict[str, Any]]) -> None:
+    """Items are {"path", "split", "turns": [{"qid", "question": [s, e], "answer": [s, e]}]}; checked before writing."""
+    entries = _parse_index(items, path)
     atomic_write_json(
         path,
         [
             {
-                "path": item.path,
-                "split": item.split,
-                "turns": [{"qid": t.qid, "question": list(t.question), "answer": list(t.answer)} for t in item.turns],
+                "path": e.path,
+                "split": e.split,
+                "turns": [{"qid": t.qid, "question": list(t.question), "answer": list(t.answer)} for t in e.turns],
             }
-            for item in items
+            for e in entries
         ],
     )
 
 
 def read_conversations_index(path: Path) -> list[ConversationEntry]:
-    data = _read_json_file(path)
+    return _parse_index(_read_json_file(path), path)
+
+
+def _parse_index(items: Any, path: Path) -> list[ConversationEntry]:
     try:
-        return [
+        entries = [
             ConversationEntry(
                 path=item["path"],
                 split=item["split"],
                 turns=[Turn(t["qid"], _span(t["question"]), _span(t["answer"])) for t in item["turns"]],
             )
-            for item in data
+            for item in items
         ]
     except (TypeError, KeyError, ValueError) as e:
-        raise UserError(f"{path}: malformed conversation index ({type(e).__name__}: {e})", fix="rewrite the dataset") from None
+        raise UserError(
+            f"{path}: malformed conversation index ({type(e).__name__}: {e})", fix="rewrite the dataset"
+        ) from None
+    bad = [e.path for e in entries if not isinstance(e.path, str) or e.split not in ("train", "eval")]
+    if bad:
+        raise UserError(
+            f"{path}: entry {bad[0]!r} needs a str path and split 'train' or 'eval'", fix="rewrite the dataset"
+        )
+    return entries
 
 
 def write_meta(path: Path, layout: LayoutName) -> None:

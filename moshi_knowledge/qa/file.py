@@ -170,7 +170,7 @@ def _check_string(value: Any, where: str) -> None:
 
 def _string_list(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or not value:
-        raise UserError(f"{where} must be a non-empty list of strings", fix="write it as [\"...\", ...] or drop the key")
+        raise UserError(f"{where} must be a non-empty list of strings", fix='write ["...", ...] or drop the key')
     for i, element in enumerate(value):
         _check_string(element, f"{where}[{i}]")
     return [element.strip() for element in value]

@@ -1,0 +1,1 @@
+"""The dataset on disk: moshi-finetune's format (stereo wavs, alignments, manifests) plus our index files."""
