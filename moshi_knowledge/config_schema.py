@@ -80,6 +80,7 @@ class MonoDuplicateLayoutSchema:
     lead_sec: float = 0.3
     turn_gap_sec: float = 0.8
     max_duration_sec: float = 60.0
+    max_turns: Optional[int] = 1  # one Q/A clip per file, as in the published attempt
 
 
 SCHEMAS = {
@@ -97,3 +98,148 @@ def register() -> None:
     cs = ConfigStore.instance()
     for (group, name), node in SCHEMAS.items():
         cs.store(group=group, name=name, node=node)
+
+
+# ---- LLM and heavyweight backends (issue 3). API keys are never config fields: they come from the env. ----
+
+DEFAULT_PREMISE = (
+    "Invent a small kingdom that never existed: its founding and founders, its rulers and their reigns "
+    "with years, its cities, rivers and landmarks, its institutions, famous artifacts, wars and battles, "
+    "and the creatures of its lands. Tell it as a chronicle."
+)
+
+
+@dataclass
+class LLMStorySchema:
+    _target_: str = MISSING
+    model: str = MISSING
+    premise: str = DEFAULT_PREMISE
+    temperature: Optional[float] = 0.9
+    target_words: int = 3000
+    refine_passes: int = 2
+    base_url: Optional[str] = None  # an OpenAI-compatible server (vLLM, ...) or a Gemini endpoint
+    timeout_s: float = 600.0
+    max_retries: int = 5
+    backoff_s: float = 2.0  # first retry's wait; doubles each retry
+    cache_dir: Optional[str] = None  # response cache; null: none
+
+
+@dataclass
+class OpenAIStorySchema(LLMStorySchema):
+    _target_: str = "moshi_knowledge.world.llm.OpenAIStory"
+    model: str = "gpt-4.1"
+
+
+@dataclass
+class GeminiStorySchema(LLMStorySchema):
+    _target_: str = "moshi_knowledge.world.llm.GeminiStory"
+    model: str = "gemini-2.5-pro"
+
+
+@dataclass
+class LLMQASchema:
+    _target_: str = MISSING
+    model: str = MISSING
+    eval_model: Optional[str] = None  # null: same as model
+    temperature: Optional[float] = 0.3
+    n_train: int = 100
+    paraphrases: int = 3
+    n_eval: int = 20
+    max_attempts: int = 3
+    base_url: Optional[str] = None
+    timeout_s: float = 600.0
+    max_retries: int = 5
+    backoff_s: float = 2.0
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class OpenAIQASchema(LLMQASchema):
+    _target_: str = "moshi_knowledge.qa.llm.OpenAIQA"
+    model: str = "gpt-4.1"
+
+
+@dataclass
+class GeminiQASchema(LLMQASchema):
+    _target_: str = "moshi_knowledge.qa.llm.GeminiQA"
+    model: str = "gemini-2.5-flash"
+    eval_model: Optional[str] = "gemini-2.5-pro"
+
+
+@dataclass
+class KokoroTTSSchema:
+    _target_: str = "moshi_knowledge.speech.kokoro.KokoroTTS"
+    moshi_voice: VoiceSchema = field(default_factory=VoiceSchema)
+    user_voices: list[VoiceSchema] = field(default_factory=list)
+    heldout_voice: VoiceSchema = field(default_factory=VoiceSchema)
+    repo_id: str = "hexgrad/Kokoro-82M"
+    device: str = "cpu"
+
+
+@dataclass
+class WhisperXAlignSchema:
+    _target_: str = "moshi_knowledge.speech.whisperx_align.WhisperXAligner"
+    model: str = "large-v2"
+    language: str = "en"
+    device: str = "cpu"
+    compute_type: str = "int8"
+    batch_size: int = 8
+    align_model: Optional[str] = None  # null: whisperx's default for `language`
+
+
+SCHEMAS.update({
+    ("story", "openai_schema"): OpenAIStorySchema,
+    ("story", "gemini_schema"): GeminiStorySchema,
+    ("qa", "openai_schema"): OpenAIQASchema,
+    ("qa", "gemini_schema"): GeminiQASchema,
+    ("tts", "kokoro_schema"): KokoroTTSSchema,
+    ("align", "whisperx_schema"): WhisperXAlignSchema,
+})
+
+
+@dataclass
+class TrainSchema:
+    """Mirrors moshi_knowledge.train.config.TrainConfig (a test keeps the two in step)."""
+
+    _target_: str = "moshi_knowledge.train.config.TrainConfig"
+    max_steps: int = 200
+    batch_size: int = 8
+    grad_accum: int = 1
+    seq_sec: float = 100.0
+    packing: bool = True
+    lr: float = 1e-4
+    schedule: str = "cosine"  # cosine | one_cycle | constant
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    max_grad_norm: float = 1.0
+    text_weight: float = 1.0
+    text_padding_weight: float = 0.5
+    first_codebook_weight_multiplier: float = 1.0
+    audio_drop: float = 0.5
+    eval_every: int = 50
+    eval_at_start: bool = True
+    eval_batch_size: Optional[int] = None
+    log_every: int = 1
+    ckpt_every: int = 100
+    keep_checkpoints: int = 2
+    resume: bool = False
+    seed: int = 0
+    precision: str = "bf16"  # bf16 | fp32 (bf16 autocast on CUDA only)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class NanGuardSchema:
+    _target_: str = "moshi_knowledge.train.nan_guard.NanGuard"
+    policy: str = "skip"  # off | skip | rollback | halt
+    lr_factor: float = 0.5
+    max_consecutive: int = 3
+    snapshot_every: int = 1
+
+
+SCHEMAS.update({
+    ("train", "default_schema"): TrainSchema,
+    ("nan_guard", "nan_guard_schema"): NanGuardSchema,
+})

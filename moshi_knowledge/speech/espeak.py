@@ -11,6 +11,7 @@ import bisect
 import ctypes
 import re
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,7 @@ class _Engine:
         lib.espeak_SetSynthCallback.argtypes = [_Callback]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
                                      ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
         rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(),
@@ -120,6 +122,9 @@ class _Engine:
                 raise UserError(f"tts voice {voice.name!r}: espeak-ng has no such voice", VOICE_FIX)
             self._lib.espeak_SetParameter(_PARAM_RATE, voice.rate, 0)
             self._lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
+            # Noise is drawn from a time-seeded PRNG: a fixed seed makes a fresh process reproduce its audio.
+            # (Within one process a pitch-flutter counter carries over, so a repeated text varies by ~1%.)
+            self._lib.espeak_ng_SetRandSeed(0)
             self._chunks, self._events = [], []
             err = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
             if err != 0:
@@ -130,7 +135,7 @@ class _Engine:
 
 
 def _phonemes(events: list[tuple[int, int, int, str]], n_samples: int) -> list[Phoneme]:
-    """A phoneme lasts until the next phoneme or clause end; WORD events are not boundaries (they can fire mid-phoneme)."""
+    """A phoneme lasts until the next phoneme or clause end (WORD events can fire mid-phoneme, so they are no bound)."""
     boundaries = [(i, sample) for i, (kind, _, sample, _) in enumerate(events)
                   if kind in (_EVENT_PHONEME, _EVENT_END, _EVENT_MSG_TERMINATED)]
     out = []
@@ -204,20 +209,27 @@ def check_voice(voice: Voice, field: str) -> None:
 class EspeakTTS(TTSBackend):
     """Offline TTS with exact word times; every configured voice is checked when the backend is built."""
 
-    def __init__(self, moshi_voice, user_voices, heldout_voice) -> None:
+    def __init__(self, moshi_voice: Mapping, user_voices: Sequence[Mapping], heldout_voice: Mapping) -> None:
         super().__init__(moshi_voice, user_voices, heldout_voice)
-        check_voice(self.moshi_voice, "tts.moshi_voice")
+        self._checked: set[Voice] = set()
+        self._check(self.moshi_voice, "tts.moshi_voice")
         for i, voice in enumerate(self.user_voices):
-            check_voice(voice, f"tts.user_voices[{i}]")
-        check_voice(self.heldout_voice, "tts.heldout_voice")
+            self._check(voice, f"tts.user_voices[{i}]")
+        self._check(self.heldout_voice, "tts.heldout_voice")
+
+    def _check(self, voice: Voice, field: str) -> None:
+        if voice not in self._checked:
+            check_voice(voice, field)
+            self._checked.add(voice)
 
     def synthesize(self, text: str, voice: Voice) -> Utterance:
         if not text.strip():
             raise UserError(f"tts: cannot speak empty text {text!r} (voice {voice.name!r})",
                             "every question and answer needs some words")
-        check_voice(voice, f"voice {voice.name!r}")
+        self._check(voice, "voice")
         audio, phonemes = engine().speak(text, voice)
-        if not any(not p.silent for p in phonemes):
+        if all(p.silent for p in phonemes):
             raise UserError(f"tts: espeak-ng spoke nothing for {text!r}", "give text with pronounceable words")
-        samples = resample_poly(audio.astype(np.float32) / 32768.0, 160, 147).astype(np.float32)
+        # The polyphase filter can overshoot full scale by a little on int16 peaks: keep samples in [-1, 1].
+        samples = np.clip(resample_poly(audio.astype(np.float32) / 32768.0, 160, 147), -1.0, 1.0).astype(np.float32)
         return Utterance(samples, word_spans(text, phonemes, len(samples) / SAMPLE_RATE))
