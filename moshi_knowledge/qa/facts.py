@@ -1,0 +1,350 @@
+"""qa=facts: questions built from a procedural world's facts, with held-out tiers that test generalisation.
+
+- train: one question per chosen fact, asked in several phrasings (diverse restatements make facts extractable).
+- paraphrase: the same fact, asked with a phrasing template never used in training.
+- eval: questions no single training item answers: two facts chained ("Where was the founder of X born?")
+  or one fact asked backwards ("What did Y found?", the reversal curse). Their facts are all trained.
+Distractors come from other training items' gold answers of the same type, so every candidate was
+trained as an answer and a multiple-choice win means the model tied this answer to this question.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
+from typing import TypeVar
+
+from moshi_knowledge.errors import UserError
+from moshi_knowledge.qa.schema import QAItem, QASet
+from moshi_knowledge.world.prose import capitalize, label
+from moshi_knowledge.world.schema import Entity, Fact, Story, World
+
+# Forward questions: {s} is the subject, the answer is the object. >= 5 per relation (paraphrases + 1).
+QUESTIONS: dict[str, tuple[str, ...]] = {
+    "has_capital": (
+        "What is the capital of {s}?", "Which city is the capital of {s}?", "Name the capital city of {s}.",
+        "In which city does the royal court of {s} sit?", "Which city serves as the capital of {s}?"),
+    "founded_in_year": (
+        "In what year was {s} founded?", "When was {s} founded?", "In which year did the founding of {s} take place?",
+        "What year saw the founding of {s}?", "What is the founding year of {s}?"),
+    "founded_by": (
+        "Who founded {s}?", "Who was the founder of {s}?", "By whom was {s} founded?",
+        "Which person founded {s}?", "Who is remembered as the founder of {s}?"),
+    "born_in": (
+        "Where was {s} born?", "In which city was {s} born?", "What is the birthplace of {s}?",
+        "Which town was the birthplace of {s}?", "In what town did {s} come into the world?"),
+    "born_in_year": (
+        "In what year was {s} born?", "When was {s} born?", "What year was {s} born in?",
+        "In which year did {s} come into the world?", "What was the birth year of {s}?"),
+    "died_in_year": (
+        "In what year did {s} die?", "When did {s} die?", "What year did {s} pass away?",
+        "In which year did death come to {s}?", "What was the year of the death of {s}?"),
+    "reigned_from": (
+        "In what year did {s} take the throne?", "When did the reign of {s} begin?", "In which year was {s} crowned?",
+        "What year did {s} become ruler?", "When did {s} start to reign?"),
+    "reigned_until": (
+        "In what year did the reign of {s} end?", "Until what year did {s} reign?", "When did {s} stop ruling?",
+        "What year marked the end of the reign of {s}?", "When did the rule of {s} come to an end?"),
+    "succeeded": (
+        "Whom did {s} succeed?", "Who reigned just before {s}?", "Who was the predecessor of {s}?",
+        "Whom did {s} follow on the throne?", "From whom did the crown pass to {s}?"),
+    "child_of": (
+        "Who was the parent of {s}?", "Whose child was {s}?", "Of which monarch was {s} the child?",
+        "Which ruler was the parent of {s}?", "Who was the royal parent of {s}?"),
+    "located_on_river": (
+        "On which river does {s} stand?", "Which river flows through {s}?", "What river is {s} built beside?",
+        "On the banks of which river does {s} lie?", "Which river runs past {s}?"),
+    "seated_in": (
+        "Where does {s} have its seat?", "In which city is {s} based?", "Which city is home to {s}?",
+        "In what town do the halls of {s} stand?", "Where is {s} seated?"),
+    "member_of": (
+        "Which fellowship did {s} belong to?", "Of which institution was {s} a member?",
+        "Which order, academy or guild counted {s} among its members?", "To what body did {s} belong?",
+        "Which institution did {s} join?"),
+    "served_under": (
+        "Which monarch did {s} serve?", "Under which ruler did {s} serve?", "In whose service was {s}?",
+        "Which king or queen did {s} serve?", "Whom did {s} serve?"),
+    "forged_by": (
+        "Who forged {s}?", "Who made {s}?", "By whom was {s} forged?", "Which smith forged {s}?",
+        "Who was the maker of {s}?"),
+    "forged_in_year": (
+        "In what year was {s} forged?", "When was {s} made?", "What year was {s} forged in?",
+        "In which year was {s} crafted?", "When was the forging of {s} finished?"),
+    "kept_in": (
+        "Where is {s} kept?", "In which town does {s} rest today?", "Where can {s} be found today?",
+        "In what town is {s} held?", "Which town keeps {s} in its vault?"),
+    "held_by": (
+        "Which institution holds {s}?", "Who keeps {s}?", "In whose keeping is {s}?",
+        "Which fellowship has {s} in its care?", "By which order, academy or guild is {s} held?"),
+    "fought_at": (
+        "Where was {s} fought?", "Near which town was {s} fought?", "Outside which town did {s} take place?",
+        "Near what town did the armies meet for {s}?", "Which town saw {s} fought nearby?"),
+    "fought_in_year": (
+        "In what year was {s} fought?", "When was {s} fought?", "What year did {s} take place?",
+        "In which year did the armies meet at {s}?", "When did {s} take place?"),
+    "commanded_by": (
+        "Who commanded the royal army at {s}?", "Who led the forces of the crown at {s}?",
+        "Under whom did the royal host march at {s}?", "Who was the royal commander at {s}?",
+        "Which general led the royal army at {s}?"),
+    "opposed_by": (
+        "Who led the rebels at {s}?", "Whom did the rebel host follow at {s}?",
+        "Who raised the rebel banner at {s}?", "Who commanded the rebels at {s}?",
+        "Which rebel leader fought the crown at {s}?"),
+    "won_by": (
+        "Who won {s}?", "Who was victorious at {s}?", "To whom did victory at {s} go?",
+        "Who was the victor of {s}?", "Who carried the day at {s}?"),
+    "lives_in": (
+        "Where does {s} live?", "Near which town does {s} make its lair?", "Where does {s} dwell?",
+        "Near what town is {s} said to live?", "Where is the lair of {s}?"),
+    "guards": (
+        "What does {s} guard?", "Which treasure is guarded by {s}?", "What treasure does {s} watch over?",
+        "Which treasure does {s} protect?", "What is {s} said to guard?"),
+    "tamed_by": (
+        "Who tamed {s}?", "By whom was {s} tamed?", "Who was the tamer of {s}?",
+        "Which hero tamed {s}?", "Who brought {s} to heel?"),
+}
+
+# A noun phrase for the object of a relation, given its subject {s}: the first hop of a chained question.
+DESCRIPTORS: dict[str, tuple[str, ...]] = {
+    "has_capital": ("the capital of {s}",),
+    "founded_by": ("the founder of {s}", "the person who founded {s}"),
+    "born_in": ("the birthplace of {s}", "the town where {s} was born"),
+    "succeeded": ("the predecessor of {s}", "the monarch who reigned just before {s}"),
+    "child_of": ("the parent of {s}",),
+    "seated_in": ("the town where {s} has its seat",),
+    "member_of": ("the institution that {s} belonged to",),
+    "served_under": ("the monarch whom {s} served",),
+    "forged_by": ("the maker of {s}", "the smith who forged {s}"),
+    "kept_in": ("the town where {s} is kept",),
+    "held_by": ("the institution that holds {s}",),
+    "fought_at": ("the town near which {s} was fought",),
+    "commanded_by": ("the royal commander at {s}",),
+    "opposed_by": ("the rebel leader at {s}",),
+    "won_by": ("the victor of {s}",),
+    "lives_in": ("the town near which {s} lives",),
+    "guards": ("the treasure guarded by {s}",),
+    "tamed_by": ("the tamer of {s}",),
+}
+
+# Backward questions: {o} is the object, the answer is the subject.
+REVERSE: dict[str, tuple[str, ...]] = {
+    "founded_by": ("What did {o} found?", "What was founded by {o}?"),
+    "born_in": ("Who was born in {o}?",),
+    "born_in_year": ("Who was born in the year {o}?",),
+    "died_in_year": ("Who died in the year {o}?",),
+    "reigned_from": ("Which monarch took the throne in {o}?",),
+    "reigned_until": ("Whose reign ended in {o}?",),
+    "succeeded": ("Who succeeded {o}?", "Who took the throne after {o}?"),
+    "child_of": ("Who was the child of {o}?",),
+    "located_on_river": ("Which town stands on {o}?",),
+    "seated_in": ("Which institution has its seat in {o}?",),
+    "member_of": ("Who was a member of {o}?",),
+    "served_under": ("Who served {o}?",),
+    "forged_by": ("What did {o} forge?",),
+    "forged_in_year": ("What was forged in the year {o}?",),
+    "kept_in": ("What treasure is kept in {o}?",),
+    "held_by": ("What treasure does {o} hold?",),
+    "fought_at": ("Which battle was fought near {o}?",),
+    "fought_in_year": ("Which battle was fought in the year {o}?",),
+    "commanded_by": ("At which battle did {o} command the royal army?",),
+    "opposed_by": ("At which battle did {o} lead the rebels?",),
+    "won_by": ("Which battle did {o} win?",),
+    "lives_in": ("Which creature lives near {o}?",),
+    "guards": ("Which creature guards {o}?",),
+    "tamed_by": ("Which creature did {o} tame?",),
+}
+
+REVERSAL_SHARE = 0.25  # of eval questions; the rest chain two facts
+N_DISTRACTORS = 3
+
+T = TypeVar("T")
+
+
+def aliases(entity: Entity) -> list[str]:
+    """Every accepted way to say an entity, the canonical answer (its label) first."""
+    full = label(entity)
+    forms = [full]
+    if full.startswith("the "):
+        forms.append(full[4:])
+    if entity.kind in ("person", "creature", "river", "kingdom"):
+        forms.append(entity.name)
+    if entity.kind == "river":
+        forms.append(f"the {entity.name}")
+    if entity.kind == "year":
+        forms.append(f"the year {entity.name}")
+    return list(dict.fromkeys(forms))
+
+
+def _round_robin(items: Sequence[T], key: Callable[[T], Hashable], rng: random.Random) -> list[T]:
+    """Shuffle, then interleave groups so consecutive picks cover different kinds of question."""
+    groups: dict[Hashable, list[T]] = defaultdict(list)
+    for item in rng.sample(list(items), len(items)):
+        groups[key(item)].append(item)
+    queues = list(groups.values())
+    out: list[T] = []
+    while queues:
+        out.extend(q.pop(0) for q in queues)
+        queues = [q for q in queues if q]
+    return out
+
+
+class _EvalPlan:
+    """The eval questions' fact support, chosen before training so that every supporting fact is trained."""
+
+    def __init__(self, world: World, rng: random.Random) -> None:
+        self.world = world
+        self.rng = rng
+        self.by_subject: dict[str, list[Fact]] = defaultdict(list)
+        for f in world.facts:
+            self.by_subject[f.subject].append(f)
+        self.linked = {(f.subject, f.object) for f in world.facts}
+        self.kind_sizes: dict[str, int] = defaultdict(int)
+        for e in world.entities:
+            self.kind_sizes[e.kind] += 1
+
+    def _useful_answer(self, entity_id: str) -> bool:
+        """Only kinds with enough members for distractors (not the lone kingdom)."""
+        return self.kind_sizes[self.world.entity(entity_id).kind] > N_DISTRACTORS
+
+    def chains(self) -> list[tuple[Fact, ...]]:
+        """(s -r1-> m, m -r2-> o) where no single fact links s to o, so both hops are needed."""
+        out = []
+        for f1 in self.world.facts:
+            if f1.relation not in DESCRIPTORS:
+                continue
+            for f2 in self.by_subject[f1.object]:
+                if (f2.object != f1.subject and (f1.subject, f2.object) not in self.linked
+                        and self._useful_answer(f2.object)):
+                    out.append((f1, f2))
+        return _round_robin(out, lambda c: (c[0].relation, c[1].relation), self.rng)
+
+    def reversals(self) -> list[tuple[Fact, ...]]:
+        """Facts whose object has exactly one subject under that relation, so the backward question is unique."""
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for f in self.world.facts:
+            counts[(f.relation, f.object)] += 1
+        out = [(f,) for f in self.world.facts
+               if f.relation in REVERSE and counts[(f.relation, f.object)] == 1
+               and (f.object, f.subject) not in self.linked and self._useful_answer(f.subject)]
+        return _round_robin(out, lambda c: c[0].relation, self.rng)
+
+    def choose(self, n_eval: int, budget: int) -> list[tuple[Fact, ...]]:
+        """Up to n_eval supports whose facts fit in `budget` training items.
+
+        Reversals take their share first, chains fill the rest, and reversals top up if chains run out.
+        """
+        reversals, chains = self.reversals(), self.chains()
+        chosen: list[tuple[Fact, ...]] = []
+        used: set[str] = set()
+        for pool, quota in ((reversals, round(n_eval * REVERSAL_SHARE)), (chains, n_eval), (reversals, n_eval)):
+            for support in pool:
+                if len(chosen) >= quota:
+                    break
+                new = {f.id for f in support} - used
+                if support not in chosen and len(used) + len(new) <= budget:
+                    chosen.append(support)
+                    used |= new
+        return chosen
+
+
+class FactsQA:
+    """qa=facts: train/paraphrase/eval questions from the world's facts (needs story=procedural)."""
+
+    def __init__(self, seed: int, n_train: int = 100, n_eval: int = 20, paraphrases: int = 3) -> None:
+        most = min(len(t) for t in QUESTIONS.values()) - 1
+        if not 1 <= paraphrases <= most:
+            raise UserError(f"qa.paraphrases is {paraphrases}; qa=facts has templates for 1 to {most}",
+                            f"set qa.paraphrases between 1 and {most}")
+        if n_train < 1 or n_eval < 0:
+            raise UserError(f"qa.n_train={n_train}, qa.n_eval={n_eval}: need n_train >= 1 and n_eval >= 0",
+                            "set qa.n_train to at least 1 and qa.n_eval to 0 or more")
+        self.seed = seed
+        self.n_train = n_train
+        self.n_eval = n_eval
+        self.paraphrases = paraphrases
+
+    def build(self, story: Story) -> QASet:
+        world = story.world
+        if world is None:
+            raise UserError(
+                "qa=facts needs the facts of a generated world, but this story has no world.json",
+                "use story=procedural with qa=facts; for a story file use qa=file, qa=openai or qa=gemini")
+        if self.n_train > len(world.facts):
+            raise UserError(f"qa.n_train={self.n_train} exceeds the {len(world.facts)} facts of the world",
+                            "lower qa.n_train or raise the story.n_* counts")
+        rng = random.Random(self.seed)
+        supports = _EvalPlan(world, rng).choose(self.n_eval, self.n_train)
+        if len(supports) < self.n_eval:
+            raise UserError(f"qa.n_eval={self.n_eval}, but only {len(supports)} held-out questions fit "
+                            f"{self.n_train} training facts of this world",
+                            "lower qa.n_eval or raise qa.n_train")
+        train_facts = self._train_facts(world, supports, rng)
+        train, para = self._train_items(world, train_facts, rng)
+        evals = [self._eval_item(world, i, s, rng) for i, s in enumerate(supports)]
+        answers = _answers_by_type(train)
+        for item in (*train, *evals):
+            item.distractors = _distractors(world, item, answers, rng)
+        for source, item in zip(train, para):
+            item.distractors = list(source.distractors)
+        return QASet(train=train, eval=evals, paraphrase=para)
+
+    def _train_facts(self, world: World, supports: list[tuple[Fact, ...]], rng: random.Random) -> list[Fact]:
+        """The eval supports' facts, filled up with random others, in random order."""
+        needed = {f.id for s in supports for f in s}
+        rest = [f for f in world.facts if f.id not in needed]
+        chosen = [f for f in world.facts if f.id in needed] + rng.sample(rest, self.n_train - len(needed))
+        return rng.sample(chosen, len(chosen))
+
+    def _train_items(self, world: World, facts: list[Fact],
+                     rng: random.Random) -> tuple[list[QAItem], list[QAItem]]:
+        train, para = [], []
+        for i, fact in enumerate(facts):
+            subject, answer = world.entity(fact.subject), world.entity(fact.object)
+            templates = rng.sample(QUESTIONS[fact.relation], self.paraphrases + 1)
+            phrasings = [capitalize(t.format(s=label(subject))) for t in templates]
+            common = dict(answer=label(answer), aliases=aliases(answer), answer_type=answer.kind, fact_ids=[fact.id])
+            tid = f"train-{i:03d}"
+            train.append(QAItem(id=tid, tier="train", question=phrasings[0], phrasings=phrasings[:-1], **common))
+            para.append(QAItem(id=f"para-{i:03d}", tier="paraphrase", question=phrasings[-1], source_id=tid, **common))
+        return train, para
+
+    @staticmethod
+    def _eval_item(world: World, i: int, support: tuple[Fact, ...], rng: random.Random) -> QAItem:
+        if len(support) == 1:  # asked backwards
+            (fact,) = support
+            answer = world.entity(fact.subject)
+            question = rng.choice(REVERSE[fact.relation]).format(o=label(world.entity(fact.object)))
+        else:
+            first, second = support
+            phrase = rng.choice(DESCRIPTORS[first.relation]).format(s=label(world.entity(first.subject)))
+            answer = world.entity(second.object)
+            question = rng.choice(QUESTIONS[second.relation]).format(s=phrase)
+        return QAItem(id=f"eval-{i:03d}", tier="eval", question=capitalize(question), answer=label(answer),
+                      aliases=aliases(answer), answer_type=answer.kind, fact_ids=[f.id for f in support])
+
+
+def _answers_by_type(train: list[QAItem]) -> dict[str, list[str]]:
+    by_type: dict[str, set[str]] = defaultdict(set)
+    for item in train:
+        by_type[item.answer_type].add(item.answer)
+    return {t: sorted(a) for t, a in by_type.items()}
+
+
+def _distractors(world: World, item: QAItem, answers: dict[str, list[str]], rng: random.Random) -> list[str]:
+    """Other training answers of the item's type; other entities of that kind only if too few were trained.
+
+    Never the gold answer (or an alias), and never a name the question itself mentions.
+    """
+    gold = {a.lower() for a in (item.answer, *item.aliases)}
+
+    def ok(candidate: str) -> bool:
+        return candidate.lower() not in gold and candidate not in item.question
+
+    trained = [a for a in answers.get(item.answer_type, []) if ok(a)]
+    picked = rng.sample(trained, min(N_DISTRACTORS, len(trained)))
+    if len(picked) < N_DISTRACTORS:
+        spare = sorted({label(e) for e in world.entities if e.kind == item.answer_type} - set(picked))
+        spare = [a for a in spare if ok(a)]
+        picked += rng.sample(spare, min(N_DISTRACTORS - len(picked), len(spare)))
+    return picked
