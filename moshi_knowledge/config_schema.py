@@ -243,3 +243,99 @@ SCHEMAS.update({
     ("train", "default_schema"): TrainSchema,
     ("nan_guard", "nan_guard_schema"): NanGuardSchema,
 })
+
+
+@dataclass
+class TinyModelSchema:
+    _target_: str = "moshi_knowledge.model.tiny.TinyModel"
+    seed: int = 0
+    fit_seconds: float = 300.0
+    device: str = "auto"
+    dtype: str = "auto"
+    dim: int = 128
+    num_heads: int = 4
+    num_layers: int = 2
+    context: int = 500
+    depformer_dim: int = 64
+    depformer_num_heads: int = 4
+    depformer_num_layers: int = 2
+    depformer_dim_feedforward: int = 264
+    card: int = 1024
+    vocab_size: int = 1000
+    mimi_dim: int = 64
+    mimi_filters: int = 8
+    mimi_layers: int = 1
+    mimi_codebook_dim: int = 32
+
+
+@dataclass
+class LocalModelSchema:
+    _target_: str = "moshi_knowledge.model.load.LocalModel"
+    moshi_weights: str = MISSING
+    mimi_weights: str = MISSING
+    tokenizer: str = MISSING
+    config_path: Optional[str] = None
+    mimi_config_path: Optional[str] = None
+    lora_weights: Optional[str] = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+@dataclass
+class HubModelSchema:
+    _target_: str = "moshi_knowledge.model.load.HubModel"
+    hf_repo: str = MISSING
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+@dataclass
+class LoraSchema:
+    _target_: str = "moshi_knowledge.model.lora.LoraSpec"
+    targets: str = "attn_mlp"
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    use_rslora: bool = False
+    use_dora: bool = False
+    train_embeddings: bool = False
+
+
+@dataclass
+class FullFinetuneSchema:
+    _target_: str = "moshi_knowledge.model.lora.FullFinetune"
+
+
+SCHEMAS.update({
+    ("model", "tiny_schema"): TinyModelSchema,
+    ("model", "local_schema"): LocalModelSchema,
+    ("model", "hub_schema"): HubModelSchema,
+    ("lora", "lora_schema"): LoraSchema,
+    ("lora", "full_schema"): FullFinetuneSchema,
+})
+
+
+# ---- logger group (issue 6): where a run's metrics are mirrored besides its run directory's files ----
+
+
+@dataclass
+class WandbLoggerSchema:
+    _target_: str = "moshi_knowledge.tracking.sinks.WandbSink"
+    project: str = "moshi-knowledge"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline | online (needs WANDB_API_KEY or `wandb login`) | disabled
+    job_type: Optional[str] = None  # null: "sweep" inside a multirun, "run" otherwise
+    tags: list[str] = field(default_factory=list)  # added to the Hydra choices (story:procedural, ...)
+    log_audio: int = 4  # dataset conversations uploaded as wandb.Audio
+    log_adapter: bool = False  # upload the trained adapter as an artifact
+
+
+@dataclass
+class NoneLoggerSchema:
+    _target_: str = "moshi_knowledge.tracking.sinks.NullSink"
+
+
+SCHEMAS.update({
+    ("logger", "wandb_schema"): WandbLoggerSchema,
+    ("logger", "none_schema"): NoneLoggerSchema,
+})

@@ -31,6 +31,9 @@ def test_configs_load_from_a_wheel_install(tmp_path: Path) -> None:
         check=True, cwd=tmp_path,
     )
     assert (target / "moshi_knowledge" / "conf" / "experiment" / "demo.yaml").is_file()
+    packages = {p.parent.relative_to(REPO) for p in (REPO / "moshi_knowledge").rglob("__init__.py")}
+    missing = [str(p) for p in packages if not (target / p / "__init__.py").is_file()]
+    assert not missing, f"add these to [tool.setuptools] packages in pyproject.toml: {missing}"
     out = subprocess.run(
         [sys.executable, "-c", PROBE], check=True, capture_output=True, text=True,
         cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""},
