@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from moshi_knowledge.config_schema import register
@@ -24,12 +25,22 @@ def app(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         run_stages(cfg, run_dir)
-    except UserError as err:
+    except (UserError, InstantiationException) as exc:
+        err = _user_error(exc)
+        if err is None:
+            raise
         log.error("%s", err.message)
         if err.fix:
             log.error("fix: %s", err.fix)
         sys.exit(2)
     log.info("run directory: %s", run_dir)
+
+
+def _user_error(exc: BaseException) -> UserError | None:
+    """The UserError behind `exc`: Hydra wraps errors raised in a `_target_`'s constructor."""
+    while exc is not None and not isinstance(exc, UserError):
+        exc = exc.__cause__
+    return exc
 
 
 def main() -> None:

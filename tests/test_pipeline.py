@@ -95,3 +95,11 @@ def test_bad_input_exits_non_zero_with_the_fix_and_no_traceback(tmp_path: Path) 
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "cache" / "story").exists() or not [
         p for p in (tmp_path / "cache" / "story").iterdir() if not p.name.endswith(".lock")]
+
+
+def test_a_user_error_in_a_constructor_is_reported_plainly(tmp_path: Path) -> None:
+    done = _app(["tts.user_voices.0.name=xx-nosuchvoice", f"paths.cache_dir={tmp_path / 'cache'}",
+                 "qa.n_train=6", "qa.n_eval=2", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert done.returncode == 2
+    assert "tts.user_voices[0]" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
