@@ -1,0 +1,266 @@
+"""The sweep report: `python -m moshi_knowledge.report SWEEP_DIR` (or `moshi-knowledge report SWEEP_DIR`).
+
+Reads every run under SWEEP_DIR (each directory holding a summary.json; its overrides from .hydra/overrides.yaml),
+writes `report.md`, `loss_curves.png` and one `recall_heatmap_<tier>.png` per tier into SWEEP_DIR, and prints the
+table. It is for people who can't open the W&B dashboard, and for the paper.
+
+Keys read (written by train/eval through the Tracker; `moshi_knowledge.tracking.contract` is the full list):
+
+    summary.json   status, message, train/loss, eval/loss, nan_guard/events,
+                   recall/<tier>/mc_acc, recall/<tier>/mc_acc_low, recall/<tier>/mc_acc_high,
+                   recall/<tier>/delta, recall/<tier>/p_value
+    metrics.jsonl  step, train/loss, eval/loss (curves; also the fallback for a final value missing from the summary)
+
+A tier is any `<tier>` with a `recall/<tier>/mc_acc` in some run's summary (train, eval, paraphrase).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from moshi_knowledge.errors import UserError
+from moshi_knowledge.io_utils import atomic_write_text
+from moshi_knowledge.tracking.contract import (
+    COMPLETED,
+    DIVERGED,
+    EVAL_LOSS,
+    MESSAGE,
+    NAN_EVENTS,
+    TRAIN_LOSS,
+    recall_key,
+    recall_tiers,
+)
+from moshi_knowledge.tracking.runs import RunRecord, find_runs
+
+REPORT_FILE = "report.md"
+LOSS_PLOT = "loss_curves.png"
+_OPTUNA_RESULTS = "optimization_results.yaml"  # written by Hydra's Optuna sweeper into the sweep dir
+_MISSING = "–"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="moshi-knowledge report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun's sweep directory (or any folder of run dirs)")
+    args = parser.parse_args(argv)
+    try:
+        print(write_report(args.sweep_dir))
+    except UserError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        if err.fix:
+            print(f"fix: {err.fix}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def write_report(sweep_dir: Path) -> str:
+    """Writes report.md and the plots into `sweep_dir`; returns the table as printed."""
+    runs = find_runs(sweep_dir) if sweep_dir.is_dir() else []
+    if not runs:
+        raise UserError(
+            f"no runs under {sweep_dir}: no directory there holds a summary.json",
+            fix="pass the directory a multirun wrote (runs/sweeps/NAME_DATE for conf/sweep presets, else "
+            "runs/multirun/DATE/TIME), whose job folders each hold summary.json and metrics.jsonl",
+        )
+    labels = [_label(r, sweep_dir) for r in runs]
+    varying, common = _split_overrides(runs)
+    tiers = recall_tiers(k for r in runs for k in r.summary)
+    table = _table(runs, labels, varying, tiers)
+    head = [_status_line(runs)] + ([f"Common overrides: {', '.join(f'`{o}`' for o in common)}"] if common else [])
+    sections = [f"# Sweep report: {sweep_dir.resolve().name}", "\n\n".join(head), table]
+    sections.append(_loss_section(runs, labels, varying, sweep_dir))
+    sections.append(_heatmap_section(runs, tiers, sweep_dir))
+    if (sweep_dir / _OPTUNA_RESULTS).exists():
+        text = (sweep_dir / _OPTUNA_RESULTS).read_text(encoding="utf-8")
+        sections.append(f"## Optuna result\n\n```yaml\n{text.strip()}\n```")
+    atomic_write_text(sweep_dir / REPORT_FILE, "\n\n".join(sections) + "\n")
+    return "\n\n".join(head) + "\n\n" + table
+
+
+# ---- table ---------------------------------------------------------------------------------------------------
+
+
+def _table(runs: list[RunRecord], labels: list[str], varying: list[list[str]], tiers: list[str]) -> str:
+    header = ["run", "overrides", "status", "train loss", "eval loss"]
+    for tier in tiers:
+        header += [f"{tier} recall [95% CI]", f"{tier} Δ base", f"{tier} p"]
+    header.append("NaN events")
+    lines = [_row(header), _row(["---"] * len(header))]
+    for run, label, overrides in zip(runs, labels, varying):
+        cells = [label, " ".join(overrides) or _MISSING, _status_cell(run)]
+        cells += [_num(run.final(TRAIN_LOSS)), _num(run.final(EVAL_LOSS))]
+        for tier in tiers:
+            cells += [_recall_cell(run, tier), _signed(run.final(recall_key(tier, "delta")))]
+            cells.append(_num(run.final(recall_key(tier, "p_value")), digits=3))
+        cells.append(_count(run.final(NAN_EVENTS)))
+        lines.append(_row(cells))
+    return "\n".join(lines)
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _status_cell(run: RunRecord) -> str:
+    message = str(run.summary.get(MESSAGE) or "")
+    if not message or run.status == COMPLETED:
+        return run.status
+    return f"{run.status}: {message if len(message) <= 60 else message[:57] + '...'}"
+
+
+def _recall_cell(run: RunRecord, tier: str) -> str:
+    acc = run.final(recall_key(tier))
+    if acc is None:
+        return _MISSING
+    low, high = run.final(recall_key(tier, "mc_acc_low")), run.final(recall_key(tier, "mc_acc_high"))
+    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    return f"{acc:.3f}{interval}"
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return _MISSING if value is None else f"{value:.{digits}g}"
+
+
+def _count(value: float | None) -> str:
+    return _MISSING if value is None else str(int(value)) if math.isfinite(value) else "nan"
+
+
+def _signed(value: float | None) -> str:
+    return _MISSING if value is None else f"{value:+.3f}"
+
+
+def _status_line(runs: list[RunRecord]) -> str:
+    counts = Counter(run.status for run in runs)
+    return f"{len(runs)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+def _label(run: RunRecord, root: Path) -> str:
+    rel = run.path.relative_to(root)
+    return str(rel) if rel.parts else run.path.resolve().name
+
+
+def _split_overrides(runs: list[RunRecord]) -> tuple[list[list[str]], list[str]]:
+    """Each run's overrides that differ between runs, and the overrides every run shares (shown once)."""
+    common = set.intersection(*(set(r.overrides) for r in runs)) if len(runs) > 1 else set()
+    varying = [[o for o in r.overrides if o not in common] for r in runs]
+    return varying, [o for o in runs[0].overrides if o in common]
+
+
+# ---- plots ---------------------------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works on machines without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _loss_section(runs: list[RunRecord], labels: list[str], varying: list[list[str]], out: Path) -> str:
+    curves = [(r, r.series(TRAIN_LOSS), r.series(EVAL_LOSS)) for r in runs]
+    if not any(train[0] or ev[0] for _, train, ev in curves):
+        return "## Loss curves\n\nNo run logged train/loss or eval/loss."
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    finite: list[float] = []
+    for i, ((run, (ts, tv), (es, ev)), label) in enumerate(zip(curves, labels)):
+        color = f"C{i % 10}"
+        name = " ".join([label, *varying[i]]) + ("" if run.status == COMPLETED else f" [{run.status}]")
+        ax.plot(ts, tv, color=color, label=name)  # one legend entry per run; the line style tells train/eval
+        ax.plot(es, ev, color=color, linestyle="--", marker=".", label=None if ts else name)
+        finite += [v for v in tv + ev if math.isfinite(v)]
+        if run.status == DIVERGED and (last := _last_finite(ts, tv)):
+            ax.plot(*last, color=color, marker="x", markersize=10, markeredgewidth=2)
+    if finite and min(finite) > 0 and max(finite) / min(finite) > 100:
+        ax.set_yscale("log")  # a diverging run's blow-up would flatten everyone else's curve
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("train (solid) and eval (dashed) loss; x = last finite train loss of a diverged run")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(runs) // 25)
+    fig.tight_layout()
+    fig.savefig(out / LOSS_PLOT, dpi=110)
+    plt.close(fig)
+    return f"## Loss curves\n\n![loss curves]({LOSS_PLOT})"
+
+
+def _last_finite(steps: list[int], values: list[float]) -> tuple[int, float] | None:
+    pairs = [(s, v) for s, v in zip(steps, values) if math.isfinite(v)]
+    return pairs[-1] if pairs else None
+
+
+def _heatmap_section(runs: list[RunRecord], tiers: list[str], out: Path) -> str:
+    title = "## Recall over the swept parameters"
+    params = _swept_params(runs)
+    if len(params) < 2:
+        return f"{title}\n\nNo heatmap: {len(params)} parameter(s) vary across these runs; it needs 2."
+    if not tiers:
+        return f"{title}\n\nNo heatmap: no run's summary has a recall/<tier>/mc_acc."
+    x_key, y_key = params[0], params[1]
+    parts = [title]
+    if len(params) > 2:
+        others = ", ".join(params[2:])
+        parts.append(f"Over `{x_key}` × `{y_key}`; each cell averages the runs that differ only in {others}.")
+    for tier in tiers:
+        name = f"recall_heatmap_{tier}.png"
+        _heatmap(runs, tier, x_key, y_key, out / name)
+        parts.append(f"![{tier} recall]({name})")
+    return "\n\n".join(parts)
+
+
+def _swept_params(runs: list[RunRecord]) -> list[str]:
+    """Override keys that take more than one value across runs, the most varied first."""
+    keys = list(dict.fromkeys(k for r in runs for k in r.param_values()))
+    counts = {k: len(_axis_values(runs, k)) for k in keys}
+    return sorted((k for k in keys if counts[k] > 1), key=lambda k: -counts[k])
+
+
+def _heatmap(runs: list[RunRecord], tier: str, x_key: str, y_key: str, path: Path) -> None:
+    xs = _axis_values(runs, x_key)
+    ys = _axis_values(runs, y_key)
+    cells: dict[tuple[str, str], list[RunRecord]] = {}
+    for run in runs:
+        p = run.param_values()
+        cells.setdefault((p.get(x_key, _MISSING), p.get(y_key, _MISSING)), []).append(run)
+    plt = _pyplot()
+    grid = [[math.nan] * len(xs) for _ in ys]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(xs), 1.4 + 0.8 * len(ys)))
+    for (x, y), members in cells.items():
+        scores = [v for r in members if (v := r.final(recall_key(tier))) is not None and math.isfinite(v)]
+        i, j = ys.index(y), xs.index(x)
+        if scores:
+            grid[i][j] = sum(scores) / len(scores)
+            text = f"{grid[i][j]:.2f}"
+        else:  # no score: say why (diverged, failed...), or that a completed run has no recall
+            text = "/".join(sorted({r.status for r in members} - {COMPLETED})) or "no recall"
+        color = "red" if not scores else "black" if grid[i][j] > 0.6 else "white"  # readable on viridis
+        ax.text(j, i, text, ha="center", va="center", fontsize=9, color=color)
+    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower", aspect="auto")
+    ax.set_xticks(range(len(xs)), xs)
+    ax.set_yticks(range(len(ys)), ys)
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(y_key)
+    ax.set_title(f"final {recall_key(tier)}")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _axis_values(runs: list[RunRecord], key: str) -> list[str]:
+    """Distinct values of `key`, in numeric order when they are all numbers."""
+    values = {r.param_values().get(key, _MISSING) for r in runs}
+    try:
+        return sorted(values, key=float)
+    except ValueError:
+        return sorted(values)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Key names of the run-directory contract, shared by the writers (train, eval, app) and the readers (report, sweeps).
+
+`metrics.jsonl` holds one JSON object per logged row; every row has `step` (the optimizer step), so train, eval
+and recall rows share one axis. `summary.json` holds the final figures of the run. The exact names:
+
+    step                          int, optimizer step (every metrics row; also the final step in the summary)
+    status                        "running" | "completed" | "diverged" | "failed" (summary); "running" stays in
+                                  the summary of a run that was killed
+    message                       why a run diverged or failed, e.g. "RuntimeError: ..." (summary)
+    wandb/id                      the W&B run id, kept by the Tracker so a resumed run continues it (summary)
+    train/loss                    training loss (metrics rows; final value in the summary)
+    eval/loss                     eval loss on the fixed eval set (metrics rows; final value in the summary)
+    nan_guard/events              cumulative count of NaN-guard events (metrics rows and summary)
+    train/useful_frames_per_sec   throughput (metrics rows; last value in the summary)
+    recall/<tier>/mc_acc          multiple-choice accuracy on a tier (train | eval | paraphrase); recall rows in
+                                  metrics, final value in the summary
+    recall/<tier>/mc_acc_low      lower end of the 95% Wilson interval of the final mc_acc (summary)
+    recall/<tier>/mc_acc_high     upper end of that interval (summary)
+    recall/<tier>/best_mc_acc     best mc_acc over the run's evaluations (summary)
+    recall/<tier>/baseline_mc_acc mc_acc of the untrained base model on the same questions (summary)
+    recall/<tier>/delta           mc_acc - baseline_mc_acc (summary)
+    recall/<tier>/p_value         paired test of final against baseline on the same questions (summary)
+    recall/<tier>/n               number of questions scored (summary)
+
+Both files are strict JSON: a non-finite number (a NaN loss) is written as null. A key that is present with
+null means "non-finite"; a key that is absent means "not measured".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+STEP = "step"
+STATUS = "status"
+MESSAGE = "message"
+TRAIN_LOSS = "train/loss"
+EVAL_LOSS = "eval/loss"
+NAN_EVENTS = "nan_guard/events"
+
+RUNNING = "running"
+COMPLETED = "completed"
+DIVERGED = "diverged"
+FAILED = "failed"
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+RECALL_STATS = ("mc_acc", "mc_acc_low", "mc_acc_high", "best_mc_acc", "baseline_mc_acc", "delta", "p_value", "n")
+_RECALL_KEY = re.compile(r"^recall/(?P<tier>[^/]+)/mc_acc$")
+
+
+def recall_key(tier: str, stat: str = "mc_acc") -> str:
+    """`recall/<tier>/<stat>`: the one place the recall key layout is spelled."""
+    if stat not in RECALL_STATS:
+        raise ValueError(f"unknown recall stat {stat!r}; expected one of {RECALL_STATS}")
+    return f"recall/{tier}/{stat}"
+
+
+def recall_tiers(keys: Any) -> list[str]:
+    """Tiers that have a final `recall/<tier>/mc_acc` among `keys`, in first-seen order."""
+    tiers = [m["tier"] for k in keys if (m := _RECALL_KEY.match(k))]
+    return list(dict.fromkeys(tiers))
+
+
+def objective_value(summary: Mapping[str, Any], tier: str, stat: str = "mc_acc") -> float | None:
+    """The value a sweeper optimises, or None for a run that did not complete or has no finite score.
+
+    Optuna crashes on NaN but records `None` as a failed trial and carries on (NOTES.md), so a diverged or failed
+    run must never hand back a number.
+    """
+    if summary.get(STATUS) != COMPLETED:
+        return None
+    value = summary.get(recall_key(tier, stat))
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return None
+    return float(value)

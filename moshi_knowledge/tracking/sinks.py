@@ -1,0 +1,165 @@
+"""Where a run's metrics are mirrored besides its own files: the `logger` config group picks one.
+
+`logger=none` selects `NullSink`, `logger=wandb` selects `WandbSink`. Both are built from the option's fields by
+`hydra.utils.instantiate`; the Tracker calls `start` once, then the logging methods, then `finish` exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from moshi_knowledge.errors import UserError
+from moshi_knowledge.tracking.contract import STEP
+from moshi_knowledge.tracking.files import dumps
+from moshi_knowledge.tracking.identity import RunIdentity
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+class Sink(Protocol):
+    log_audio: int
+    log_adapter: bool
+
+    def start(self, run_dir: Path, config: dict[str, Any], identity: RunIdentity, run_id: str | None) -> str | None:
+        """Open the mirror; returns its run id, which a resumed run passes back as `run_id`."""
+
+    def log(self, row: Mapping[str, Any]) -> None: ...
+
+    def summary(self, values: Mapping[str, Any]) -> None: ...
+
+    def table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int | None) -> None: ...
+
+    def audio(self, name: str, path: Path, step: int | None) -> None: ...
+
+    def artifact(self, path: Path, name: str, kind: str) -> None: ...
+
+    def finish(self, failed: bool) -> None: ...
+
+
+class NullSink:
+    """`logger=none`: the run's files are the whole record."""
+
+    log_audio = 0
+    log_adapter = False
+
+    def start(self, run_dir: Path, config: dict[str, Any], identity: RunIdentity, run_id: str | None) -> None:
+        return None
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        pass
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        pass
+
+    def table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int | None) -> None:
+        pass
+
+    def audio(self, name: str, path: Path, step: int | None) -> None:
+        pass
+
+    def artifact(self, path: Path, name: str, kind: str) -> None:
+        pass
+
+    def finish(self, failed: bool) -> None:
+        pass
+
+
+class WandbSink:
+    """`logger=wandb`: one W&B run per Tracker, offline unless the user asks for online."""
+
+    def __init__(
+        self,
+        project: str = "moshi-knowledge",
+        entity: str | None = None,
+        mode: str = "offline",
+        job_type: str | None = None,
+        tags: Sequence[str] = (),
+        log_audio: int = 4,
+        log_adapter: bool = False,
+    ) -> None:
+        if mode not in WANDB_MODES:
+            raise UserError(
+                f"logger.mode={mode!r} is not a W&B mode",
+                fix="set logger.mode to offline (default; upload later with `wandb sync`), online or disabled",
+            )
+        self.project, self.entity, self.mode, self.job_type = project, entity, mode, job_type
+        self.tags = tuple(tags)
+        self.log_audio, self.log_adapter = log_audio, log_adapter
+        self._run: Any = None
+
+    def start(self, run_dir: Path, config: dict[str, Any], identity: RunIdentity, run_id: str | None) -> str:
+        import wandb
+
+        try:
+            # mode= is passed explicitly: WANDB_MODE is read only at a process's first init (NOTES.md).
+            # reinit="finish_previous": the default would hand a multirun's job 2 the run of job 1.
+            self._run = wandb.init(
+                project=self.project,
+                entity=self.entity,
+                mode=self.mode,
+                dir=str(run_dir),
+                group=identity.group,
+                name=identity.name,
+                job_type=self.job_type or identity.job_type,
+                tags=list(dict.fromkeys([*identity.tags, *self.tags])),
+                config=config,
+                id=run_id,
+                resume="allow" if run_id else None,
+                reinit="finish_previous",
+            )
+        except wandb.errors.UsageError as err:
+            raise UserError(
+                f"W&B could not start a run with logger.mode={self.mode}: {err}",
+                fix="export WANDB_API_KEY (or run `wandb login`) for online mode, or use logger.mode=offline "
+                "and upload later with `wandb sync RUN_DIR/wandb/offline-run-*`",
+            ) from err
+        # Train, eval and recall rows all carry `step`; plotting every metric against it lines them up.
+        self._run.define_metric(STEP)
+        self._run.define_metric("*", step_metric=STEP)
+        return self._run.id
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        self._run.log(dict(row))
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        if self._run is not None:
+            self._run.summary.update(dict(values))
+
+    def table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int | None) -> None:
+        import wandb
+
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        data = [[_cell(row.get(c)) for c in columns] for row in rows]
+        self._log_media(name, wandb.Table(columns=columns, data=data), step)
+
+    def audio(self, name: str, path: Path, step: int | None) -> None:
+        import wandb
+
+        self._log_media(name, wandb.Audio(str(path), caption=Path(path).stem), step)
+
+    def artifact(self, path: Path, name: str, kind: str) -> None:
+        import wandb
+
+        # Artifact names are per project: suffix the run id so a sweep's adapters don't become versions of one.
+        art = wandb.Artifact(re.sub(r"[^\w.-]", "_", f"{name}-{self._run.id}"), type=kind)
+        if Path(path).is_dir():
+            art.add_dir(str(path))
+        else:
+            art.add_file(str(path))
+        self._run.log_artifact(art)
+
+    def finish(self, failed: bool) -> None:
+        if self._run is not None:
+            self._run.finish(exit_code=1 if failed else 0)
+            self._run = None
+
+    def _log_media(self, name: str, media: Any, step: int | None) -> None:
+        self._run.log({name: media} if step is None else {name: media, STEP: step})
+
+
+def _cell(value: Any) -> Any:
+    """wandb.Table cells must be scalars: nested values go in as JSON text."""
+    return dumps(value) if isinstance(value, (Mapping, list, tuple)) else value

@@ -1,0 +1,140 @@
+"""The sweep report, from synthetic run directories laid out as a Hydra multirun writes them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import yaml
+
+from moshi_knowledge.report import main
+from moshi_knowledge.tracking.runs import find_runs
+
+TIERS = ("train", "eval", "paraphrase")
+
+
+def _write_run(
+    run_dir: Path,
+    overrides: list[str],
+    status: str,
+    losses: list[float],
+    recall: dict[str, float] | None = None,
+    message: str | None = None,
+    events: int = 0,
+) -> None:
+    """A run dir as train + eval leave it: metrics rows per step, eval rows every 2 steps, summary, overrides."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (run_dir / ".hydra" / "config.yaml").write_text("train: {lr: 0.001}\n")
+    rows = []
+    for step, loss in enumerate(losses, 1):
+        finite = math.isfinite(loss)
+        rows.append({"step": step, "train/loss": loss if finite else None, "train/text_loss": loss if finite else None,
+                     "train/lr": 1e-3, "train/grad_norm": 1.0, "nan_guard/events": 0 if finite else events})
+        if step % 2 == 0:
+            rows.append({"step": step, "eval/loss": loss + 0.3 if finite else None})
+    if recall:
+        rows.append({"step": len(losses), **{f"recall/{t}/mc_acc": acc for t, acc in recall.items()}})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary: dict = {"status": status, "step": len(losses), "nan_guard/events": events}
+    if message:
+        summary["message"] = message
+    for tier, acc in (recall or {}).items():
+        summary.update({f"recall/{tier}/mc_acc": acc, f"recall/{tier}/mc_acc_low": acc - 0.15,
+                        f"recall/{tier}/mc_acc_high": min(1.0, acc + 0.08), f"recall/{tier}/best_mc_acc": acc,
+                        f"recall/{tier}/baseline_mc_acc": 0.25, f"recall/{tier}/delta": acc - 0.25,
+                        f"recall/{tier}/p_value": 0.0123, f"recall/{tier}/n": 40})
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture()
+def sweep(tmp_path: Path) -> Path:
+    """A 2 x 2 lora.rank x train.lr sweep with one diverged, one failed and one killed job, plus a rerun."""
+    root = tmp_path / "lora_rank_lr_2025-01-01_10-00-00"
+    common = ["+sweep=lora_rank_lr", "experiment=demo"]
+    good = {"train": 0.9, "eval": 0.85, "paraphrase": 0.4}
+    _write_run(root / "0", [*common, "lora.rank=8", "train.lr=0.0001"], "completed", [3.0, 2.0, 1.5, 1.2], good)
+    _write_run(root / "1", [*common, "lora.rank=8", "train.lr=0.001"], "completed", [3.0, 1.0, 0.5, 0.3],
+               {"train": 1.0, "eval": 0.95, "paraphrase": 0.5})
+    _write_run(root / "2", [*common, "lora.rank=32", "train.lr=0.0001"], "diverged", [3.0, 50.0, math.nan],
+               message="non-finite loss or gradient norm at step 3; nan_guard=halt ended the run", events=1)
+    _write_run(root / "3", [*common, "lora.rank=32", "train.lr=0.001"], "failed", [3.0],
+               message="RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    _write_run(root / "10", [*common, "lora.rank=64", "train.lr=0.001"], "running", [3.0, 2.5])
+    with (root / "10" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "train/lo')  # killed mid-write
+    (root / "0" / "wandb" / "offline-run-x").mkdir(parents=True)  # W&B's own files are not runs
+    return root
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in text.splitlines() if line.startswith("| ")]
+    return {cells[0]: cells for cells in rows if cells[0] != "---"}
+
+
+def test_report_table_statuses_and_figures(sweep: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(sweep)]) == 0
+    printed = capsys.readouterr().out
+    report = (sweep / "report.md").read_text()
+    assert printed.strip() in report
+    header = next(line for line in report.splitlines() if line.startswith("| run"))
+    assert "eval recall [95% CI]" in header and "paraphrase Δ base" in header and "NaN events" in header
+    rows = _table_rows(report)
+    assert list(rows) == ["run", "0", "1", "2", "3", "10"]  # job folders in numeric order
+    assert rows["0"][1] == "lora.rank=8 train.lr=0.0001"  # only what differs; the shared overrides are listed once
+    assert "Common overrides: `+sweep=lora_rank_lr`, `experiment=demo`" in report
+    assert rows["0"][2] == "completed" and rows["1"][2] == "completed"
+    assert rows["2"][2].startswith("diverged: non-finite loss") and rows["3"][2].startswith("failed: RuntimeError")
+    assert rows["10"][2] == "running"
+    assert "5 runs: 2 completed, 1 diverged, 1 failed, 1 running" in report
+    col = rows["run"].index
+    assert rows["1"][col("train loss")] == "0.3" and rows["1"][col("eval loss")] == "0.6"
+    assert rows["1"][col("eval recall [95% CI]")] == "0.950 [0.800, 1.000]"
+    assert rows["1"][col("eval Δ base")] == "+0.700" and rows["1"][col("eval p")] == "0.0123"
+    assert rows["2"][col("train loss")] == "nan" and rows["2"][col("NaN events")] == "1"
+    assert rows["2"][col("eval recall [95% CI]")] == "–"
+    assert rows["10"][col("train loss")] == "2.5"  # the killed run's last whole row
+
+
+def test_report_plots_are_real_pngs(sweep: Path) -> None:
+    assert main([str(sweep)]) == 0
+    report = (sweep / "report.md").read_text()
+    for name in ["loss_curves.png", *(f"recall_heatmap_{t}.png" for t in TIERS)]:
+        assert f"]({name})" in report
+        image = matplotlib.image.imread(sweep / name)
+        assert image.shape[0] > 200 and image.shape[1] > 300 and image.std() > 0.01, name
+
+
+def test_heatmap_is_skipped_with_a_note_when_one_parameter_varies(tmp_path: Path) -> None:
+    for i, lr in enumerate(["0.0001", "0.001"]):
+        _write_run(tmp_path / str(i), [f"train.lr={lr}"], "completed", [2.0, 1.0], {"eval": 0.5 + i / 4})
+    assert main([str(tmp_path)]) == 0
+    assert "No heatmap: 1 parameter(s) vary" in (tmp_path / "report.md").read_text()
+    assert not list(tmp_path.glob("recall_heatmap_*.png")) and (tmp_path / "loss_curves.png").exists()
+
+
+def test_a_single_run_dir_without_hydra_is_a_report_of_one(tmp_path: Path) -> None:
+    run = tmp_path / "demo"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"status": "completed", "train/loss": 0.4}))
+    assert main([str(run)]) == 0
+    rows = _table_rows((run / "report.md").read_text())
+    assert rows["demo"][1:4] == ["–", "completed", "0.4"]
+
+
+def test_no_runs_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no runs under" in err and "fix:" in err
+
+
+def test_a_resumed_run_keeps_the_last_value_of_a_repeated_step(tmp_path: Path) -> None:
+    _write_run(tmp_path / "r", [], "completed", [3.0, 2.0])
+    with (tmp_path / "r" / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 2, "train/loss": 1.5}) + "\n")  # the resumed attempt re-logged step 2
+    (run,) = find_runs(tmp_path)
+    assert run.series("train/loss") == ([1, 2], [3.0, 1.5])
+    assert run.final("train/loss") == 1.5 and run.final("eval/loss") == 2.3
