@@ -339,3 +339,38 @@ SCHEMAS.update({
     ("logger", "wandb_schema"): WandbLoggerSchema,
     ("logger", "none_schema"): NoneLoggerSchema,
 })
+
+
+# ---- eval group (issue 5): knowledge recall ----
+
+
+@dataclass
+class EvalSchema:
+    """Mirrors moshi_knowledge.evaluation.config.EvalConfig (a test keeps the two in step)."""
+
+    _target_: str = "moshi_knowledge.evaluation.config.EvalConfig"
+    recall_every: int = 50
+    tiers: list[str] = field(default_factory=lambda: ["train", "paraphrase", "eval"])
+    max_per_tier: Optional[int] = None
+    seed: int = 0
+    lead_sec: float = 0.3
+    gap_sec: float = 0.4
+    mc: bool = True
+    candidate_audio: bool = False
+    mc_batch_size: int = 64
+    generate: bool = True
+    max_answer_sec: float = 4.0
+    gen_batch_size: int = 32
+    audio_temp: float = 0.8
+    audio_top_k: int = 250
+    voice: bool = True
+    voice_max_clips: int = 32
+    judge: Optional[str] = None  # null | openai | gemini
+    judge_model: Optional[str] = None
+    judge_base_url: Optional[str] = None
+    judge_timeout_s: float = 60.0
+    judge_max_retries: int = 5
+    judge_cache_dir: Optional[str] = None
+
+
+SCHEMAS.update({("eval", "default_schema"): EvalSchema})

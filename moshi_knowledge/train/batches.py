@@ -1,0 +1,167 @@
+"""Model-ready batches: the endless training stream (resumable by position) and the fixed eval set.
+
+How a row is laid out, and why no conversation sees another:
+- padding frames hold the zero token (-1): no embedding, no loss; padding only ever follows real frames, and the
+  LM is causal, so it cannot change any prediction (a test checks this);
+- a packed conversation is preceded by `gap` frames of the LM's initial tokens, so that after moshi's own delaying
+  its first positions read exactly what they read at the start of a sequence;
+- `segments` numbers the conversations of each row; attention.segment_attention turns it into a block-diagonal
+  mask, because LMModel.forward takes no attention mask (RoPE is relative, so positions need no reset);
+- the loss mask keeps a conversation's own frames only, minus the last `delay` frames of each delayed codebook,
+  whose prediction would read the next frame (moshi masks the same frames at the end of a sequence).
+Together, a packed conversation gets the same logits as the conversation alone (tested).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from moshi_knowledge.errors import UserError
+from moshi_knowledge.train.packing import Placement, pack_rows
+from moshi_knowledge.train.samples import N_STREAMS, ZERO_TOKEN, ConversationCodes, drop_answer_audio
+
+PackedRow = list[tuple[torch.Tensor, int]]  # (codes [17, L], offset) per conversation in the row
+N_PREDICTED = 9  # text + Moshi's 8 codebooks
+
+
+def find_lm(model: nn.Module) -> nn.Module:
+    """The moshi LMModel inside DDP / peft wrappers (anything with `delays` and `forward_text`)."""
+    for module in model.modules():
+        if hasattr(module, "delays") and hasattr(module, "forward_text"):
+            return module
+    raise TypeError(f"no moshi LMModel inside {type(model).__name__}")
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What batches and the loss need to know about the LM: delays, initial-token ids, text padding ids."""
+
+    delays: tuple[int, ...]
+    card: int
+    text_card: int
+    pad_id: int = 3
+    end_pad_id: int = 0
+
+    @classmethod
+    def from_lm(cls, model: nn.Module) -> "StreamSpec":
+        lm = find_lm(model)
+        return cls(tuple(int(d) for d in lm.delays), int(lm.card), int(lm.text_card),
+                   int(lm.text_padding_token_id), int(lm.end_of_text_padding_id))
+
+    @property
+    def gap(self) -> int:
+        """Frames between packed conversations: one more than the largest delay (see module docstring)."""
+        return max(self.delays) + 1
+
+    def initial_frames(self) -> torch.Tensor:
+        frame = torch.full((N_STREAMS, self.gap), self.card, dtype=torch.long)
+        frame[0] = self.text_card
+        return frame
+
+
+@dataclass
+class Batch:
+    codes: torch.Tensor  # [B, 17, T] int64
+    loss_mask: torch.Tensor  # [B, 9, T] bool: text + Moshi's 8 codebooks
+    segments: Optional[torch.Tensor]  # [B, T] int64, or None when no row holds two conversations
+    useful_frames: int  # frames that belong to a conversation
+
+    def __len__(self) -> int:
+        return int(self.codes.shape[0])
+
+    def to(self, device: torch.device | str) -> "Batch":
+        seg = None if self.segments is None else self.segments.to(device, non_blocking=True)
+        return replace(self, codes=self.codes.to(device, non_blocking=True),
+                       loss_mask=self.loss_mask.to(device, non_blocking=True), segments=seg)
+
+
+def collate(rows: Sequence[PackedRow], spec: StreamSpec, seq_frames: int) -> Batch:
+    n = len(rows)
+    codes = torch.full((n, N_STREAMS, seq_frames), ZERO_TOKEN, dtype=torch.long)
+    inside = torch.zeros((n, N_PREDICTED, seq_frames), dtype=torch.bool)
+    segments = torch.zeros((n, seq_frames), dtype=torch.long)
+    predicted_delays = spec.delays[:N_PREDICTED]
+    useful = 0
+    for b, row in enumerate(rows):
+        for k, (conv, offset) in enumerate(row):
+            length = conv.shape[1]
+            codes[b, :, offset:offset + length] = conv
+            if offset > 0:
+                codes[b, :, offset - spec.gap:offset] = spec.initial_frames()
+                segments[b, offset:] = k  # the gap before it stays with the previous conversation
+            for s, delay in enumerate(predicted_delays):
+                inside[b, s, offset:offset + length - delay] = True
+            useful += length
+    loss_mask = inside & (codes[:, :N_PREDICTED] != ZERO_TOKEN)
+    packed = any(len(row) > 1 for row in rows)
+    return Batch(codes, loss_mask, segments if packed else None, useful)
+
+
+def _rows(codes: Sequence[torch.Tensor], layout: list[list[Placement]]) -> list[PackedRow]:
+    return [[(codes[p.sample], p.offset) for p in row] for row in layout]
+
+
+def _check_samples(samples: Sequence[ConversationCodes], what: str) -> None:
+    if not samples:
+        raise UserError(f"the {what} set has no conversations", "check the dataset stage's output and its split")
+
+
+class TrainStream:
+    """An endless, deterministic sequence of packed rows.
+
+    Epoch e is a shuffle of every conversation seeded by (seed, e), with its own audio_drop draw, packed. Batches
+    run on across epoch ends, so every step gets a full batch however small the data. `position` (epoch, row) is
+    all a checkpoint needs to continue exactly.
+    """
+
+    def __init__(self, samples: Sequence[ConversationCodes], spec: StreamSpec, seq_frames: int, packing: bool,
+                 audio_drop: float, seed: int) -> None:
+        _check_samples(samples, "training")
+        self.samples, self.spec, self.seq_frames = list(samples), spec, seq_frames
+        self.packing, self.audio_drop, self.seed = packing, audio_drop, seed
+        self.position: tuple[int, int] = (0, 0)
+        self._epoch: tuple[int, list[PackedRow]] | None = None
+
+    def epoch_rows(self, epoch: int) -> list[PackedRow]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            rng = random.Random(self.seed * 1_000_003 + epoch)
+            order = list(range(len(self.samples)))
+            rng.shuffle(order)
+            codes = [s.codes for s in self.samples]
+            for i in order:  # drawn in shuffled order, so each epoch drops different turns
+                codes[i] = drop_answer_audio(self.samples[i], self.audio_drop, rng)
+            layout = pack_rows(self.samples, order, self.seq_frames, self.spec.gap, self.packing)
+            self._epoch = (epoch, _rows(codes, layout))
+        return self._epoch[1]
+
+    def next_rows(self, n: int) -> list[PackedRow]:
+        """The next `n` rows of the global stream; advances `position`."""
+        epoch, row = self.position
+        out: list[PackedRow] = []
+        while len(out) < n:
+            rows = self.epoch_rows(epoch)
+            take = rows[row:row + n - len(out)]
+            out.extend(take)
+            row += len(take)
+            if row >= len(rows):
+                epoch, row = epoch + 1, 0
+        self.position = (epoch, row)
+        return out
+
+
+def eval_batches(samples: Sequence[ConversationCodes], spec: StreamSpec, seq_frames: int, batch_size: int,
+                 packing: bool) -> list[Batch]:
+    """The fixed eval set: built once, in dataset order, no audio_drop; the last batch may be smaller.
+
+    A list, not a generator: every evaluation sees the very same batches (moshi-finetune's single-pass generator
+    is why its eval loss turned NaN after the first evaluation).
+    """
+    _check_samples(samples, "eval")
+    layout = pack_rows(samples, range(len(samples)), seq_frames, spec.gap, packing)
+    rows = _rows([s.codes for s in samples], layout)
+    return [collate(rows[i:i + batch_size], spec, seq_frames) for i in range(0, len(rows), batch_size)]

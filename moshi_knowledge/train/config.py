@@ -1,0 +1,57 @@
+"""Training options, as one dataclass: `conf/train/*.yaml` instantiates it (`_target_`), tests build it directly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from moshi_knowledge.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of the loop. Defaults follow moshi-finetune's published recipe unless noted."""
+
+    max_steps: int = 200
+    batch_size: int = 8  # rows per optimizer step, over all ranks and micro-batches
+    grad_accum: int = 1  # micro-batches per optimizer step (per rank)
+    seq_sec: float = 100.0  # length of one training row; moshi-finetune's duration_sec is 100 s in its recipe
+    packing: bool = True  # several whole conversations per row (False: one conversation padded per row)
+    lr: float = 1e-4
+    schedule: Literal["cosine", "one_cycle", "constant"] = "cosine"
+    warmup_steps: int = 10  # cosine: linear warmup; one_cycle: the rising phase
+    min_lr_ratio: float = 0.1  # cosine ends at lr * min_lr_ratio
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: float = 1.0
+    text_weight: float = 1.0  # loss = text_weight * text CE + audio CE
+    text_padding_weight: float = 0.5  # weight of pad / end-of-padding text targets
+    first_codebook_weight_multiplier: float = 1.0
+    # fraction of answer turns whose Moshi audio becomes the zero token (NOTES: train/eval mismatch)
+    audio_drop: float = 0.5
+    eval_every: int = 50  # 0: evaluate only at the end
+    eval_at_start: bool = True  # one evaluation before the first step: the base model's figures
+    eval_batch_size: Optional[int] = None  # None: batch_size
+    log_every: int = 1
+    ckpt_every: int = 100  # 0: only the final checkpoint
+    keep_checkpoints: int = 2
+    resume: bool = False
+    seed: int = 0
+    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on CUDA only; trainable weights stay fp32
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]  # OmegaConf gives a list
+        checks = [
+            ("max_steps", self.max_steps >= 1, "a positive number of optimizer steps"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("grad_accum", self.grad_accum >= 1, "at least 1"),
+            ("seq_sec", self.seq_sec > 0, "a positive number of seconds"),
+            ("audio_drop", 0.0 <= self.audio_drop <= 1.0, "a fraction in [0, 1]"),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, "at least 1"),
+            ("schedule", self.schedule in ("cosine", "one_cycle", "constant"), "cosine, one_cycle or constant"),
+            ("precision", self.precision in ("bf16", "fp32"), "bf16 or fp32"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise UserError(f"train.{name}={getattr(self, name)!r} is invalid", f"set train.{name} to {want}")

@@ -1,0 +1,316 @@
+"""The training loop: `train(model, train_samples, eval_samples, cfg, nan_guard, run_dir)` -> summary dict.
+
+It works on any moshi LMModel, bare or wrapped (peft LoRA, DDP): it trains exactly the parameters that have
+`requires_grad`. One optimizer step = `batch_size` rows of the global stream, split over ranks, then into
+`grad_accum` micro-batches. Step numbers count optimizer steps from 1; step 0 is the state before training.
+
+Run directory: metrics.jsonl (train and eval rows keyed by `step`) and summary.json (status completed | diverged |
+failed, and the final figures) go through a tracking.Tracker (the caller's, or a files-only one); checkpoints/ is
+written here. Only rank 0 writes; every rank returns the same summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+from moshi.modules.transformer import StreamingTransformer
+from torch import nn
+
+from moshi_knowledge.errors import UserError
+from moshi_knowledge.tracking import RunIdentity, Tracker
+from moshi_knowledge.train.attention import segment_attention
+from moshi_knowledge.train.batches import Batch, PackedRow, StreamSpec, TrainStream, collate, eval_batches
+from moshi_knowledge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from moshi_knowledge.train.config import TrainConfig
+from moshi_knowledge.train.distributed import all_reduce_sum, dist_info, no_sync, shard, wrap_ddp
+from moshi_knowledge.train.loss import LossSettings, LossSums, loss_sums, step_loss, target_weights
+from moshi_knowledge.train.nan_guard import NanGuard, Snapshot
+from moshi_knowledge.train.optim import build_optimizer, lr_at
+from moshi_knowledge.train.samples import FRAME_RATE, ConversationCodes
+
+OnEval = Callable[[int, nn.Module], Optional[Mapping[str, Any]]]
+
+
+class RunLog(Protocol):
+    """What the loop needs of a tracking.Tracker."""
+
+    def log(self, row: Mapping[str, Any]) -> None: ...
+
+    def keep_until(self, step: int) -> None: ...
+
+    def summary(self, values: Mapping[str, Any]) -> None: ...
+
+
+class _Silent:
+    """The run log of ranks other than 0: they compute the same figures but write nothing."""
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        pass
+
+    def keep_until(self, step: int) -> None:
+        pass
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        pass
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """moshi's transformers recompute each layer in backward when `checkpointing` is set (main and depformer)."""
+    for module in model.modules():
+        if isinstance(module, StreamingTransformer):
+            module.checkpointing = enabled
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+def forward_sums(net: nn.Module, batch: Batch, spec: StreamSpec, settings: LossSettings,
+                 precision: str = "bf16") -> LossSums:
+    """Loss sums of one on-device batch, inside the caller's `segment_attention(model, batch.segments)`.
+
+    `net` is what runs forward (maybe DDP-wrapped); the caller keeps the segment mask active through backward.
+    """
+    with _autocast(batch.codes.device, precision):
+        output = net(batch.codes)
+    return loss_sums(output, batch, spec, settings)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Sequence[Batch], spec: StreamSpec, settings: LossSettings,
+             precision: str = "bf16") -> dict[str, float]:
+    """Loss over a whole fixed eval set, weighted by target (not a mean of batch means); {} for an empty set.
+
+    Under torchrun each rank takes every world-th batch and the sums are all-reduced, so a set smaller than the
+    number of ranks still works. ppl = exp(loss), and text_ppl = exp(text_loss), the text stream's perplexity.
+    """
+    if not batches:
+        return {}
+    info, device = dist_info(), next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    for batch in batches[info.rank::info.world]:
+        batch = batch.to(device)
+        with segment_attention(model, batch.segments):
+            sums += forward_sums(model, batch, spec, settings, precision).as_vector()
+    model.train(was_training)
+    figures = LossSums.means(all_reduce_sum(sums), settings.text_weight)
+    out = {f"eval/{k}": v for k, v in figures.items()}
+    out["eval/ppl"] = _exp(figures["loss"])
+    out["eval/text_ppl"] = _exp(figures["text_loss"])
+    return out
+
+
+class _Run:
+    def __init__(self, model: nn.Module, train_samples: Sequence[ConversationCodes],
+                 eval_samples: Sequence[ConversationCodes], cfg: TrainConfig, guard: NanGuard, run_dir: Path,
+                 run_log: RunLog, on_eval: Optional[OnEval], inject_nonfinite_at: Sequence[int]) -> None:
+        self.info = dist_info()
+        self.cfg, self.guard, self.run_dir, self.on_eval = cfg, guard, run_dir, on_eval
+        self.run_log = run_log
+        self.inject = set(int(s) for s in inject_nonfinite_at)
+        per_step = self.info.world * cfg.grad_accum
+        if cfg.batch_size % per_step:
+            raise UserError(f"train.batch_size={cfg.batch_size} does not split into {self.info.world} rank(s) x "
+                            f"train.grad_accum={cfg.grad_accum} micro-batches",
+                            f"make train.batch_size a multiple of {per_step}")
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        if not self.params:
+            raise UserError("the model has no trainable parameters", "apply LoRA (lora=...) or choose lora=full")
+        for p in self.params.values():
+            p.data = p.data.float()  # fp32 master weights; autocast computes in bf16 on GPU
+        set_gradient_checkpointing(model, cfg.gradient_checkpointing)
+        self.net = wrap_ddp(model, self.info)
+        self.optimizer = build_optimizer(list(self.params.values()), cfg)
+        self.spec = StreamSpec.from_lm(model)
+        self.settings = LossSettings(cfg.text_weight, cfg.text_padding_weight, cfg.first_codebook_weight_multiplier)
+        self.seq_frames = round(cfg.seq_sec * FRAME_RATE)
+        self.stream = TrainStream(train_samples, self.spec, self.seq_frames, cfg.packing, cfg.audio_drop, cfg.seed)
+        self.eval_set = (eval_batches(eval_samples, self.spec, self.seq_frames, cfg.eval_batch_size or cfg.batch_size,
+                                      cfg.packing) if eval_samples else [])
+        self.snapshot = Snapshot()
+        self.step = 0
+        self.lr_scale = 1.0
+        self.status, self.message = "running", ""
+        self.last: dict[str, Any] = {}  # latest figures of each key, for the summary
+        self.started = time.time()
+
+    # ---- one optimizer step -------------------------------------------------------------------------------
+    def _micro_batches(self, rows: Sequence[PackedRow]) -> list[Batch]:
+        mine = shard(rows, self.info)
+        per_micro = len(mine) // self.cfg.grad_accum
+        return [collate(mine[i:i + per_micro], self.spec, self.seq_frames).to(self.device)
+                for i in range(0, len(mine), per_micro)]
+
+    def _backward(self, micro: Sequence[Batch], inject: bool) -> dict[str, float]:
+        """Accumulate the gradient of the step loss (normalised by the whole step's weights); return its figures."""
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for batch in micro:
+            text_w, audio_w = target_weights(batch, self.spec, self.settings)
+            totals += torch.stack([text_w.sum(), audio_w.sum()]).double()
+        text_total, audio_total = all_reduce_sum(totals).float()
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        for i, batch in enumerate(micro):
+            with no_sync(self.net, sync=i == len(micro) - 1), segment_attention(self.model, batch.segments):
+                part = forward_sums(self.net, batch, self.spec, self.settings, self.cfg.precision)
+                loss = step_loss(part, text_total, audio_total, self.cfg.text_weight)
+                if inject:
+                    loss = loss * math.nan
+                (loss * self.info.world).backward()  # DDP averages gradients over ranks; we want their sum
+            sums += part.as_vector()
+        figures = LossSums.means(all_reduce_sum(sums), self.cfg.text_weight)
+        return {k: math.nan for k in figures} if inject else figures
+
+    def _update(self, finite: bool) -> str:
+        """Apply, skip or undo this step as the NaN guard says; returns the action taken."""
+        action = "step" if finite else self.guard.on_nonfinite(self.step)
+        if action == "step":
+            self.optimizer.step()
+        elif action == "rollback":
+            self.snapshot.restore(self.params, self.optimizer)
+            self.lr_scale *= self.guard.lr_factor
+        elif action == "halt":
+            self.status, self.message = "diverged", self.guard.message
+        self.optimizer.zero_grad(set_to_none=True)
+        if finite:
+            self.guard.on_good_step()
+            if self.guard.policy == "rollback" and self.step % self.guard.snapshot_every == 0:
+                self.snapshot.take(self.params, self.optimizer)
+        return action
+
+    def _train_step(self, inject: bool) -> dict[str, Any]:
+        start = time.time()
+        rows = self.stream.next_rows(self.cfg.batch_size)
+        lr = lr_at(self.step, self.cfg) * self.lr_scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        figures = self._backward(self._micro_batches(rows), inject)
+        clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.params.values()), clip))
+        self.step += 1
+        action = self._update(math.isfinite(figures["loss"]) and math.isfinite(grad_norm))
+        useful = sum(conv.shape[1] for row in rows for conv, _ in row)
+        seconds = time.time() - start
+        return {f"train/{k}": v for k, v in figures.items()} | {
+            "train/lr": lr, "train/grad_norm": grad_norm, "nan_guard/events": self.guard.events,
+            "nan_guard/action": action, "train/useful_fraction": useful / (len(rows) * self.seq_frames),
+            "train/useful_frames_per_sec": useful / max(seconds, 1e-9), "train/step_sec": seconds,
+        }
+
+    # ---- evaluation ---------------------------------------------------------------------------------------
+    def _eval_row(self) -> dict[str, Any]:
+        row = evaluate(self.model, self.eval_set, self.spec, self.settings, self.cfg.precision)
+        if self.on_eval is not None:
+            self.model.eval()
+            row.update(self.on_eval(self.step, self.model) or {})
+            self.model.train()
+        return row
+
+    # ---- checkpoints --------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"position": list(self.stream.position), "lr_scale": self.lr_scale,
+                "nan_guard": self.guard.state_dict(), "last": self.last}
+
+    def _save(self) -> None:
+        save_checkpoint(self.run_dir, self.step, self.params, self.optimizer, self._state(),
+                        self.cfg.keep_checkpoints, self.info)
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            return
+        state = load_checkpoint(path, self.params, self.optimizer, self.info)
+        self.step, self.lr_scale = int(state["step"]), float(state["lr_scale"])
+        self.stream.position = (int(state["position"][0]), int(state["position"][1]))
+        self.guard.load_state_dict(state["nan_guard"])
+        self.last = dict(state["last"])
+        self.run_log.keep_until(self.step)
+
+    # ---- the run ------------------------------------------------------------------------------------------
+    def _log(self, row: dict[str, Any]) -> None:
+        self.last.update({k: v for k, v in row.items() if k != "nan_guard/action"})
+        self.run_log.log({"step": self.step, **row})
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed + self.info.rank)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.model.train()
+        if cfg.resume:
+            self._resume()
+        if self.guard.policy == "rollback":
+            self.snapshot.take(self.params, self.optimizer)
+        if self.step == 0 and cfg.eval_at_start:
+            self._log(self._eval_row())
+        while self.step < cfg.max_steps and self.status == "running":
+            row = self._train_step(inject=self.step + 1 in self.inject)
+            if self.status != "running":
+                self._log(row)
+                break
+            last = self.step == cfg.max_steps
+            if last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0):
+                row.update(self._eval_row())
+            if last or self.step % cfg.log_every == 0 or any(k.startswith("eval/") for k in row):
+                self._log(row)
+            if last or (cfg.ckpt_every > 0 and self.step % cfg.ckpt_every == 0):
+                self._save()
+        if self.status == "running":
+            finite = all(bool(torch.isfinite(p).all()) for p in self.params.values())
+            self.status = "completed" if finite else "diverged"
+            if not finite:
+                self.message = (f"trainable weights are non-finite after step {self.step} "
+                                f"(nan_guard={self.guard.policy})")
+        summary = self.summary()
+        self.run_log.summary(summary)
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "status": self.status, "message": self.message, "step": self.step, "max_steps": self.cfg.max_steps,
+            "trainable_params": sum(p.numel() for p in self.params.values()),
+            "world_size": self.info.world, "wall_sec": time.time() - self.started,
+            "nan_guard/policy": self.guard.policy, "nan_guard/events": self.guard.events,
+            **{k: v for k, v in self.last.items() if k != "nan_guard/events"},
+        }
+
+
+def train(model: nn.Module, train_samples: Sequence[ConversationCodes], eval_samples: Sequence[ConversationCodes],
+          cfg: TrainConfig, nan_guard: NanGuard, run_dir: str | Path, *, tracker: Optional[RunLog] = None,
+          on_eval: Optional[OnEval] = None, inject_nonfinite_at: Sequence[int] = ()) -> dict[str, Any]:
+    """Train `model` in place; returns the summary, which also goes to the tracker's summary.json.
+
+    `tracker`: the app's tracking.Tracker (entered), used on rank 0 only; None makes a files-only Tracker in
+    `run_dir`, which records status "failed" if training raises. `on_eval(step, model)` runs after every
+    evaluation on every rank, model in eval mode; a mapping it returns is logged in the same metrics row.
+    `inject_nonfinite_at` lists optimizer steps (from 1) whose loss is made NaN, to test the NaN guard. A diverged
+    run returns normally with status "diverged".
+    """
+    run_dir = Path(run_dir)
+
+    def run(run_log: RunLog) -> dict[str, Any]:
+        return _Run(model, train_samples, eval_samples, cfg, nan_guard, run_dir, run_log, on_eval,
+                    inject_nonfinite_at).run()
+
+    if not dist_info().is_main:
+        return run(_Silent())
+    if tracker is not None:
+        return run(tracker)
+    with Tracker(None, run_dir, identity=RunIdentity.standalone(run_dir.name)) as own:
+        return run(own)
