@@ -1,0 +1,202 @@
+"""LoRA (peft) and full finetuning of a moshi LMModel, and export in peft's and moshi's formats.
+
+Target presets are regexes over module names (peft full-matches a string `target_modules`), because a suffix
+list like ["in_projs.0"] would catch only step 0 of the depformer's 8 per-codebook linears.
+
+Exports (`export_adapter`):
+- LoRA: `peft/` (PeftModel.save_pretrained) and `moshi/lora.safetensors` + `moshi/config.json`, served with
+  `python -m moshi.server --hf-repo <base repo> --lora-weight moshi/lora.safetensors --config-path moshi/config.json`.
+  moshi's loader wraps *every* nn.Linear in its own LoRALinear and fails on any it gets no weights for, so the
+  export holds peft's A/B under moshi's key names and zero A/B for every Linear peft did not target.
+- DoRA and full finetuning have no exact rank-r moshi form: `moshi/model.safetensors` holds merged weights, served
+  with `--moshi-weight moshi/model.safetensors --config-path moshi/config.json` (DoRA also writes `peft/`).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from moshi.models.lm import LMModel
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from peft.utils import ModulesToSaveWrapper
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from moshi_knowledge.errors import UserError
+from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json
+from moshi_knowledge.model.depformer_patch import is_patched, patch_depformer
+
+ADAPTER = "default"  # peft's adapter name; we only ever train one
+_LAYER = r"(transformer|depformer)\.layers\.\d+\."
+_ATTN = r"self_attn\.(in|out)_projs\.\d+"
+_MLP = r"gating(\.\d+)?\.linear_(in|out)"
+TARGETS = {
+    "attn": rf"transformer\.layers\.\d+\.{_ATTN}",
+    "mlp": rf"transformer\.layers\.\d+\.{_MLP}",
+    "attn_mlp": rf"transformer\.layers\.\d+\.({_ATTN}|{_MLP})",
+    # every nn.Linear, the same set moshi's own LoRA (and moshi-finetune) wraps: both transformers, all 8 depformer
+    # steps, the depformer input projections and the text and audio output heads
+    "all": rf"{_LAYER}({_ATTN}|{_MLP})|depformer_in\.\d+|linears\.\d+|text_linear",
+}
+_LORA_KEYS = ("lora", "lora_rank", "lora_scaling")
+
+
+@dataclass
+class LoraSpec:
+    """lora=attn|mlp|attn_mlp|all. `train_embeddings` also trains every token embedding in full."""
+
+    targets: str = "attn_mlp"
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    use_rslora: bool = False
+    use_dora: bool = False
+    train_embeddings: bool = False
+
+
+@dataclass
+class FullFinetune:
+    """lora=full: every parameter is trained."""
+
+
+def embedding_names(lm: LMModel) -> list[str]:
+    return [name for name, module in lm.named_modules() if isinstance(module, nn.Embedding)]
+
+
+def lora_config(lm: LMModel, spec: LoraSpec) -> LoraConfig:
+    if spec.targets not in TARGETS:
+        raise UserError(f"lora.targets={spec.targets!r} is not a preset", f"use one of {', '.join(TARGETS)}")
+    return LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=TARGETS[spec.targets],
+        use_rslora=spec.use_rslora,
+        use_dora=spec.use_dora,
+        modules_to_save=embedding_names(lm) if spec.train_embeddings else None,
+        bias="none",
+    )
+
+
+def apply_lora(lm: LMModel, spec: LoraSpec | FullFinetune) -> nn.Module:
+    """Make `lm` trainable per `spec`. LoRA injects into `lm` in place and returns the PeftModel around it
+    (use `base_lm()` for LMModel methods such as forward_text); full finetuning returns `lm` itself."""
+    if isinstance(spec, FullFinetune):
+        return lm.requires_grad_(True)
+    model = get_peft_model(lm, lora_config(lm, spec))
+    if is_patched(lm):  # peft replaced per-step modules that carried the patch; cover the new ones too
+        patch_depformer(model)
+    return model
+
+
+def base_lm(model: nn.Module) -> LMModel:
+    """The LMModel inside a PeftModel (with its LoRA layers), or the model itself."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    trainable: int
+    total: int
+
+
+def count_parameters(model: nn.Module) -> ParamCount:
+    params = list(model.parameters())
+    return ParamCount(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
+
+
+def merged_copy(model: nn.Module) -> LMModel:
+    """A plain LMModel with the adapter merged into its weights, in eval mode and frozen, for `LMGen` (which refuses
+    peft's Linear) and for moshi-format export. The trained model is left untouched."""
+    source_patched = is_patched(model)
+    merged = copy.deepcopy(model)
+    if isinstance(merged, PeftModel):
+        merged = merged.merge_and_unload()
+    if source_patched:
+        patch_depformer(merged)
+    return merged.eval().requires_grad_(False)
+
+
+def _moshi_lora_tensors(lm: LMModel, rank: int) -> dict[str, torch.Tensor]:
+    """peft's adapter under moshi's key names, zero A/B for uncovered Linears, trained embeddings in full."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}{name}"
+            if isinstance(child, LoraLayer):
+                tensors[f"{path}.lora_A.weight"] = child.lora_A[ADAPTER].weight
+                tensors[f"{path}.lora_B.weight"] = child.lora_B[ADAPTER].weight
+            elif isinstance(child, ModulesToSaveWrapper):
+                for key, value in child.modules_to_save[ADAPTER].state_dict().items():
+                    tensors[f"{path}.{key}"] = value
+            elif isinstance(child, nn.Linear):
+                w = child.weight
+                tensors[f"{path}.lora_A.weight"] = w.new_zeros(rank, child.in_features)
+                tensors[f"{path}.lora_B.weight"] = w.new_zeros(child.out_features, rank)
+            else:
+                walk(child, f"{path}.")
+
+    walk(lm, "")
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+
+def _lora_scaling(lm: LMModel) -> float:
+    scalings = {m.scaling[ADAPTER] for m in lm.modules() if isinstance(m, LoraLayer)}
+    if len(scalings) != 1:  # moshi has a single lora_scaling for every layer
+        raise ValueError(f"expected one LoRA scaling for all layers, found {sorted(scalings)}")
+    return float(scalings.pop())
+
+
+def _save_peft(model: PeftModel, target: Path) -> None:
+    """save_pretrained into a temp dir, then rename: a killed export never leaves a partial peft/ folder."""
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(str(tmp))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@dataclass(frozen=True)
+class AdapterExport:
+    kind: str  # "lora": moshi_weights is lora.safetensors; "merged": moshi_weights is a full model.safetensors
+    moshi_weights: Path
+    moshi_config: Path
+    peft_dir: Path | None
+
+
+def export_adapter(model: nn.Module, out_dir: Path, base_config: dict[str, Any]) -> AdapterExport:
+    """Write the trained adapter (see module doc). `base_config` is the base checkpoint's LM config
+    (`LoadedModel.base_config`); moshi's config.json must repeat it because `--config-path` replaces it."""
+    out_dir = Path(out_dir)
+    (out_dir / "moshi").mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in base_config.items() if k not in _LORA_KEYS}
+    peft_dir = None
+    if isinstance(model, PeftModel):
+        peft_dir = out_dir / "peft"
+        _save_peft(model, peft_dir)
+    lora_cfg = model.peft_config[ADAPTER] if isinstance(model, PeftModel) else None
+    if lora_cfg is not None and not lora_cfg.use_dora:
+        lm = base_lm(model)
+        weights = atomic_write_bytes(
+            out_dir / "moshi" / "lora.safetensors", safetensors_bytes(_moshi_lora_tensors(lm, lora_cfg.r))
+        )
+        config |= {"lora": True, "lora_rank": lora_cfg.r, "lora_scaling": _lora_scaling(lm)}
+        kind = "lora"
+    else:
+        state = {k: v.contiguous().cpu() for k, v in merged_copy(model).state_dict().items()}
+        weights = atomic_write_bytes(out_dir / "moshi" / "model.safetensors", safetensors_bytes(state))
+        kind = "merged"
+    config_path = atomic_write_json(out_dir / "moshi" / "config.json", config)
+    return AdapterExport(kind=kind, moshi_weights=weights, moshi_config=config_path, peft_dir=peft_dir)
