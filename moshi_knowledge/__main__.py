@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from moshi_knowledge.config_schema import register
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.stages import run_stages
+from moshi_knowledge.experiment import run_experiment
 
 log = logging.getLogger("moshi_knowledge")
 
@@ -21,10 +21,11 @@ register()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://moshi_knowledge.conf", config_name="config")
-def app(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> float | None:
+    """Returns the sweep objective (final recall on `objective.tier`), None for a run that did not complete."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        run_stages(cfg, run_dir)
+        objective = run_experiment(cfg, run_dir)
     except (UserError, InstantiationException) as exc:
         err = _user_error(exc)
         if err is None:
@@ -34,6 +35,7 @@ def app(cfg: DictConfig) -> None:
             log.error("fix: %s", err.fix)
         sys.exit(2)
     log.info("run directory: %s", run_dir)
+    return objective
 
 
 def _user_error(exc: BaseException) -> UserError | None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -19,10 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from moshi_knowledge.cache import CacheEntry, build_or_reuse, cache_key
 from moshi_knowledge.dataset.build import build_dataset
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.io_utils import atomic_write_json
+from moshi_knowledge.io_utils import atomic_write_json, read_json
+from moshi_knowledge.model.load import LoadedModel, load_model
 from moshi_knowledge.qa.schema import QASet
 from moshi_knowledge.speech.script import answer_lines, question_lines
-from moshi_knowledge.speech.synthesize import script_fingerprint, synthesize_script
+from moshi_knowledge.speech.synthesize import load_utterance, script_fingerprint, synthesize_script
+from moshi_knowledge.train.encode import encode_dataset
 from moshi_knowledge.world.schema import Story
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ class Stage:
     config_keys: tuple[str, ...]  # config nodes whose resolved value is part of the cache key
     run: Callable[[DictConfig, Inputs, Path], None]
     extra_key: Callable[[DictConfig, Inputs], str] | None = None  # key material read from the inputs
+    ignore: tuple[str, ...] = ()  # config paths that do not change the output (e.g. where it runs)
 
 
 def _story(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
@@ -63,6 +67,30 @@ def _dataset(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
     build_dataset(QASet.load(inputs["qa"]), instantiate(cfg.layout), instantiate(cfg.align), inputs["tts"], out)
 
 
+def _model(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
+    """Build the tiny checkpoint folder (tokenizer from the run's text, Mimi fitted to its training voices);
+    Hub and local models are loaded where they are, so for them this stage only records the source."""
+    source = instantiate(cfg.model)
+    if not source.needs_build:
+        atomic_write_json(out / "source.json", OmegaConf.to_container(cfg.model, resolve=True))
+        return
+    qa = QASet.load(inputs["qa"])
+    text = "\n".join([Story.load(inputs["story"]).text, *(t for q in qa.all_items() for t in q.phrasings),
+                      *(q.answer for q in qa.all_items())])
+    trained_voices = [line["id"] for line in read_json(inputs["tts"] / "index.json") if line["role"] != "heldout"]
+    source.build(out, text, [load_utterance(inputs["tts"], i).samples for i in trained_voices])
+
+
+def load_stage_model(cfg: DictConfig, model_dir: Path, device: Any = None) -> LoadedModel:
+    """The run's model, from the model stage's output (a built folder, or the Hub/local files it names)."""
+    source = instantiate(cfg.model)
+    return load_model(source, model_dir if source.needs_build else None, device=device)
+
+
+def _tokenize(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
+    encode_dataset(load_stage_model(cfg, inputs["model"]), inputs["dataset"], out)
+
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
@@ -71,15 +99,22 @@ STAGES: dict[str, Stage] = {
         Stage("tts", "1", ("qa",), ("tts",), _tts,
               extra_key=lambda cfg, inputs: script_fingerprint(_script(cfg, inputs))),
         Stage("dataset", "1", ("qa", "tts"), ("layout", "align"), _dataset),
+        Stage("model", "1", ("story", "qa", "tts"), ("model",), _model, ignore=("model.device", "model.dtype")),
+        Stage("tokenize", "1", ("dataset", "model"), (), _tokenize),
     ]
 }
 
 
+# Stages that run in the run directory, uncached (experiment.py), after the cached stages they need.
+RUN_STAGES: dict[str, tuple[str, ...]] = {"train": ("tokenize", "tts"), "eval": ("tokenize", "tts")}
+
+
 def _with_deps(names: list[str]) -> list[str]:
-    """The requested stages plus everything they need, in registry order."""
-    unknown = [n for n in names if n not in STAGES]
+    """The requested cached stages plus every cached stage they (or the run stages) need, in registry order."""
+    unknown = [n for n in names if n not in STAGES and n not in RUN_STAGES]
     if unknown:
-        raise UserError(f"stages: unknown stage(s) {unknown}", f"choose from {list(STAGES)}")
+        raise UserError(f"stages: unknown stage(s) {unknown}", f"choose from {[*STAGES, *RUN_STAGES]}")
+    names = [dep for n in names for dep in (RUN_STAGES[n] if n in RUN_STAGES else (n,))]
     needed: set[str] = set()
 
     def visit(name: str) -> None:
@@ -102,7 +137,7 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, CacheEntry]:
     for name in _with_deps(list(cfg.stages)):
         stage = STAGES[name]
         inputs = {dep: done[dep].path for dep in stage.deps}
-        config = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True) for k in stage.config_keys}
+        config = _key_config(cfg, stage)
         extra = stage.extra_key(cfg, inputs) if stage.extra_key else ""
         key = cache_key(name, stage.version, config, {d: done[d].key for d in stage.deps}, extra)
         start = time.perf_counter()
@@ -116,6 +151,18 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, CacheEntry]:
                        "computed": entry.computed, "seconds": round(seconds, 3)})
     atomic_write_json(run_dir / "stages.json", record)
     return done
+
+
+def _key_config(cfg: DictConfig, stage: Stage) -> dict:
+    """The resolved config nodes that make up the stage's cache key, minus its `ignore` paths."""
+    config = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True) for k in stage.config_keys}
+    for path in stage.ignore:
+        *parents, leaf = path.split(".")
+        node = config
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return config
 
 
 def _link(link: Path, target: Path) -> None:

@@ -20,7 +20,7 @@ register()
 REPO = Path(__file__).resolve().parents[1]
 
 # A small but complete pipeline config: few questions, so a full data build takes seconds.
-SMALL = ["qa.n_train=12", "qa.n_eval=4", "qa.paraphrases=2"]
+SMALL = ["qa.n_train=12", "qa.n_eval=4", "qa.paraphrases=2", "stages=[story,qa,tts,dataset]", "logger=none"]
 
 
 def compose_cfg(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

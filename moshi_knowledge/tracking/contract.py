@@ -48,7 +48,12 @@ FAILED = "failed"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 
-RECALL_STATS = ("mc_acc", "mc_acc_low", "mc_acc_high", "best_mc_acc", "baseline_mc_acc", "delta", "p_value", "n")
+RECALL_STATS = (
+    "mc_acc", "mc_acc_low", "mc_acc_high", "best_mc_acc", "baseline_mc_acc", "delta", "p_value", "n",
+    # also written by the recall evaluation (evaluation/report.py)
+    "mc_rank", "mc_margin", "gen_acc", "gen_acc_low", "gen_acc_high", "baseline_gen_acc", "best_gen_acc",
+    "gen_delta", "gen_p_value", "f1", "judge_acc",
+)
 _RECALL_KEY = re.compile(r"^recall/(?P<tier>[^/]+)/mc_acc$")
 
 

@@ -1,0 +1,59 @@
+"""Recall-evaluation options, as one dataclass: `conf/eval/default.yaml` instantiates it, tests build it directly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from moshi_knowledge.errors import UserError
+
+JUDGES = ("openai", "gemini")
+
+
+@dataclass
+class EvalConfig:
+    """Every knob of the recall evaluation (multiple choice, generation, voice drift, optional LLM judge)."""
+
+    recall_every: int = 50  # optimizer steps between recall evaluations (also at step 0 and at the end)
+    tiers: list[str] = field(default_factory=lambda: ["train", "paraphrase", "eval"])
+    max_per_tier: Optional[int] = None  # score a fixed random subset of each tier (None: all questions)
+    seed: int = 0  # subset choice and audio sampling
+    lead_sec: float = 0.3  # silence before the question, as the layout puts before a conversation's first turn
+    gap_sec: float = 0.4  # silence between the question and the answer, as layout.gap_sec
+    mc: bool = True
+    candidate_audio: bool = False  # each candidate with its own Moshi-voice audio (default: no answer audio at all)
+    mc_batch_size: int = 64  # (question, candidate) rows per forward pass
+    generate: bool = True
+    max_answer_sec: float = 4.0  # how long Moshi may speak after the question
+    gen_batch_size: int = 32  # questions streamed together through LMGen
+    audio_temp: float = 0.8  # Moshi's audio sampling (its text is greedy)
+    audio_top_k: int = 250
+    voice: bool = True  # median F0 of the generated speech (needs generate)
+    voice_max_clips: int = 32  # answers pitch-tracked per evaluation (pYIN costs ~0.1 s per second of audio)
+    judge: Optional[str] = None  # openai | gemini: an LLM decides whether the generated answer is right
+    judge_model: Optional[str] = None  # None: the provider's default in judge.py
+    judge_base_url: Optional[str] = None
+    judge_timeout_s: float = 60.0
+    judge_max_retries: int = 5
+    judge_cache_dir: Optional[str] = None  # LLM response cache (None: no cache)
+
+    def __post_init__(self) -> None:
+        self.tiers = list(self.tiers)
+        checks = [
+            ("recall_every", self.recall_every >= 0, "0 (start and end only) or a positive number of steps"),
+            ("tiers", bool(self.tiers), "a non-empty list of tiers, e.g. [train, paraphrase, eval]"),
+            ("max_per_tier", self.max_per_tier is None or self.max_per_tier >= 1, "null or at least 1"),
+            ("lead_sec", self.lead_sec >= 0, "a non-negative number of seconds"),
+            ("gap_sec", self.gap_sec >= 0, "a non-negative number of seconds"),
+            ("mc_batch_size", self.mc_batch_size >= 1, "at least 1"),
+            ("max_answer_sec", self.max_answer_sec > 0, "a positive number of seconds"),
+            ("gen_batch_size", self.gen_batch_size >= 1, "at least 1"),
+            ("audio_top_k", self.audio_top_k >= 1, "at least 1"),
+            ("voice_max_clips", self.voice_max_clips >= 1, "at least 1"),
+            ("judge", self.judge is None or self.judge in JUDGES, f"null or one of {', '.join(JUDGES)}"),
+            ("voice", not (self.voice and not self.generate), "false, or set eval.generate=true (voice needs it)"),
+            ("judge", not (self.judge and not self.generate), "null, or set eval.generate=true (it judges answers)"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise UserError(f"eval.{name}={getattr(self, name)!r} is invalid", f"set eval.{name} to {want}")

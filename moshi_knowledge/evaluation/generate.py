@@ -1,0 +1,124 @@
+"""Generative recall: let Moshi hear the question and answer on its own, then score what it said.
+
+Generation uses moshi's streaming `LMGen`, the same code path as a live conversation, for a whole batch of
+questions at once. The user channel carries the question and then silence; Moshi's text (its inner
+monologue) is read over the answer window that follows the question, padding dropped, and decoded.
+Text is greedy (top-k 1) so the answer is deterministic; Moshi's audio is sampled as in a live chat, since
+greedy audio is degenerate and the voice-drift measure needs speech.
+
+Frame bookkeeping (NOTES.md, LMGen): the first user frame fed is consumed by the initial token, so frames go
+in as [u0, u0, u1, ...]; from step 1 on, step s returns frame s-1 of text and Moshi's audio.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from moshi.models.lm import LMGen, LMModel
+
+from moshi_knowledge.train.samples import ZERO_TOKEN
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One question for generation: user audio codes [8, T] (question, then silence) and where the answer starts."""
+
+    user_codes: torch.Tensor
+    answer_start: int  # first frame of the answer window
+
+
+@dataclass
+class Generation:
+    text: torch.Tensor  # [answer_frames] Moshi's text stream over the answer window, padding included
+    audio: torch.Tensor  # [8, answer_frames] Moshi's audio codes over the answer window
+    tokens: list[int]  # the text stream without padding and end-of-padding: what Moshi said
+
+
+@torch.no_grad()
+def generate(lm: LMModel, prompts: Sequence[Prompt], answer_frames: int, batch_size: int = 32,
+             temp: float = 0.8, top_k: int = 250, seed: int = 0) -> list[Generation]:
+    """Stream every prompt through LMGen, `batch_size` at a time; `lm` must be a plain LMModel (no peft layers).
+
+    A prompt whose user codes end before the end of its answer window gets its last frame repeated, so pass codes
+    that end in silence. Sampling is seeded by `seed` without touching the caller's random state (training goes on
+    exactly as it would have without this evaluation).
+    """
+    was_training = lm.training
+    lm.eval()
+    devices = [lm.device] if lm.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            out: list[Generation] = []
+            for start in range(0, len(prompts), batch_size):
+                out += _generate_batch(lm, prompts[start:start + batch_size], answer_frames, temp, top_k)
+        return out
+    finally:
+        lm.train(was_training)
+
+
+def _generate_batch(lm: LMModel, prompts: Sequence[Prompt], answer_frames: int, temp: float,
+                    top_k: int) -> list[Generation]:
+    pad_id, end_pad_id = int(lm.text_padding_token_id), int(lm.end_of_text_padding_id)
+    n_user = lm.num_audio_codebooks - lm.dep_q
+    ends = [p.answer_start + answer_frames for p in prompts]
+    n_frames = max(ends)
+    user = torch.stack([_extend(p.user_codes[:n_user], n_frames) for p in prompts]).to(lm.device)  # [B, 8, T]
+    text = torch.full((len(prompts), n_frames), pad_id, dtype=torch.long)
+    audio = torch.full((len(prompts), lm.dep_q, n_frames), ZERO_TOKEN, dtype=torch.long)
+    gen = LMGen(lm, use_sampling=True, temp=temp, top_k=top_k, temp_text=1.0, top_k_text=1)
+    with gen.streaming(len(prompts)):
+        for step in range(n_frames + 1):
+            frame = user[:, :, max(step - 1, 0):max(step - 1, 0) + 1]
+            out = gen.step(frame)
+            if out is not None:
+                text[:, step - 1] = out[:, 0, 0].cpu()
+                audio[:, :, step - 1] = out[:, 1:1 + lm.dep_q, 0].cpu()
+    results = []
+    for b, p in enumerate(prompts):
+        window = text[b, p.answer_start:ends[b]].clone()
+        tokens = [int(t) for t in window if int(t) not in (pad_id, end_pad_id)]
+        results.append(Generation(window, audio[b, :, p.answer_start:ends[b]].clone(), tokens))
+    return results
+
+
+def _extend(codes: torch.Tensor, n_frames: int) -> torch.Tensor:
+    if codes.shape[1] >= n_frames:
+        return codes[:, :n_frames]
+    return torch.cat([codes, codes[:, -1:].expand(-1, n_frames - codes.shape[1])], dim=1)
+
+
+# --- scoring the generated text -------------------------------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans({c: " " for c in string.punctuation})
+
+
+def normalize(text: str) -> str:
+    """Lower case, no punctuation or articles, single spaces (SQuAD's answer normalisation)."""
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
+
+
+def contains_answer(generated: str, answers: Sequence[str]) -> bool:
+    """Whether any normalised answer appears in the normalised text as whole words."""
+    padded = f" {normalize(generated)} "
+    return any(norm and f" {norm} " in padded for norm in map(normalize, answers))
+
+
+def token_f1(generated: str, answers: Sequence[str]) -> float:
+    """The best word-overlap F1 between the text and any of the answers."""
+    return max((_f1(normalize(generated).split(), normalize(a).split()) for a in answers), default=0.0)
+
+
+def _f1(predicted: list[str], gold: list[str]) -> float:
+    common = sum((Counter(predicted) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+

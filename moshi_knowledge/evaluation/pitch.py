@@ -1,0 +1,58 @@
+"""Voice drift: the median F0 of Moshi's generated speech, measured with librosa's pYIN pitch tracker.
+
+The published attempt's model drifted from Moshi's voice to the TTS voice it was finetuned on; the median
+F0 of what the model says, compared with its own step-0 speech and with the training Moshi voice, makes
+such a drift visible as a number (in Hz and in semitones).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import librosa
+import numpy as np
+
+from moshi_knowledge.dataset.format import CONVERSATIONS, read_conversations_index, read_stereo
+from moshi_knowledge.speech.schema import SAMPLE_RATE
+
+_TRACK_RATE = 16_000  # pYIN cost grows with the rate; speech F0 needs far less than 24 kHz
+_FMIN, _FMAX = 50.0, 500.0  # covers low male to high female/child voices
+_FRAME = 1024  # 64 ms at 16 kHz: more than two periods of the lowest F0
+
+
+def median_f0(clips: Iterable[np.ndarray], sample_rate: int) -> float:
+    """Median F0 in Hz over the voiced frames of all clips pooled; NaN when none is voiced."""
+    voiced = [_voiced_f0(np.asarray(clip, dtype=np.float32), sample_rate) for clip in clips]
+    pooled = np.concatenate(voiced) if voiced else np.zeros(0)
+    return float(np.median(pooled)) if len(pooled) else float("nan")
+
+
+def semitones(f0: float, reference: float) -> float:
+    """Pitch difference in semitones (12 per octave), positive when `f0` is higher; NaN if either is unknown."""
+    if not (f0 > 0 and reference > 0):
+        return float("nan")
+    return 12.0 * math.log2(f0 / reference)
+
+
+def _voiced_f0(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    if sample_rate != _TRACK_RATE:
+        samples = librosa.resample(samples, orig_sr=sample_rate, target_sr=_TRACK_RATE)
+    if len(samples) < _FRAME or not np.isfinite(samples).all() or not np.any(samples):
+        return np.zeros(0)
+    f0, voiced, _ = librosa.pyin(samples, fmin=_FMIN, fmax=_FMAX, sr=_TRACK_RATE, frame_length=_FRAME)
+    return f0[voiced & np.isfinite(f0)]
+
+
+def training_voice_f0(dataset_dir: Path, max_clips: int = 32) -> float:
+    """Median F0 of Moshi's answers in the training conversations: the voice the finetuned model should keep."""
+    clips = []
+    for entry in read_conversations_index(Path(dataset_dir) / CONVERSATIONS):
+        if entry.split != "train":
+            continue
+        left, _, rate = read_stereo(Path(dataset_dir) / entry.path)
+        clips += [left[round(t.answer[0] * rate):round(t.answer[1] * rate)] for t in entry.turns]
+        if len(clips) >= max_clips:
+            break
+    return median_f0(clips[:max_clips], SAMPLE_RATE)

@@ -1,0 +1,111 @@
+"""What recall is measured on: the dataset's questions.json, and Moshi-voice speech for every candidate answer.
+
+Candidates need speech even when no answer audio is fed: their words go on the text stream at the times
+Moshi's voice would say them, exactly as training places answer words, so a candidate is scored in the layout
+the model was trained on. Gold answers and the distractors (other questions' gold answers) were all spoken by
+the tts stage; anything else is synthesized in Moshi's voice on first use.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from moshi_knowledge.dataset.format import QUESTIONS, read_mono_wav
+from moshi_knowledge.errors import UserError
+from moshi_knowledge.io_utils import read_json
+from moshi_knowledge.speech.schema import SAMPLE_RATE, Utterance
+from moshi_knowledge.speech.synthesize import load_utterance
+from moshi_knowledge.speech.tts_base import TTSBackend
+
+_TTS_INDEX = "index.json"
+
+
+@dataclass(frozen=True)
+class EvalQuestion:
+    """One entry of questions.json, with its audio path resolved."""
+
+    id: str
+    tier: str
+    text: str
+    audio: Path
+    gold: str
+    distractors: list[str]
+    aliases: list[str] = field(default_factory=list)
+    source_id: str | None = None
+
+    @property
+    def cluster(self) -> str:
+        """The fact this question asks about: a paraphrase counts with the training item it rephrases."""
+        return self.source_id or self.id
+
+    @property
+    def candidates(self) -> list[str]:
+        """Gold first, then the distractors."""
+        return [self.gold, *self.distractors]
+
+    def samples(self) -> np.ndarray:
+        """The question's audio, mono float32 at 24 kHz."""
+        samples, rate = read_mono_wav(self.audio)
+        if rate != SAMPLE_RATE:
+            raise UserError(f"{self.audio}: {rate} Hz, expected {SAMPLE_RATE}", "rebuild the dataset")
+        return samples
+
+
+def load_questions(dataset_dir: Path, tiers: Sequence[str], max_per_tier: int | None = None,
+                   seed: int = 0) -> list[EvalQuestion]:
+    """The questions of `tiers` (in that order); with `max_per_tier`, the same random subset at every call."""
+    path = Path(dataset_dir) / QUESTIONS
+    if not path.is_file():
+        raise UserError(f"{path} is missing", "run the dataset stage first (it writes questions.json)")
+    entries = read_json(path)["questions"]
+    out: list[EvalQuestion] = []
+    for tier in tiers:
+        items = [_question(e, Path(dataset_dir), path) for e in entries if e["tier"] == tier]
+        if not items:
+            raise UserError(f"eval.tiers: {path} has no question of tier {tier!r}",
+                            f"choose tiers among {sorted({e['tier'] for e in entries})}")
+        if max_per_tier is not None and len(items) > max_per_tier:
+            items = sorted(random.Random(f"{seed}-{tier}").sample(items, max_per_tier), key=items.index)
+        out += items
+    return out
+
+
+def _question(entry: dict, dataset_dir: Path, path: Path) -> EvalQuestion:
+    if not entry.get("distractors"):
+        raise UserError(f"{path}: question {entry['id']} has no distractors, so it cannot be scored by choice",
+                        "rebuild the qa stage with distractors for every question")
+    return EvalQuestion(id=entry["id"], tier=entry["tier"], text=entry["text"], audio=dataset_dir / entry["audio"],
+                        gold=entry["gold"], distractors=list(entry["distractors"]),
+                        aliases=list(entry.get("aliases") or []), source_id=entry.get("source_id"))
+
+
+class AnswerSpeech:
+    """text -> Utterance in Moshi's voice: the tts stage's answer clip if it spoke that text, else `backend`."""
+
+    def __init__(self, tts_dir: Path | None = None, backend: TTSBackend | None = None) -> None:
+        self._dir = Path(tts_dir) if tts_dir is not None else None
+        self._backend = backend
+        self._line_of: dict[str, str] = {}
+        if self._dir is not None and (self._dir / _TTS_INDEX).is_file():
+            for line in read_json(self._dir / _TTS_INDEX):
+                if line.get("role") == "moshi":
+                    self._line_of.setdefault(line["text"], line["id"])
+        self._cache: dict[str, Utterance] = {}
+
+    def __call__(self, text: str) -> Utterance:
+        if text not in self._cache:
+            self._cache[text] = self._speak(text)
+        return self._cache[text]
+
+    def _speak(self, text: str) -> Utterance:
+        if text in self._line_of:
+            return load_utterance(self._dir, self._line_of[text])
+        if self._backend is None:
+            raise UserError(f"eval: no Moshi-voice speech for the candidate answer {text!r}",
+                            "pass the tts backend so that candidates the tts stage never spoke can be synthesized")
+        return self._backend.synthesize(text, self._backend.moshi_voice)

@@ -1,0 +1,102 @@
+"""The recall evaluation of one model state: multiple choice, generation, voice pitch and (optionally) a judge.
+
+`RecallEvaluator` encodes the questions once; `evaluate(model, step)` then scores the model as it is at that
+step and returns one prediction row per question plus the metric row (report.py computes both summaries from
+the prediction rows, so a resumed run can rebuild them from predictions.jsonl). The step-0 evaluation is the
+baseline every later one is compared against, question by question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from moshi.models.compression import MimiModel
+from peft.tuners.lora import LoraLayer
+from sentencepiece import SentencePieceProcessor
+from torch import nn
+
+from moshi_knowledge.evaluation import report
+from moshi_knowledge.evaluation.config import EvalConfig
+from moshi_knowledge.evaluation.generate import Generation, contains_answer, generate, token_f1
+from moshi_knowledge.evaluation.judge import Judge
+from moshi_knowledge.evaluation.mc import MCResult, score
+from moshi_knowledge.evaluation.pitch import median_f0
+from moshi_knowledge.evaluation.prompts import PreparedQuestion, Timing, prepare
+from moshi_knowledge.evaluation.questions import EvalQuestion
+from moshi_knowledge.model.lora import merged_copy
+from moshi_knowledge.speech.schema import Utterance
+from moshi_knowledge.train.batches import StreamSpec, find_lm
+from moshi_knowledge.train.samples import FRAME_RATE
+
+
+@dataclass
+class EvalResult:
+    step: int
+    metrics: dict[str, float]  # recall/<tier>/..., voice/... (no `step` key: the caller's row has it)
+    predictions: list[dict[str, Any]]  # one row per question, `step` included
+
+
+class RecallEvaluator:
+    """Evaluates any number of model states on the same prepared questions."""
+
+    def __init__(self, questions: Sequence[EvalQuestion], model: nn.Module, mimi: MimiModel,
+                 tokenizer: SentencePieceProcessor, speech: Callable[[str], Utterance], cfg: EvalConfig,
+                 train_voice_f0: float | None = None, judge: Judge | None = None) -> None:
+        """`model` only lends its stream conventions (padding ids); `speech` gives candidates' Moshi-voice speech
+        (see questions.AnswerSpeech); `train_voice_f0` is the training Moshi voice's median F0 in Hz."""
+        self.cfg, self.mimi, self.tokenizer, self.judge = cfg, mimi, tokenizer, judge
+        self.spec = StreamSpec.from_lm(model)
+        timing = Timing(cfg.lead_sec, cfg.gap_sec, cfg.max_answer_sec)
+        self.prepared: list[PreparedQuestion] = prepare(questions, mimi, tokenizer.encode, self.spec, speech,
+                                                        timing, cfg.candidate_audio)
+        self.train_voice_f0 = train_voice_f0
+        self.baseline: EvalResult | None = None
+
+    def evaluate(self, model: nn.Module, step: int) -> EvalResult:
+        """Score `model` (a bare or peft-wrapped LMModel, not its DDP wrapper) as it is now, leaving its mode and
+        weights as they were; the first call becomes the baseline."""
+        mc = score(model, [p.mc for p in self.prepared], self.cfg.mc_batch_size) if self.cfg.mc else None
+        generations = self._generate(model) if self.cfg.generate else None
+        rows = [self._row(step, i, mc, generations) for i in range(len(self.prepared))]
+        metrics = report.step_metrics(rows, self.baseline.predictions if self.baseline else None)
+        if self.cfg.voice and generations is not None:
+            metrics.update(self._voice(generations))
+        result = EvalResult(step, metrics, rows)
+        if self.baseline is None:
+            self.baseline = result
+        return result
+
+    def _generate(self, model: nn.Module) -> list[Generation]:
+        """LMGen refuses peft's layers (NOTES.md), so a LoRA model generates from a merged copy of itself."""
+        lm = merged_copy(model) if any(isinstance(m, LoraLayer) for m in model.modules()) else find_lm(model)
+        return generate(lm, [p.prompt for p in self.prepared], round(self.cfg.max_answer_sec * FRAME_RATE),
+                        self.cfg.gen_batch_size, self.cfg.audio_temp, self.cfg.audio_top_k, self.cfg.seed)
+
+    def _row(self, step: int, i: int, mc: list[MCResult] | None, generations: list[Generation] | None) -> dict:
+        q = self.prepared[i].question
+        row: dict[str, Any] = {"step": step, "qid": q.id, "tier": q.tier, "cluster": q.cluster,
+                               "question": q.text, "gold": q.gold, "aliases": q.aliases}
+        if mc is not None:
+            result = mc[i]
+            row["candidates"] = [{"text": t, "score": s} for t, s in zip(q.candidates, result.scores)]
+            row.update(mc_correct=result.correct, mc_rank=result.gold_rank, mc_margin=result.margin)
+        if generations is not None:
+            text = self.tokenizer.decode(generations[i].tokens)
+            answers = [q.gold, *q.aliases]
+            row.update(generated=text, gen_correct=contains_answer(text, answers), f1=token_f1(text, answers))
+            if self.judge is not None:
+                row["judge_correct"] = self.judge(q.text, q.gold, q.aliases, text)
+        return row
+
+    def _voice(self, generations: list[Generation]) -> dict[str, float]:
+        """Median F0 of Moshi's generated speech, against the baseline's and the training voice's."""
+        clips = [g.audio for g in generations[:self.cfg.voice_max_clips]]
+        with torch.no_grad():
+            device = next(self.mimi.parameters()).device
+            audio = self.mimi.decode(torch.stack(clips).to(device)).float().cpu().numpy()[:, 0]
+        f0 = median_f0(audio, int(self.mimi.sample_rate))
+        baseline = self.baseline.metrics.get(report.F0) if self.baseline else f0
+        return report.voice_metrics(f0, baseline, self.train_voice_f0)

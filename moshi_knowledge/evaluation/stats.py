@@ -1,0 +1,99 @@
+"""Small-sample statistics for recall: Wilson intervals, exact paired tests, clustering by fact.
+
+Eval sets here are tens of questions, so normal-approximation intervals and chi-square tests would be wrong
+exactly where it matters (accuracies near 0 or 1, few discordant pairs). A fact asked in several phrasings
+is one piece of evidence, not several, so the paraphrase tier is clustered by the fact it rephrases.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy.stats import binomtest
+
+Z95 = 1.959963984540054  # two-sided 95% standard normal quantile
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A proportion with its 95% interval; `n_eff` is the sample size the interval was computed for."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+    n_eff: float
+
+
+def wilson(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval; accepts non-integer (effective) counts for clustered data."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)  # exact ends, free of rounding residue
+    high = 1.0 if successes >= n else min(1.0, centre + half)
+    return low, high
+
+
+def accuracy_interval(correct: Sequence[bool], clusters: Sequence[str] | None = None) -> Interval:
+    """Accuracy with a Wilson 95% interval, widened for clustering by the design effect.
+
+    With clusters, the variance of the pooled accuracy is the cluster-robust (sandwich) one and the Wilson
+    interval uses the effective sample size n * p(1-p) / (n^2 var); when that cannot be estimated (accuracy
+    0 or 1) it falls back to the number of clusters, the conservative choice. The effective size is capped
+    at n: clustering never makes the evidence stronger than independent items would.
+    """
+    n = len(correct)
+    if n == 0:
+        return Interval(float("nan"), 0.0, 1.0, 0, 0.0)
+    k = sum(bool(c) for c in correct)
+    p = k / n
+    n_eff = float(n)
+    if clusters is not None:
+        if len(clusters) != n:
+            raise ValueError(f"{len(clusters)} cluster labels for {n} items")
+        groups = _group(correct, clusters)
+        g = len(groups)
+        if g < n:
+            residual = sum((sum(v) - p * len(v)) ** 2 for v in groups.values())
+            var = g / max(g - 1, 1) * residual / (n * n)
+            n_eff = min(float(n), p * (1 - p) / var) if var > 0 and 0 < p < 1 else float(g)
+    low, high = wilson(p * n_eff, n_eff)
+    return Interval(p, low, high, n, n_eff)
+
+
+def paired_p_value(before: Sequence[bool], after: Sequence[bool], clusters: Sequence[str] | None = None) -> float:
+    """Two-sided exact McNemar test of `after` against `before` on the same items (1.0 when nothing changed).
+
+    With clusters it is the exact sign test on clusters: a cluster counts as improved (worsened) when more
+    (fewer) of its items are correct after. With one item per cluster this is exactly McNemar's exact test.
+    """
+    if len(before) != len(after):
+        raise ValueError(f"paired test needs equal lengths, got {len(before)} and {len(after)}")
+    labels = clusters if clusters is not None else [str(i) for i in range(len(before))]
+    diffs: dict[str, int] = defaultdict(int)
+    for b, a, label in zip(before, after, labels, strict=True):
+        diffs[label] += int(bool(a)) - int(bool(b))
+    better = sum(d > 0 for d in diffs.values())
+    worse = sum(d < 0 for d in diffs.values())
+    return mcnemar_exact(better, worse)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant counts b (0->1) and c (1->0)."""
+    if b + c == 0:
+        return 1.0
+    return float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+
+
+def _group(values: Sequence[bool], labels: Sequence[str]) -> dict[str, list[bool]]:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for v, label in zip(values, labels):
+        groups[label].append(bool(v))
+    return groups

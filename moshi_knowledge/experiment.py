@@ -1,0 +1,124 @@
+"""One run of the experiment: the cached stages, then training and recall evaluation inside the run directory.
+
+Training and evaluation are not cached: their results are the run. Everything they write (metrics.jsonl,
+summary.json, predictions.jsonl, checkpoints/, adapter/) lands in the run directory, and the tracker mirrors it
+to W&B. A diverged run ends normally with its status, so a sweep carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from moshi_knowledge.evaluation import report
+from moshi_knowledge.evaluation.judge import judge_from_config
+from moshi_knowledge.evaluation.pitch import training_voice_f0
+from moshi_knowledge.evaluation.questions import AnswerSpeech, load_questions
+from moshi_knowledge.evaluation.recall import EvalResult, RecallEvaluator
+from moshi_knowledge.io_utils import atomic_write_text
+from moshi_knowledge.model.depformer_patch import patch_depformer
+from moshi_knowledge.model.lora import apply_lora, count_parameters, export_adapter
+from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
+from moshi_knowledge.tracking import Tracker, objective_value, run_identity_from_hydra
+from moshi_knowledge.tracking.contract import METRICS_FILE
+from moshi_knowledge.tracking.files import read_metrics
+from moshi_knowledge.train import init_from_env, train
+from moshi_knowledge.train.encode import load_split
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.jsonl"
+
+
+class RecallHook:
+    """The training loop's `on_eval`: recall at step 0, every `eval.recall_every` steps and at the last step.
+
+    Prediction rows go to predictions.jsonl. On resume, rows logged after the checkpoint are dropped and the
+    step-0 rows become the baseline again, so p-values still compare against the untrained model.
+    """
+
+    def __init__(self, evaluator: RecallEvaluator, every: int, last_step: int, path: Path) -> None:
+        self.evaluator, self.every, self.last_step, self.path = evaluator, every, last_step, path
+        self.last_evaluated: int | None = None
+
+    def __call__(self, step: int, model: Any) -> dict[str, float] | None:
+        if not (step == 0 or step == self.last_step or (self.every > 0 and step % self.every == 0)):
+            return None
+        kept = [r for r in self.rows() if r["step"] < step]
+        if self.evaluator.baseline is None and any(r["step"] == 0 for r in kept):
+            self.evaluator.baseline = EvalResult(0, {}, [r for r in kept if r["step"] == 0])
+        result = self.evaluator.evaluate(model, step)
+        lines = [json.dumps(r, allow_nan=False, default=_json_safe) for r in [*kept, *result.predictions]]
+        atomic_write_text(self.path, "".join(line + "\n" for line in lines))
+        self.last_evaluated = step
+        return result.metrics
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def _json_safe(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path) -> float | None:
+    """Run the stages listed in `cfg.stages`; return the sweep objective (None unless completed)."""
+    entries = run_stages(cfg, run_dir)
+    wanted = [s for s in cfg.stages if s in RUN_STAGES]
+    if not wanted:
+        return None
+    dist, device = init_from_env()
+    with Tracker(cfg.logger if dist.is_main else None, run_dir, cfg, run_identity_from_hydra(run_dir.name)) as tracker:
+        loaded = load_stage_model(cfg, entries["model"].path, device=device)
+        model = apply_lora(loaded.lm, instantiate(cfg.lora))
+        patch_depformer(model)
+        params = count_parameters(model)
+        log.info("trainable parameters: %s of %s", f"{params.trainable:,}", f"{params.total:,}")
+        tracker.summary({"params/trainable": params.trainable, "params/total": params.total})
+        dataset_dir = entries["dataset"].path
+        eval_cfg = instantiate(cfg.eval)
+        questions = load_questions(dataset_dir, eval_cfg.tiers, eval_cfg.max_per_tier, eval_cfg.seed)
+        evaluator = RecallEvaluator(questions, loaded.lm, loaded.mimi, loaded.tokenizer,
+                                    AnswerSpeech(entries["tts"].path, instantiate(cfg.tts)), eval_cfg,
+                                    training_voice_f0(dataset_dir), judge_from_config(eval_cfg))
+        train_cfg = instantiate(cfg.train)
+        last_step = train_cfg.max_steps if "train" in wanted else 0
+        hook = RecallHook(evaluator, eval_cfg.recall_every, last_step, run_dir / PREDICTIONS)
+        if "train" in wanted:
+            codes = entries["tokenize"].path
+            summary = train(model, load_split(codes, "train"), load_split(codes, "eval"), train_cfg,
+                            instantiate(cfg.nan_guard), run_dir, tracker=tracker,
+                            on_eval=hook if dist.is_main else None,
+                            inject_nonfinite_at=list(cfg.debug.inject_nonfinite_at))
+            if dist.is_main:
+                export = export_adapter(model, run_dir / "adapter", loaded.base_config)
+                log.info("adapter written to %s (%s)", run_dir / "adapter", export.kind)
+                if tracker.log_adapter:
+                    tracker.artifact(run_dir / "adapter", "adapter")
+        else:
+            summary = {"status": "completed", "step": 0}
+        if "eval" in wanted and hook.last_evaluated != summary["step"]:
+            model.eval()  # a run that stopped early (diverged) still gets its final recall
+            tracker.log({"step": summary["step"], **(hook(summary["step"], model) or {})})
+        if dist.is_main:
+            _finish(tracker, hook, dataset_dir, summary)
+        return objective_value(tracker.values, cfg.objective.tier)
+
+
+def _finish(tracker: Tracker, hook: RecallHook, dataset_dir: Path, summary: dict[str, Any]) -> None:
+    """Recall summary (baseline, final, best, delta, p-value per tier), the final predictions and a few clips."""
+    rows = hook.rows()
+    recall = report.summarize(rows, read_metrics(tracker.run_dir / METRICS_FILE))
+    tracker.summary({**recall, "status": summary["status"]})
+    final_step = max((r["step"] for r in rows), default=0)
+    tracker.table("predictions", [r for r in rows if r["step"] == final_step])
+    for wav in sorted((dataset_dir / "conv").glob("train-*.wav"))[:tracker.log_audio]:
+        tracker.audio(f"dataset/{wav.stem}", wav)
+    print("\n" + report.recall_table(recall) + f"\nstatus: {summary['status']}\n", flush=True)

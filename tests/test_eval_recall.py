@@ -1,0 +1,137 @@
+"""Recall end to end on the small pipeline dataset and a tiny checkpoint built from its own text and speech."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import soundfile as sf
+import torch
+from hydra.utils import instantiate
+from peft.tuners.lora import LoraLayer
+
+from moshi_knowledge.dataset.format import CONVERSATIONS, read_alignments, read_conversations_index, read_stereo
+from moshi_knowledge.evaluation.config import EvalConfig
+from moshi_knowledge.evaluation.mc import answer_mask, row_codes
+from moshi_knowledge.evaluation.pitch import training_voice_f0
+from moshi_knowledge.evaluation.prompts import USER_AUDIO, Timing, encode, prepare
+from moshi_knowledge.evaluation.questions import AnswerSpeech, load_questions
+from moshi_knowledge.evaluation.recall import RecallEvaluator
+from moshi_knowledge.evaluation.report import F0, recall_table, summarize
+from moshi_knowledge.model.load import load_model
+from moshi_knowledge.model.lora import LoraSpec, apply_lora
+from moshi_knowledge.model.tiny import TinyModel, build_tiny_checkpoint
+from moshi_knowledge.train.batches import StreamSpec
+from moshi_knowledge.train.samples import MOSHI_AUDIO, ZERO_TOKEN
+from moshi_knowledge.train.text_stream import text_stream
+
+torch.set_num_threads(1)
+
+TIERS = ["train", "paraphrase", "eval"]
+CFG = EvalConfig(max_answer_sec=2.0, voice_max_clips=4)
+
+
+@pytest.fixture(scope="module")
+def setup(small_data_run, tmp_path_factory: pytest.TempPathFactory):
+    cfg, _, entries = small_data_run
+    paths = {name: entry.path for name, entry in entries.items()}
+    text = (paths["story"] / "story.txt").read_text() + "\n" + (paths["qa"] / "qa.json").read_text()
+    audio = [sf.read(p, dtype="float32")[0] for p in sorted(paths["tts"].glob("*.wav"))]
+    folder = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", text, audio, seed=0)
+    loaded = load_model(TinyModel(), folder, device="cpu", dtype="float32")
+    speech = AnswerSpeech(paths["tts"], instantiate(cfg.tts))
+    return paths, loaded, speech
+
+
+@pytest.fixture(scope="module")
+def evaluator(setup) -> RecallEvaluator:
+    paths, loaded, speech = setup
+    questions = load_questions(paths["dataset"], TIERS)
+    return RecallEvaluator(questions, loaded.lm, loaded.mimi, loaded.tokenizer, speech, CFG,
+                           train_voice_f0=training_voice_f0(paths["dataset"], 4))
+
+
+@pytest.fixture(scope="module")
+def baseline(evaluator: RecallEvaluator, setup):
+    return evaluator.evaluate(setup[1].lm, 0)
+
+
+@pytest.mark.slow
+def test_a_scored_row_is_the_training_turn_without_its_answer_audio(setup) -> None:
+    """The gold candidate's row reproduces the first turn of the first training conversation, encoded the way
+    training encodes it (Mimi on each channel, text stream from the alignments), except Moshi's answer audio."""
+    paths, loaded, speech = setup
+    entry = next(e for e in read_conversations_index(paths["dataset"] / CONVERSATIONS) if e.split == "train")
+    wav = paths["dataset"] / entry.path
+    left, right, _ = read_stereo(wav)
+    train_left, train_right = encode(loaded.mimi, [left, right])
+    spec = StreamSpec.from_lm(loaded.lm)
+    train_text = text_stream(read_alignments(wav.with_suffix(".json")), loaded.tokenizer.encode,
+                             train_left.shape[1], spec.pad_id, spec.end_pad_id)
+    question = next(q for q in load_questions(paths["dataset"], ["train"]) if q.id == entry.turns[0].qid)
+    prepared = prepare([question], loaded.mimi, loaded.tokenizer.encode, spec, speech,
+                       Timing(CFG.lead_sec, CFG.gap_sec, CFG.max_answer_sec), candidate_audio=True)[0]
+    gold, *distractors = prepared.mc.candidates
+    row = row_codes(prepared.mc, gold)
+    n = row.shape[1]
+    answer_frame = int((prepared.mc.context[1] == ZERO_TOKEN).nonzero().min())
+    assert torch.equal(row[0], train_text[:n])
+    assert torch.equal(row[USER_AUDIO], train_right[:, :n])
+    assert torch.equal(gold.audio[:, :n], train_left[:, :n])  # candidate_audio: gold speaks as in training
+    # the default: silence before the answer as in training, then the zero token, for every candidate
+    assert torch.equal(prepared.mc.context[MOSHI_AUDIO, :answer_frame], train_left[:, :answer_frame])
+    assert (prepared.mc.context[MOSHI_AUDIO, answer_frame:] == ZERO_TOKEN).all()
+    scored = answer_mask(row[0], spec.pad_id, spec.end_pad_id).nonzero()
+    assert int(scored.min()) >= answer_frame, "every scored token lies in the masked answer window"
+    assert all(not torch.equal(d.audio[:, answer_frame:n], gold.audio[:, answer_frame:n]) for d in distractors)
+
+
+@pytest.mark.slow
+def test_evaluation_scores_and_generates_every_question_in_one_call(evaluator: RecallEvaluator, baseline) -> None:
+    questions = [p.question for p in evaluator.prepared]
+    assert len(baseline.predictions) == len(questions)
+    assert {r["tier"] for r in baseline.predictions} == set(TIERS)
+    for row, q in zip(baseline.predictions, questions):
+        assert row["step"] == 0 and row["qid"] == q.id and row["gold"] == q.gold
+        assert [c["text"] for c in row["candidates"]] == q.candidates
+        assert row["mc_correct"] == (row["mc_rank"] == 1)
+        assert isinstance(row["generated"], str) and isinstance(row["gen_correct"], bool)
+        assert 0.0 <= row["f1"] <= 1.0
+        assert "judge_correct" not in row
+        if q.tier == "paraphrase":
+            assert row["cluster"] == q.source_id
+    for tier in TIERS:
+        for stat in ("mc_acc", "mc_acc_low", "mc_acc_high", "gen_acc", "f1"):
+            assert f"recall/{tier}/{stat}" in baseline.metrics
+        assert baseline.metrics[f"recall/{tier}/mc_acc_low"] <= baseline.metrics[f"recall/{tier}/mc_acc"]
+    assert baseline.metrics[F0] > 0
+    assert any(r["generated"] for r in baseline.predictions), "the random tiny model says something"
+
+
+@pytest.mark.slow
+def test_lora_model_is_scored_and_generates_through_a_merged_copy(evaluator: RecallEvaluator, baseline,
+                                                                  setup) -> None:
+    model = apply_lora(copy.deepcopy(setup[1].lm), LoraSpec(rank=4)).train()
+    same = evaluator.evaluate(model, 1)  # LoRA B starts at zero: the model is still the base model
+    for a, b in zip(same.predictions, baseline.predictions):
+        assert [c["score"] for c in a["candidates"]] == pytest.approx([c["score"] for c in b["candidates"]], abs=1e-5)
+        assert a["generated"] == b["generated"]
+    assert same.metrics["recall/train/p_value"] == 1.0
+    assert model.training and any(isinstance(m, LoraLayer) for m in model.modules()), "the adapter is not merged"
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    moved = evaluator.evaluate(model, 2)
+    assert any(a["candidates"] != b["candidates"] for a, b in zip(moved.predictions, baseline.predictions))
+    assert any(a["generated"] != b["generated"] for a, b in zip(moved.predictions, baseline.predictions))
+
+    summary = summarize([*baseline.predictions, *same.predictions, *moved.predictions],
+                        [{"step": r.step, **r.metrics} for r in (baseline, same, moved)])
+    for tier in TIERS:
+        for stat in ("mc_acc", "mc_acc_low", "mc_acc_high", "best_mc_acc", "baseline_mc_acc", "delta", "p_value",
+                     "n", "gen_acc", "f1"):
+            assert f"recall/{tier}/{stat}" in summary
+    table = recall_table(summary)
+    assert all(any(line.startswith(tier) for line in table.splitlines()) for tier in TIERS)
