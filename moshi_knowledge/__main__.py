@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ def app(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         objective = run_experiment(cfg, run_dir)
+        _free_between_jobs()
     except (UserError, InstantiationException) as exc:
         err = _user_error(exc)
         if err is None:
@@ -38,6 +40,16 @@ def app(cfg: DictConfig) -> float | None:
     return objective
 
 
+def _free_between_jobs() -> None:
+    """The basic launcher runs every sweep job in this process: free the last job's model and GPU peak stats."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
 def _user_error(exc: BaseException) -> UserError | None:
     """The UserError behind `exc`: Hydra wraps errors raised in a `_target_`'s constructor."""
     while exc is not None and not isinstance(exc, UserError):
@@ -46,6 +58,11 @@ def _user_error(exc: BaseException) -> UserError | None:
 
 
 def main() -> None:
+    """`moshi-knowledge report SWEEP_DIR` renders a sweep report; anything else is the Hydra app."""
+    if sys.argv[1:2] == ["report"]:
+        from moshi_knowledge.report import main as report_main
+
+        sys.exit(report_main(sys.argv[2:]))
     app()
 
 

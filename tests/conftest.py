@@ -38,3 +38,31 @@ def small_data_run(tmp_path_factory: pytest.TempPathFactory):
     run_dir = root / "run"
     entries = run_stages(cfg, run_dir)
     return cfg, run_dir, entries
+
+
+# A whole experiment in seconds: few questions, short conversations, a handful of steps, a small Mimi fit.
+TINY_RUN = [
+    "qa.n_train=8", "qa.n_eval=3", "qa.paraphrases=2", "layout.max_duration_sec=20", "model.fit_seconds=30",
+    "train.max_steps=4", "train.batch_size=2", "train.seq_sec=24", "train.eval_every=2", "train.ckpt_every=2",
+    "train.warmup_steps=1", "eval.recall_every=2", "eval.max_answer_sec=1.0", "eval.voice=false",
+]
+
+
+def run_app(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600):
+    """The app as a user runs it: a subprocess of `python -m moshi_knowledge`."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "moshi_knowledge", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stage cache holding the data, model and tokenize stages of TINY_RUN, built once for the session."""
+    from moshi_knowledge.stages import run_stages
+
+    root = tmp_path_factory.mktemp("tiny_cache")
+    cfg = compose_cfg([*TINY_RUN, f"paths.cache_dir={root / 'cache'}", "logger=none"])
+    run_stages(cfg, root / "warmup")
+    return root / "cache"

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from moshi.modules.transformer import StreamingTransformer
 from torch import nn
+from tqdm import tqdm
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.tracking import RunIdentity, Tracker
@@ -259,6 +260,8 @@ class _Run:
             self.snapshot.take(self.params, self.optimizer)
         if self.step == 0 and cfg.eval_at_start:
             self._log(self._eval_row())
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", mininterval=2.0,
+                   disable=not self.info.is_main)
         while self.step < cfg.max_steps and self.status == "running":
             row = self._train_step(inject=self.step + 1 in self.inject)
             if self.status != "running":
@@ -271,6 +274,9 @@ class _Run:
                 self._log(row)
             if last or (cfg.ckpt_every > 0 and self.step % cfg.ckpt_every == 0):
                 self._save()
+            bar.update(1)
+            bar.set_postfix(loss=f"{self.last.get('train/loss', math.nan):.3f}", refresh=False)
+        bar.close()
         if self.status == "running":
             finite = all(bool(torch.isfinite(p).all()) for p in self.params.values())
             self.status = "completed" if finite else "diverged"

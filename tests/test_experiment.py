@@ -1,0 +1,51 @@
+"""A whole run through the app: data, tiny model, LoRA training, recall before/after, exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import TINY_RUN, run_app
+
+
+@pytest.mark.slow
+def test_a_lora_run_writes_the_run_directory_contract(tiny_cache: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = run_app([*TINY_RUN, "lora=all", "lora.rank=4", "train.lr=1e-3", "logger=none",
+                    f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 4
+    assert summary["params/trainable"] < summary["params/total"]  # LoRA trains a small part
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    assert all(r["eval/loss"] is not None and r["eval/loss"] > 0 for r in evals)
+    assert {"train/loss", "train/text_loss", "train/audio_loss", "train/lr", "train/grad_norm"} <= set(rows[1])
+    predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert sorted({p["step"] for p in predictions}) == [0, 2, 4]
+    assert {p["tier"] for p in predictions} == {"train", "paraphrase", "eval"}
+    assert all(len(p["candidates"]) == 4 for p in predictions)
+    for tier in ("train", "paraphrase", "eval"):
+        assert f"recall/{tier}/baseline_mc_acc" in summary and f"recall/{tier}/p_value" in summary
+    assert "recall/train/mc_acc" in done.stdout or "train " in done.stdout  # the printed recall table
+    lora = load_file(run / "adapter" / "moshi" / "lora.safetensors")
+    assert lora and all(k.endswith((".lora_A.weight", ".lora_B.weight")) or "emb" in k for k in lora)
+    assert json.loads((run / "adapter" / "moshi" / "config.json").read_text())["lora_rank"] == 4
+    assert (run / "adapter" / "peft" / "adapter_config.json").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1].endswith("4")
+
+
+@pytest.mark.slow
+def test_eval_only_scores_the_untrained_model(tiny_cache: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    stages = "stages=[story,qa,tts,dataset,model,tokenize,eval]"
+    done = run_app([*TINY_RUN, stages, "logger=none", f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run}"],
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert {p["step"] for p in predictions} == {0}
+    assert not (run / "checkpoints").exists() and not (run / "adapter").exists()

@@ -1,0 +1,87 @@
+"""Real Hydra multiruns of the app on the tiny model: W&B runs, statuses, Optuna, the report, no leaked keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_RUN, run_app
+from moshi_knowledge.report import main as report_main
+
+CANARY = "sk-canary-0123456789abcdefghijklmnop"
+QUICK = [*TINY_RUN, "train.max_steps=2", "eval.generate=false", "eval.voice=false", "lora=all", "lora.rank=2"]
+
+
+def _runs(sweep_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in sweep_dir.rglob("summary.json"))
+
+
+@pytest.fixture(scope="module")
+def grid(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`-m lora.rank=2,4 train.lr=1e-3,100` with nan_guard=halt and W&B offline: lr=100 really diverges."""
+    root = tmp_path_factory.mktemp("grid")
+    done = run_app(["-m", *QUICK, "lora.rank=2,4", "train.lr=1e-3,100", "nan_guard=halt", "logger=wandb",
+                    f"paths.cache_dir={tiny_cache}", f"hydra.sweep.dir={root / 'sweep'}"],
+                   cwd=root, env={"OPENAI_API_KEY": CANARY, "WANDB_API_KEY": CANARY[::-1]})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return root / "sweep"
+
+
+@pytest.mark.slow
+def test_multirun_gives_one_complete_run_dir_and_wandb_run_per_job(grid: Path) -> None:
+    runs = _runs(grid)
+    assert len(runs) == 4
+    ids = set()
+    for run in runs:
+        assert (run / "metrics.jsonl").stat().st_size > 0
+        offline = list((run / "wandb").glob("offline-run-*"))
+        assert len(offline) == 1, run
+        ids.add(offline[0].name.rsplit("-", 1)[-1])
+        assert json.loads((run / "summary.json").read_text())["wandb/id"] == offline[0].name.rsplit("-", 1)[-1]
+    assert len(ids) == 4
+
+
+@pytest.mark.slow
+def test_halt_ends_the_diverging_jobs_as_diverged_and_the_others_complete(grid: Path) -> None:
+    by_lr = {}
+    for run in _runs(grid):
+        overrides = (run / ".hydra" / "overrides.yaml").read_text()
+        status = json.loads((run / "summary.json").read_text())["status"]
+        by_lr.setdefault("100" if "train.lr=100" in overrides else "1e-3", set()).add(status)
+    assert by_lr == {"1e-3": {"completed"}, "100": {"diverged"}}
+
+
+@pytest.mark.slow
+def test_report_renders_the_table_and_plots_with_the_right_statuses(grid: Path, capsys) -> None:
+    assert report_main([str(grid)]) == 0
+    table = (grid / "report.md").read_text()
+    assert table.count("completed") >= 2 and table.count("diverged") >= 2
+    for png in ("loss_curves.png",):
+        assert (grid / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "diverged" in capsys.readouterr().out
+
+
+def test_report_subcommand_of_the_console_script_names_a_bad_dir(tmp_path: Path) -> None:
+    done = run_app(["report", str(tmp_path)], cwd=tmp_path)
+    assert done.returncode == 2 and "no runs under" in done.stderr
+
+
+@pytest.mark.slow
+def test_no_api_key_reaches_any_file_of_the_sweep(grid: Path) -> None:
+    leaked = [p for p in grid.rglob("*") if p.is_file()
+              and (CANARY.encode() in p.read_bytes() or CANARY[::-1].encode() in p.read_bytes())]
+    assert not leaked
+
+
+@pytest.mark.slow
+def test_optuna_sweep_with_a_diverging_trial_completes(tiny_cache: Path, tmp_path: Path) -> None:
+    done = run_app([*QUICK, "sweep=optuna_recall", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=1",
+                    "train.lr=choice(1e-3,100)", "lora.rank=choice(2)", "train.audio_drop=choice(0.5)",
+                    "nan_guard=halt", "logger=none", "objective.tier=train",
+                    f"paths.cache_dir={tiny_cache}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    statuses = [json.loads((r / "summary.json").read_text())["status"] for r in _runs(tmp_path / "sweep")]
+    assert len(statuses) == 3 and "diverged" in statuses and "completed" in statuses
+    assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()
