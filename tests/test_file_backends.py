@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.qa.file import FileQA, answer_type, normalise
+from moshi_knowledge.qa.file import FileQA, answer_type
+from moshi_knowledge.text_norm import normalise
 from moshi_knowledge.world.file import FileStory
 from moshi_knowledge.world.schema import Story
 
@@ -169,7 +170,7 @@ def test_answer_type_and_normalise() -> None:
         "year", "year", "year", "text", "text", "text", "text"
     ]
     assert normalise("The  Avon!") == normalise("avon") == "avon"
-    assert normalise("Anne") == "anne"  # only a whole leading article is dropped
+    assert normalise("Anne") == "anne"  # only whole articles are dropped
 
 
 def test_file_qa_distractors_follow_the_rules(tmp_path: Path) -> None:

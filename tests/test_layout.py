@@ -49,6 +49,11 @@ def dialogue(qa: QASet, speech: dict[str, Utterance]) -> list[Conversation]:
     return DialogueLayout().compose(qa, speech)
 
 
+def round_robin(qa: QASet) -> list[tuple]:
+    """Train turns in layout order: every item's first phrasing, then every item's second, ..."""
+    return [(q, k) for k in range(3) for q in qa.train if k < len(q.phrasings)]
+
+
 def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if len(x) else 0.0
 
@@ -57,15 +62,25 @@ def cut(x: np.ndarray, span: tuple[float, float]) -> np.ndarray:
     return x[int(span[0] * SAMPLE_RATE):int(np.ceil(span[1] * SAMPLE_RATE))]
 
 
-def test_dialogue_turns_cover_every_phrasing_in_order(qa: QASet, dialogue: list[Conversation]) -> None:
+def test_dialogue_turns_cover_every_phrasing_round_by_round(qa: QASet, dialogue: list[Conversation]) -> None:
     train = [c for c in dialogue if c.split == "train"]
     evals = [c for c in dialogue if c.split == "eval"]
     assert [c.id for c in train] == [f"train-{i:04d}" for i in range(len(train))]
     assert [c.id for c in evals] == ["eval-0000"]
-    assert [t.qid for c in train for t in c.turns] == [q.id for q in qa.train for _ in q.phrasings]
+    assert [t.qid for c in train for t in c.turns] == ["t1", "t2", "t3", "t4", "t1", "t2", "t4", "t4"]
     assert [t.qid for c in evals for t in c.turns] == ["e1", "e2"]
     assert DialogueLayout().lines(qa) == []
     assert (DialogueLayout.name, MonoDuplicateLayout.name) == ("dialogue", "mono_duplicate")
+
+
+def test_phrasings_of_one_item_never_share_a_conversation(qa: QASet, speech: dict[str, Utterance]) -> None:
+    """An answer must be recalled, not copied from an earlier turn of the same conversation."""
+    two_items = QASet(train=qa.train[:2], eval=qa.eval)  # t1 and t2, two phrasings each
+    convs = [c for c in DialogueLayout(max_duration_sec=12.0).compose(two_items, speech) if c.split == "train"]
+    assert sum(len(c.turns) for c in convs) == 4 and len(convs) == 2
+    for conv in convs:
+        qids = [t.qid for t in conv.turns]
+        assert len(qids) == len(set(qids)), qids
 
 
 def test_dialogue_channels_are_separated(dialogue: list[Conversation]) -> None:
@@ -96,7 +111,7 @@ def test_dialogue_respects_max_duration(qa: QASet, speech: dict[str, Utterance])
     convs = DialogueLayout(max_duration_sec=9.0).compose(qa, speech)
     train = [c for c in convs if c.split == "train"]
     assert len(train) > 2 and all(c.duration <= 9.0 for c in convs)
-    assert [t.qid for c in train for t in c.turns] == [q.id for q in qa.train for _ in q.phrasings]
+    assert [t.qid for c in train for t in c.turns] == [q.id for q, _ in round_robin(qa)]
     # greedy: the next conversation's first turn would not have fitted into the previous one
     for a, b in zip(train, train[1:]):
         first = b.turns[0]
@@ -122,9 +137,9 @@ def test_layouts_are_deterministic(qa: QASet, speech: dict[str, Utterance], dial
 
 def test_mono_duplicate_lines(qa: QASet) -> None:
     lines = MonoDuplicateLayout().lines(qa)
-    assert [line.id for line in lines] == [qa_line_id(q.id, k) for q in qa.train for k in range(len(q.phrasings))] \
+    assert [line.id for line in lines] == [qa_line_id(q.id, k) for q, k in round_robin(qa)] \
         + ["qa-e1-0", "qa-e2-0"]
-    assert lines[1].text == "Question: Which queen founded Aldon? Answer: Queen Maren"
+    assert lines[4].text == "Question: Which queen founded Aldon? Answer: Queen Maren"  # t1, second phrasing
     assert {line.role for line in lines} == {"moshi"}
 
 

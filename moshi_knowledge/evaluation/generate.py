@@ -12,8 +12,6 @@ in as [u0, u0, u1, ...]; from step 1 on, step s returns frame s-1 of text and Mo
 
 from __future__ import annotations
 
-import re
-import string
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from moshi.models.lm import LMGen, LMModel
 
+from moshi_knowledge.text_norm import normalise
 from moshi_knowledge.train.samples import ZERO_TOKEN
 
 
@@ -95,24 +94,17 @@ def _extend(codes: torch.Tensor, n_frames: int) -> torch.Tensor:
 
 # --- scoring the generated text -------------------------------------------------------------------------------
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans({c: " " for c in string.punctuation})
-
-
-def normalize(text: str) -> str:
-    """Lower case, no punctuation or articles, single spaces (SQuAD's answer normalisation)."""
-    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
 
 
 def contains_answer(generated: str, answers: Sequence[str]) -> bool:
     """Whether any normalised answer appears in the normalised text as whole words."""
-    padded = f" {normalize(generated)} "
+    padded = f" {normalise(generated)} "
     return any(norm and f" {norm} " in padded for norm in map(normalize, answers))
 
 
 def token_f1(generated: str, answers: Sequence[str]) -> float:
     """The best word-overlap F1 between the text and any of the answers."""
-    return max((_f1(normalize(generated).split(), normalize(a).split()) for a in answers), default=0.0)
+    return max((_f1(normalise(generated).split(), normalise(a).split()) for a in answers), default=0.0)
 
 
 def _f1(predicted: list[str], gold: list[str]) -> float:

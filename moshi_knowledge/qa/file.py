@@ -15,6 +15,7 @@ from typing import Any
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.qa.schema import QAItem, QASet, Tier
+from moshi_knowledge.text_norm import normalise
 from moshi_knowledge.world.schema import Story
 
 N_DISTRACTORS = 3
@@ -22,7 +23,6 @@ REQUIRED_KEYS = ("question", "answer")
 LIST_KEYS = ("aliases", "distractors")
 FORMAT_HINT = 'a JSON list of {"question": "...", "answer": "..."} objects'
 _YEAR = re.compile(r"\d{3,4}")
-_ARTICLE = re.compile(r"^(the|a|an) ")
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,6 @@ class _RawItem:
 def answer_type(answer: str) -> str:
     """Years are told apart from names so a year's distractors are years (a name among years is a giveaway)."""
     return "year" if _YEAR.fullmatch(answer.strip()) else "text"
-
-
-def normalise(text: str) -> str:
-    """Case, punctuation and a leading article do not make a different answer ("The Avon" == "avon")."""
-    words = re.sub(r"[\W_]+", " ", text.casefold()).strip()
-    return _ARTICLE.sub("", words)
 
 
 class FileQA:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.llm import BadOutput, LLMClient, Message
-from moshi_knowledge.qa.file import normalise
+from moshi_knowledge.text_norm import normalise
 from moshi_knowledge.qa.schema import QAItem, QASet
 from moshi_knowledge.world.schema import Story
 

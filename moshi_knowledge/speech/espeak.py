@@ -17,9 +17,9 @@ from pathlib import Path
 
 import espeakng_loader
 import numpy as np
-from scipy.signal import resample_poly
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.speech.audio import resample_to
 from moshi_knowledge.speech.schema import SAMPLE_RATE, Utterance, Voice, WordSpan
 from moshi_knowledge.speech.tts_base import TTSBackend
 
@@ -230,6 +230,5 @@ class EspeakTTS(TTSBackend):
         audio, phonemes = engine().speak(text, voice)
         if all(p.silent for p in phonemes):
             raise UserError(f"tts: espeak-ng spoke nothing for {text!r}", "give text with pronounceable words")
-        # The polyphase filter can overshoot full scale by a little on int16 peaks: keep samples in [-1, 1].
-        samples = np.clip(resample_poly(audio.astype(np.float32) / 32768.0, 160, 147), -1.0, 1.0).astype(np.float32)
+        samples = resample_to(audio.astype(np.float32) / 32768.0, ESPEAK_RATE, SAMPLE_RATE)
         return Utterance(samples, word_spans(text, phonemes, len(samples) / SAMPLE_RATE))

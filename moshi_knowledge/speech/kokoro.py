@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable, Mapping, Sequence
-from math import gcd
 from typing import Any, Protocol
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.speech.audio import resample_to
 from moshi_knowledge.speech.schema import SAMPLE_RATE, Utterance, Voice, WordSpan
 from moshi_knowledge.speech.tts_base import TTSBackend
 
@@ -48,14 +47,6 @@ def _numpy(audio: Any) -> np.ndarray:
     if hasattr(audio, "detach"):
         audio = audio.detach().cpu().numpy()
     return np.asarray(audio, dtype=np.float32).reshape(-1)
-
-
-def resample_to(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Polyphase resampling (exact for the rational ratios between common audio rates)."""
-    if rate == target:
-        return samples.astype(np.float32, copy=False)
-    g = gcd(rate, target)
-    return resample_poly(samples, target // g, rate // g).astype(np.float32)
 
 
 def _words(tokens: Sequence[Token], offset: float, chunk_end: float) -> list[WordSpan]:

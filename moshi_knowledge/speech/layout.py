@@ -81,8 +81,14 @@ class _PackingLayout(Layout):
 
     @staticmethod
     def _turn_keys(qa: QASet) -> tuple[list[tuple[QAItem, int]], list[tuple[QAItem, int]]]:
-        """(item, phrasing) of every train turn (all phrasings) and every eval turn (the question itself)."""
-        train = [(item, k) for item in qa.train for k in range(len(item.phrasings))]
+        """(item, phrasing) of every train turn (all phrasings) and every eval turn (the question itself).
+
+        Train turns go round by round (every item's first phrasing, then every item's second, ...), so the
+        phrasings of one item land in different conversations: otherwise the model could copy an answer from
+        the previous turn instead of recalling it, and learn context-copying rather than the fact.
+        """
+        rounds = max(len(item.phrasings) for item in qa.train)
+        train = [(item, k) for k in range(rounds) for item in qa.train if k < len(item.phrasings)]
         return train, [(item, 0) for item in qa.eval]
 
     def compose(self, qa: QASet, speech: Mapping[str, Utterance]) -> list[Conversation]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.speech.kokoro import resample_to
+from moshi_knowledge.speech.audio import resample_to
 from moshi_knowledge.speech.layout_base import Aligner
 from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SAMPLE_RATE, USER_SPEAKER, Conversation, SpeakerWord
 
