@@ -95,11 +95,10 @@ def _extend(codes: torch.Tensor, n_frames: int) -> torch.Tensor:
 # --- scoring the generated text -------------------------------------------------------------------------------
 
 
-
 def contains_answer(generated: str, answers: Sequence[str]) -> bool:
     """Whether any normalised answer appears in the normalised text as whole words."""
     padded = f" {normalise(generated)} "
-    return any(norm and f" {norm} " in padded for norm in map(normalize, answers))
+    return any(norm and f" {norm} " in padded for norm in map(normalise, answers))
 
 
 def token_f1(generated: str, answers: Sequence[str]) -> float:
