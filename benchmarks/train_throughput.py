@@ -1,0 +1,484 @@
+"""Training throughput of the full moshiko LM (random weights) with peft LoRA r128 on pre-tokenised synthetic codes.
+
+Issue 4's benchmark and issue 7's DDP figures. Every step is our training loop's own optimizer step
+(`train.loop._Run._train_step`: batching and packing with the segment mask, our loss, fused AdamW over fp32 LoRA
+weights, bf16 autocast, gradient clipping, DDP when launched by torchrun); the benchmark only chooses data, batch
+sizes and switches, and times it. No Mimi in the step: codes are random ints in the right ranges, the text stream
+padded as Moshi's is (pad while the user asks, sparse words with end-of-padding marks while Moshi answers).
+
+Single GPU (writes train_throughput.json and .md):
+    python benchmarks/train_throughput.py --out benchmarks/results
+Two GPUs, same workload, after the single run (writes train_throughput_ddp.json and .md):
+    torchrun --nproc-per-node 2 benchmarks/train_throughput.py --ddp --baseline benchmarks/results/train_throughput.json
+`--smoke` runs a tiny model for a few steps (on CPU if there is no GPU) to test this code path; its files end in
+`_smoke`.
+
+Model FLOPs: a frame passes once through every nn.Linear of the LM (each depformer step has its own weights), so
+forward costs 2*N and the input-gradient backward another 2*N, N = the base model's Linear weights (7.37 B). The
+frozen base gets no weight gradient; LoRA's own matmuls, attention scores and checkpointing's recomputation are not
+counted, so MFU = useful frames/s * 4*N / (bf16 GEMM rate measured in the same run) is a conservative figure.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")  # before moshi is imported: compiling moshi's kernels costs minutes
+
+import argparse
+import gc
+import platform
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import moshi
+import peft
+import torch
+import torch.distributed as dist
+from moshi.models import loaders
+from moshi.models.lm import LMModel
+from torch import nn
+
+from moshi_knowledge.io_utils import atomic_write_json, atomic_write_text, read_json
+from moshi_knowledge.model.depformer_patch import patch_depformer
+from moshi_knowledge.model.lora import LoraSpec, apply_lora
+from moshi_knowledge.train import NanGuard, StreamSpec, TrainConfig, init_from_env
+from moshi_knowledge.train.distributed import dist_info
+from moshi_knowledge.train.loop import _Run, _Silent  # the loop's step, without its eval and checkpoint writes
+from moshi_knowledge.train.samples import FRAME_RATE, ConversationCodes, TurnSpan
+
+SEED = 0
+GIB = 2**30
+MEMORY_BUDGET_GIB = 40.0
+TARGET_USEFUL_FPS = 5000.0
+ANCHOR_USEFUL_FPS = 164.0  # NOTES.md: the published recipe on the seed's shape, one H200
+REFERENCE_WORLD = 2  # the 1-GPU loss-curve reference matches a DDP run over this many GPUs
+DDP_BATCH_PER_GPU = 8
+LORA = LoraSpec(targets="all", rank=128, alpha=256.0)
+QA_SECONDS = (5.0, 10.0)  # the seed's Q/A conversations, and the turns of a long dialogue
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Model and workload sizes: the real benchmark, or a tiny smoke test of the same code path."""
+
+    lm_overrides: dict[str, Any]
+    seq_sec: float  # one training row (the published recipe's duration_sec)
+    qa_count: int
+    dialogue_count: int
+    warmup_steps: int
+    timed_steps: int
+    curve_steps: int  # the 1-GPU vs DDP loss-curve comparison
+    gemm_size: int
+    suffix: str = ""
+
+
+FULL = Scale({}, 100.0, 100, 32, warmup_steps=2, timed_steps=5, curve_steps=20, gemm_size=8192)
+SMOKE = Scale(dict(dim=64, num_heads=4, num_layers=2, context=500, text_card=1000, card=256, depformer_dim=32,
+                   depformer_num_heads=2, depformer_num_layers=1, depformer_dim_feedforward=64),
+              30.0, 12, 4, warmup_steps=1, timed_steps=1, curve_steps=3, gemm_size=256, suffix="_smoke")
+
+
+@dataclass(frozen=True)
+class Variant:
+    workload: str  # "qa": the seed's shape; "dialogue": full-row dialogues
+    patched: bool  # depformer patch (contiguous per-step inputs)
+    packing: bool  # False: one conversation per row, padded, as moshi-finetune
+    batch: int  # rows per optimizer step, over all ranks and micro-batches
+    checkpointing: bool
+    grad_accum: int = 1
+
+    @property
+    def name(self) -> str:
+        return "-".join([self.workload, "packed" if self.packing else "padded",
+                         "patched" if self.patched else "unpatched", f"b{self.batch}",
+                         "ckpt" if self.checkpointing else "nockpt"]
+                        + ([f"accum{self.grad_accum}"] if self.grad_accum > 1 else []))
+
+
+# Unpatched variants come first: the patch is a set of hooks that stays once applied. Batch sizes aim at <= 40 GiB.
+VARIANTS = (
+    Variant("qa", patched=False, packing=False, batch=4, checkpointing=True),  # the recipe as the anchor ran it
+    Variant("qa", patched=False, packing=True, batch=4, checkpointing=True),
+    Variant("dialogue", patched=False, packing=True, batch=4, checkpointing=True),
+    Variant("qa", patched=True, packing=False, batch=8, checkpointing=True),
+    Variant("qa", patched=True, packing=True, batch=4, checkpointing=True),
+    Variant("qa", patched=True, packing=True, batch=8, checkpointing=True),
+    Variant("qa", patched=True, packing=True, batch=16, checkpointing=True),
+    Variant("qa", patched=True, packing=True, batch=2, checkpointing=False),
+    Variant("dialogue", patched=True, packing=True, batch=4, checkpointing=True),
+    Variant("dialogue", patched=True, packing=True, batch=8, checkpointing=True),
+    Variant("dialogue", patched=True, packing=True, batch=2, checkpointing=False),
+)
+DDP_VARIANT = Variant("qa", patched=True, packing=True, batch=DDP_BATCH_PER_GPU * REFERENCE_WORLD, checkpointing=True)
+REFERENCE_VARIANT = replace(DDP_VARIANT, grad_accum=REFERENCE_WORLD)  # same micro-batches, one GPU
+
+
+# ---- synthetic pre-tokenised data ------------------------------------------------------------------------------
+def _answer_text(text: torch.Tensor, start: int, end: int, spec: StreamSpec, rng: random.Random) -> None:
+    """Words of 1-3 tokens separated by 2-6 pad frames, the last pad before a word an end-of-padding mark."""
+    t = start
+    while True:
+        t += rng.randint(2, 6)
+        if t >= end:
+            return
+        text[t - 1] = spec.end_pad_id
+        for _ in range(min(rng.randint(1, 3), end - t)):
+            text[t] = rng.randrange(4, spec.text_card)  # ids 0-3 are special
+            t += 1
+
+
+def conversation(cid: str, turn_frames: Sequence[int], spec: StreamSpec, rng: random.Random,
+                 gen: torch.Generator) -> ConversationCodes:
+    """Turns of a user question (first 40%, Moshi's text all padding) then Moshi's answer; audio random."""
+    n = sum(turn_frames)
+    codes = torch.randint(0, spec.card, (17, n), generator=gen)
+    codes[0] = spec.pad_id
+    turns, t = [], 0
+    for k, length in enumerate(turn_frames):
+        split = t + max(1, int(0.4 * length))
+        _answer_text(codes[0], split, t + length, spec, rng)
+        turns.append(TurnSpan(f"{cid}-{k}", (t, split), (split, t + length)))
+        t += length
+    return ConversationCodes(cid, codes, turns)
+
+
+def _turn_frames(rng: random.Random) -> int:
+    return round(rng.uniform(*QA_SECONDS) * FRAME_RATE)
+
+
+def workloads(spec: StreamSpec, scale: Scale) -> dict[str, list[ConversationCodes]]:
+    """qa: one 5-10 s Q/A turn each (the seed). dialogue: rows filled by one dialogue of 5-10 s turns."""
+    rng, gen = random.Random(SEED), torch.Generator().manual_seed(SEED)
+    qa = [conversation(f"qa{i}", [_turn_frames(rng)], spec, rng, gen) for i in range(scale.qa_count)]
+    row = round(scale.seq_sec * FRAME_RATE)
+    dialogues = []
+    for i in range(scale.dialogue_count):
+        turns: list[int] = []
+        while sum(turns) < row:
+            turns.append(min(_turn_frames(rng), row - sum(turns)))
+        dialogues.append(conversation(f"dialogue{i}", turns, spec, rng, gen))
+    return {"qa": qa, "dialogue": dialogues}
+
+
+# ---- model -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelCounts:
+    linear_params: int  # N of the FLOP formula
+    total_params: int
+    trainable_params: int
+
+    @property
+    def flops_per_frame(self) -> int:
+        return 4 * self.linear_params
+
+
+def build_model(device: torch.device, scale: Scale) -> tuple[nn.Module, ModelCounts]:
+    """moshi's default LM kwargs, random weights made on the device (bf16 on GPU), then our peft LoRA r128 on
+    every Linear. The same seed gives the same weights in every process."""
+    torch.manual_seed(SEED)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the loop autocasts on CUDA only
+    with torch.device(device):  # some of LMModel's layers ignore its device argument
+        lm = LMModel(**(dict(loaders._lm_kwargs) | scale.lm_overrides), device=device, dtype=dtype).to(dtype)
+    linear = sum(m.weight.numel() for m in lm.modules() if isinstance(m, nn.Linear))
+    total = sum(p.numel() for p in lm.parameters())
+    with torch.device(device):
+        model = apply_lora(lm, LORA)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return model, ModelCounts(linear, total, trainable)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in state:
+                p.copy_(state[name])
+
+
+def checksum(state: dict[str, torch.Tensor]) -> float:
+    """Identifies the initial LoRA weights, so the DDP run can show it starts where the 1-GPU run started."""
+    return float(sum(t.double().abs().sum() for t in state.values()))
+
+
+# ---- measuring -------------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    peak = torch.tensor(float(torch.cuda.max_memory_allocated(device)), device=device)
+    if dist_info().world > 1:
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return peak.item() / GIB
+
+
+def gemm_tflops(device: torch.device, n: int, groups: int = 10, per_group: int = 10) -> float:
+    """Median bf16 (fp32 on CPU) n^3 matmul rate on random data, over a few input pairs (not cache-resident)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gen = torch.Generator(device).manual_seed(SEED)  # its own generator: leaves the model's seed alone
+    pairs = [(torch.randn(n, n, device=device, dtype=dtype, generator=gen),
+              torch.randn(n, n, device=device, dtype=dtype, generator=gen)) for _ in range(3)]
+    for a, b in pairs:
+        a @ b
+    rates = []
+    for _ in range(groups):
+        _sync(device)
+        start = time.perf_counter()
+        for i in range(per_group):
+            a, b = pairs[i % len(pairs)]
+            a @ b
+        _sync(device)
+        rates.append(2 * n**3 * per_group / (time.perf_counter() - start) / 1e12)
+    return statistics.median(rates)
+
+
+def train_config(variant: Variant, scale: Scale, steps: int) -> TrainConfig:
+    return TrainConfig(max_steps=steps, batch_size=variant.batch, grad_accum=variant.grad_accum,
+                       seq_sec=scale.seq_sec, packing=variant.packing, gradient_checkpointing=variant.checkpointing,
+                       eval_at_start=False, eval_every=0, seed=SEED)
+
+
+@dataclass
+class StepTimes:
+    seconds: list[float] = field(default_factory=list)
+    useful_frames: list[int] = field(default_factory=list)  # conversation frames: the frames that carry loss
+    losses: list[float] = field(default_factory=list)
+    nonfinite: int = 0
+
+
+def run_steps(model: nn.Module, samples: Sequence[ConversationCodes], variant: Variant, scale: Scale,
+              device: torch.device, steps: int) -> tuple[StepTimes, Optional[float]]:
+    """`steps` optimizer steps of the loop on a fresh optimizer; times and peak memory (GiB, max over ranks)."""
+    _release(device)
+    cfg = train_config(variant, scale, steps)
+    trainer = _Run(model, samples, [], cfg, NanGuard("skip"), Path(tempfile.gettempdir()), _Silent(), None, ())
+    model.train()
+    row_frames = variant.batch * trainer.seq_frames
+    out = StepTimes()
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        row = trainer._train_step(inject=False)
+        _sync(device)
+        out.seconds.append(time.perf_counter() - start)
+        out.useful_frames.append(round(row["train/useful_fraction"] * row_frames))
+        out.losses.append(row["train/loss"])
+        out.nonfinite += row["nan_guard/action"] != "step"
+    peak = _peak_gib(device)
+    del trainer
+    _release(device)
+    return out, peak
+
+
+def summarise(variant: Variant, times: StepTimes, peak: Optional[float], warmup: int, scale: Scale,
+              counts: ModelCounts, gemm: float, world: int = 1) -> dict[str, Any]:
+    """Figures per GPU over the timed steps (warmup excluded): medians of per-step rates."""
+    seconds, useful = times.seconds[warmup:], times.useful_frames[warmup:]
+    row_frames = variant.batch * round(scale.seq_sec * FRAME_RATE)
+    useful_fps = statistics.median(u / s for u, s in zip(useful, seconds)) / world
+    return {
+        "name": variant.name, **asdict(variant), "gpus": world,
+        "step_s_median": statistics.median(seconds),
+        "useful_frames_per_step": statistics.mean(useful),
+        "useful_fraction": statistics.mean(useful) / row_frames,
+        "useful_frames_per_s": useful_fps,
+        "frames_per_s": row_frames / statistics.median(seconds) / world,
+        "peak_gib": peak,
+        "within_memory_budget": peak is None or peak <= MEMORY_BUDGET_GIB,
+        "mfu_useful": useful_fps * counts.flops_per_frame / (gemm * 1e12),
+        "nonfinite_steps": times.nonfinite,
+        "step_s": seconds, "warmup_step_s": times.seconds[:warmup], "losses": times.losses,
+    }
+
+
+def measure(model: nn.Module, data: dict[str, list[ConversationCodes]], variant: Variant, scale: Scale,
+            device: torch.device, counts: ModelCounts, gemm: float, steps: int) -> dict[str, Any]:
+    """One variant; an out-of-memory step is recorded as such instead of ending the benchmark."""
+    try:
+        times, peak = run_steps(model, data[variant.workload], variant, scale, device, steps)
+    except torch.cuda.OutOfMemoryError as err:
+        message = str(err).splitlines()[0]
+        _release(device)
+        return {"name": variant.name, **asdict(variant), "error": f"out of memory: {message}"}
+    return summarise(variant, times, peak, scale.warmup_steps, scale, counts, gemm)
+
+
+# ---- reporting -------------------------------------------------------------------------------------------------
+def environment(device: torch.device, counts: ModelCounts, gemm: float, scale: Scale) -> dict[str, Any]:
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "cuda": torch.version.cuda, "moshi": moshi.__version__,
+        "peft": peft.__version__, "python": platform.python_version(),
+        "torch_compile": not os.environ.get("NO_TORCH_COMPILE"),
+        "gemm_bf16_tflops": gemm, "gemm_size": scale.gemm_size, "gpus": dist_info().world,
+        "model": {**asdict(counts), "flops_per_frame": counts.flops_per_frame,
+                  "flops_formula": "4 * N per useful frame: forward 2N + input-gradient backward 2N, N = base "
+                                   "nn.Linear weights; LoRA matmuls, attention and recomputation not counted"},
+        "lora": asdict(LORA), "memory_budget_gib": MEMORY_BUDGET_GIB,
+    }
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def variants_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| variant | GPUs | step s | useful frames/s per GPU | useful % | peak GiB | MFU (useful) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | {r.get('gpus', 1)} | {r['error']} | | | | |")
+            continue
+        lines.append(f"| {r['name']} | {r['gpus']} | {r['step_s_median']:.3f} | {_fmt(r['useful_frames_per_s'])} | "
+                     f"{100 * r['useful_fraction']:.1f} | {_fmt(r['peak_gib'], 1)} | {100 * r['mfu_useful']:.1f}% |")
+    return "\n".join(lines)
+
+
+def target_check(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The seed's shape, packed and patched, within the memory budget: the best variant against the target."""
+    fits = [r for r in rows if "error" not in r and r["workload"] == "qa" and r["packing"] and r["patched"]
+            and r["grad_accum"] == 1 and r["within_memory_budget"]]
+    anchor = next((r for r in rows if r["name"] == VARIANTS[0].name and "error" not in r), None)
+    best = max(fits, key=lambda r: r["useful_frames_per_s"], default=None)
+    return {
+        "target_useful_frames_per_s": TARGET_USEFUL_FPS, "memory_budget_gib": MEMORY_BUDGET_GIB,
+        "best_variant": best and best["name"], "best_useful_frames_per_s": best and best["useful_frames_per_s"],
+        "best_mfu_useful": best and best["mfu_useful"],
+        "met": bool(best and best["useful_frames_per_s"] >= TARGET_USEFUL_FPS),
+        "recipe_anchor_measured_useful_frames_per_s": anchor and anchor["useful_frames_per_s"],
+        "recipe_anchor_notes_useful_frames_per_s": ANCHOR_USEFUL_FPS,
+        "speedup_vs_measured_anchor": best and anchor and best["useful_frames_per_s"] / anchor["useful_frames_per_s"],
+    }
+
+
+def write_single(out: Path, result: dict[str, Any], scale: Scale) -> None:
+    env, target = result["environment"], result.get("target", {})
+    rows = result["variants"] + ([result["ddp_reference"]] if "ddp_reference" in result else [])
+    text = "\n".join([
+        f"# Training throughput, one GPU ({env['device']}, torch {env['torch']})", "",
+        f"Full moshiko LM, random weights, peft LoRA r{LORA.rank} (alpha {LORA.alpha:g}) on every Linear, "
+        f"{scale.seq_sec:g} s rows, pre-tokenised codes. bf16 GEMM peak measured in the run: "
+        f"{env['gemm_bf16_tflops']:.0f} TFLOP/s; MFU counts {env['model']['flops_per_frame'] / 1e9:.1f} GFLOP per "
+        f"useful frame ({env['model']['flops_formula']}).", "",
+        variants_table(rows), "",
+        f"Target on the seed's shape: >= {TARGET_USEFUL_FPS:,.0f} useful frames/s at <= {MEMORY_BUDGET_GIB:g} GiB: "
+        f"{'met' if target.get('met') else 'not met'} by {target.get('best_variant')} "
+        f"({_fmt(target.get('best_useful_frames_per_s'))}/s); the recipe's layout measured "
+        f"{_fmt(target.get('recipe_anchor_measured_useful_frames_per_s'))}/s here (NOTES anchor: "
+        f"{ANCHOR_USEFUL_FPS:g}).", ""])
+    atomic_write_json(out / f"train_throughput{scale.suffix}.json", result)
+    atomic_write_text(out / f"train_throughput{scale.suffix}.md", text)
+
+
+# ---- the two modes ---------------------------------------------------------------------------------------------
+def single(out: Path, scale: Scale) -> None:
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    started = time.perf_counter()
+    model, counts = build_model(device, scale)
+    initial = trainable_state(model)
+    gemm = gemm_tflops(device, scale.gemm_size)
+    print(f"model built and GEMM measured ({gemm:.0f} TFLOP/s) in {time.perf_counter() - started:.0f} s", flush=True)
+    env = environment(device, counts, gemm, scale)
+    data = workloads(StreamSpec.from_lm(model), scale)
+    result: dict[str, Any] = {"environment": env, "init_checksum": checksum(initial), "variants": []}
+    steps = scale.warmup_steps + scale.timed_steps
+    for variant in VARIANTS:
+        if variant.patched:
+            patch_depformer(model)  # idempotent; every later variant runs patched
+        result["variants"].append(measure(model, data, variant, scale, device, counts, gemm, steps))
+        result["target"] = target_check(result["variants"])
+        write_single(out, result, scale)  # after each variant: a run cut short still leaves its figures
+        print(variants_table(result["variants"][-1:]).splitlines()[-1],
+              f"at {time.perf_counter() - started:.0f} s", flush=True)
+    load_trainable(model, initial)  # the loss-curve reference starts from the initial LoRA weights
+    result["ddp_reference"] = measure(model, data, REFERENCE_VARIANT, scale, device, counts, gemm, scale.curve_steps)
+    write_single(out, result, scale)
+    print(variants_table(result["variants"] + [result["ddp_reference"]]), flush=True)
+
+
+def ddp(out: Path, baseline_path: Path, scale: Scale) -> None:
+    info, device = init_from_env()
+    if info.world != REFERENCE_WORLD:
+        raise SystemExit(f"--ddp compares with a {REFERENCE_WORLD}-GPU reference; launched on {info.world}")
+    baseline = read_json(baseline_path)
+    model, counts = build_model(device, scale)
+    patch_depformer(model)
+    start_sum = checksum(trainable_state(model))
+    gemm = gemm_tflops(device, scale.gemm_size)
+    data = workloads(StreamSpec.from_lm(model), scale)
+    times, peak = run_steps(model, data["qa"], DDP_VARIANT, scale, device, scale.curve_steps)
+    if info.is_main:
+        row = summarise(DDP_VARIANT, times, peak, scale.warmup_steps, scale, counts, gemm, info.world)
+        reference = baseline["ddp_reference"]
+        diffs = [abs(a - b) / abs(b) for a, b in zip(row["losses"], reference["losses"])]
+        result = {
+            "environment": environment(device, counts, gemm, scale),
+            "ddp": row, "reference_1gpu": reference,
+            "scaling_efficiency": row["useful_frames_per_s"] / reference["useful_frames_per_s"],
+            "same_initial_weights": abs(start_sum - baseline["init_checksum"]) <= 1e-9 * baseline["init_checksum"],
+            "loss_curve": {"steps": len(diffs), "max_rel_diff": max(diffs), "tolerance": 1e-2,
+                           "match": max(diffs) <= 1e-2},
+        }
+        write_ddp(out, result, scale)
+        print(variants_table([reference, row]), flush=True)
+    dist.destroy_process_group()
+
+
+def write_ddp(out: Path, result: dict[str, Any], scale: Scale) -> None:
+    env, curve = result["environment"], result["loss_curve"]
+    losses = zip(result["reference_1gpu"]["losses"], result["ddp"]["losses"])
+    text = "\n".join([
+        f"# LoRA with DDP, {env['gpus']} GPUs ({env['device']}, torch {env['torch']})", "",
+        "Same global batch: one GPU with grad_accum 2 against two GPUs with one micro-batch each, from the same "
+        "initial weights.", "",
+        variants_table([result["reference_1gpu"], result["ddp"]]), "",
+        f"Scaling efficiency (useful frames/s per GPU against one GPU): {100 * result['scaling_efficiency']:.1f}%. "
+        f"Loss curve over {curve['steps']} steps: max relative difference {curve['max_rel_diff']:.2e} "
+        f"(tolerance {curve['tolerance']:g}): {'match' if curve['match'] else 'MISMATCH'}; same initial weights: "
+        f"{result['same_initial_weights']}.", "",
+        "| step | loss, 1 GPU | loss, DDP |", "|---|---|---|",
+        *(f"| {i} | {a:.5f} | {b:.5f} |" for i, (a, b) in enumerate(losses, start=1)), ""])
+    atomic_write_json(out / f"train_throughput_ddp{scale.suffix}.json", result)
+    atomic_write_text(out / f"train_throughput_ddp{scale.suffix}.md", text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, two steps per variant (CPU is fine)")
+    parser.add_argument("--ddp", action="store_true", help="under torchrun: DDP figures against --baseline")
+    parser.add_argument("--baseline", type=Path, help="the single-GPU run's JSON (for --ddp)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
+    scale = SMOKE if args.smoke else FULL
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.ddp:
+        if args.baseline is None:
+            parser.error("--ddp needs --baseline (the single-GPU run's JSON)")
+        ddp(args.out, args.baseline, scale)
+    else:
+        single(args.out, scale)
+
+
+if __name__ == "__main__":
+    main()
