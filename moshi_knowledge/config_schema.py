@@ -72,6 +72,7 @@ class DialogueLayoutSchema:
     gap_sec: float = 0.4
     turn_gap_sec: float = 0.8
     max_duration_sec: float = 60.0
+    max_turns: Optional[int] = None  # 1: every Q/A is its own conversation
 
 
 @dataclass
@@ -228,6 +229,7 @@ class TrainSchema:
     seed: int = 0
     precision: str = "bf16"  # bf16 | fp32 (bf16 autocast on CUDA only)
     gradient_checkpointing: bool = False
+    distributed: str = "auto"  # auto | ddp | fsdp (auto: FSDP for full finetuning under torchrun, else DDP)
 
 
 @dataclass

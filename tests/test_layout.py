@@ -180,3 +180,9 @@ def test_tts_aligner_rejects_impossible_spans(dialogue: list[Conversation], span
     bad = Conversation("x", "train", conv.left, conv.right, [SpeakerWord("w", *span, MOSHI_SPEAKER)])
     with pytest.raises(ValueError, match="conversation x"):
         TTSAligner().align(bad)
+
+
+def test_max_turns_one_makes_every_turn_its_own_conversation(qa: QASet, speech: dict[str, Utterance]) -> None:
+    convs = DialogueLayout(max_turns=1).compose(qa, speech)
+    assert all(len(c.turns) == 1 for c in convs)
+    assert [c.turns[0].qid for c in convs if c.split == "train"] == [q.id for q, _ in round_robin(qa)]

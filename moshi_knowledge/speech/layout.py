@@ -154,8 +154,8 @@ class DialogueLayout(_PackingLayout):
     name = "dialogue"
 
     def __init__(self, lead_sec: float = 0.3, gap_sec: float = 0.4, turn_gap_sec: float = 0.8,
-                 max_duration_sec: float = 60.0) -> None:
-        super().__init__(lead_sec, turn_gap_sec, max_duration_sec)
+                 max_duration_sec: float = 60.0, max_turns: int | None = None) -> None:
+        super().__init__(lead_sec, turn_gap_sec, max_duration_sec, max_turns)
         _check_seconds("gap_sec", gap_sec)
         self.gap_sec = gap_sec
 

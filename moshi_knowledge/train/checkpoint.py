@@ -4,6 +4,10 @@ Layout: `<run_dir>/checkpoints/step_XXXXXXXX/` holding trainable.pt (trainable w
 reloaded from the model checkpoint), optimizer.pt, state.json (step, data position, LR scale, NaN-guard counters)
 and rng_rank<r>.pt per rank. The folder is written under a temporary name and renamed into place, so a folder
 with a `step_` name is always complete.
+
+An FSDP run (weights sharded over ranks) writes `sharded/` instead of trainable.pt and optimizer.pt: a
+torch.distributed.checkpoint (DCP) folder in which each rank writes its own shard of the trainable weights and of
+the optimizer state, so no rank ever holds the whole 7B state. DCP re-shards on load, so any world size resumes it.
 """
 
 from __future__ import annotations
@@ -17,12 +21,23 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json, read_json
-from moshi_knowledge.train.distributed import DistInfo, barrier
+from moshi_knowledge.train.distributed import DistInfo, barrier, is_sharded
 
 PREFIX = "step_"
+SHARDED = "sharded"
+_PARTIAL = StateDictOptions(strict=False)  # the sharded checkpoint holds trainable weights only
 
 
 def _write_torch(path: Path, obj: Any) -> None:
@@ -59,9 +74,30 @@ def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
     return dirs[-1] if dirs else None
 
 
+def _sharded_state(model: nn.Module, params: Mapping[str, torch.nn.Parameter],
+                   optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The trainable weights and optimizer state as DTensor shards keyed by parameter name (DCP's format).
+
+    get_optimizer_state_dict also creates the optimizer state of a fresh optimizer, so a load has targets."""
+    weights = {k: v for k, v in get_model_state_dict(model).items() if k in params}
+    return {"model": weights, "optim": get_optimizer_state_dict(model, optimizer)}
+
+
+def _write_weights(tmp: Path, params: Mapping[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                   model: Optional[nn.Module], info: DistInfo) -> None:
+    """Collective: sharded models write one DCP shard per rank; otherwise rank 0 writes whole files."""
+    if model is not None and is_sharded(model):
+        dcp.save(_sharded_state(model, params, optimizer), checkpoint_id=tmp / SHARDED)
+    elif info.is_main:
+        _write_torch(tmp / "trainable.pt", {name: p.detach().cpu() for name, p in params.items()})
+        _write_torch(tmp / "optimizer.pt", optimizer.state_dict())
+
+
 def save_checkpoint(run_dir: str | Path, step: int, params: Mapping[str, torch.nn.Parameter],
-                    optimizer: torch.optim.Optimizer, state: Mapping[str, Any], keep: int, info: DistInfo) -> Path:
-    """Collective under torchrun: every rank calls it (each saves its RNG); rank 0 writes the rest."""
+                    optimizer: torch.optim.Optimizer, state: Mapping[str, Any], keep: int, info: DistInfo,
+                    model: Optional[nn.Module] = None) -> Path:
+    """Collective under torchrun: every rank calls it (each saves its RNG, and its shard if `model` is FSDP-sharded);
+    rank 0 writes the rest."""
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"{PREFIX}{step:08d}", root / f".tmp-{PREFIX}{step:08d}"
     if info.is_main:
@@ -69,10 +105,9 @@ def save_checkpoint(run_dir: str | Path, step: int, params: Mapping[str, torch.n
         tmp.mkdir(parents=True)
     barrier()
     _write_torch(tmp / f"rng_rank{info.rank}.pt", _rng_state())
+    _write_weights(tmp, params, optimizer, model, info)
     barrier()
     if info.is_main:
-        _write_torch(tmp / "trainable.pt", {name: p.detach().cpu() for name, p in params.items()})
-        _write_torch(tmp / "optimizer.pt", optimizer.state_dict())
         atomic_write_json(tmp / "state.json", {"step": step, **state})
         if final.exists():
             shutil.rmtree(final)
@@ -83,18 +118,43 @@ def save_checkpoint(run_dir: str | Path, step: int, params: Mapping[str, torch.n
     return final
 
 
-def load_checkpoint(path: Path, params: Mapping[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-                    info: DistInfo) -> dict:
-    """Restore weights, optimizer and this rank's RNG in place; returns state.json."""
-    saved = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
-    if set(saved) != set(params):
-        diff = sorted(set(saved) ^ set(params))[:5]
+def _mismatch(path: Path, names: set[str], params: Mapping[str, torch.nn.Parameter]) -> None:
+    if names != set(params):
+        diff = sorted(names ^ set(params))[:5]
         raise UserError(f"checkpoint {path} holds different trainable parameters than the model (e.g. {diff})",
                         "resume with the same model and lora settings, or set train.resume=false")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(saved[name])
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+
+
+def _load_sharded(path: Path, params: Mapping[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                  model: Optional[nn.Module]) -> None:
+    if model is None:
+        raise ValueError("a sharded checkpoint needs the model to load into")
+    names = {k[len("model."):] for k in dcp.FileSystemReader(path / SHARDED).read_metadata().state_dict_metadata
+             if k.startswith("model.")}
+    _mismatch(path, names, params)
+    target = _sharded_state(model, params, optimizer)
+    dcp.load(target, checkpoint_id=path / SHARDED)  # in place, each rank reading the pieces of its own shard
+    set_model_state_dict(model, target["model"], options=_PARTIAL)
+    set_optimizer_state_dict(model, optimizer, target["optim"])
+
+
+def load_checkpoint(path: Path, params: Mapping[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                    info: DistInfo, model: Optional[nn.Module] = None) -> dict:
+    """Restore weights, optimizer and this rank's RNG in place; returns state.json.
+
+    Collective for a sharded checkpoint, which needs `model` (any world size, sharded or not, can load it)."""
+    if (path / SHARDED).is_dir():
+        _load_sharded(path, params, optimizer, model)
+    elif model is not None and is_sharded(model):
+        raise UserError(f"checkpoint {path} was written by an unsharded (single-process or DDP) run, and this run "
+                        "shards the model with FSDP", "resume it with train.distributed=ddp, or start afresh")
+    else:
+        saved = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
+        _mismatch(path, set(saved), params)
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(saved[name])
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     rng = path / f"rng_rank{info.rank}.pt"
     if rng.exists():
         _set_rng_state(torch.load(rng, weights_only=False))  # our own file: holds Python/numpy RNG tuples

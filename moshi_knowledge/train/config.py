@@ -39,6 +39,8 @@ class TrainConfig:
     seed: int = 0
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on CUDA only; trainable weights stay fp32
     gradient_checkpointing: bool = False
+    # under torchrun: auto = FSDP (sharded weights and optimizer) when every parameter trains, else DDP
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # OmegaConf gives a list
@@ -51,6 +53,7 @@ class TrainConfig:
             ("keep_checkpoints", self.keep_checkpoints >= 1, "at least 1"),
             ("schedule", self.schedule in ("cosine", "one_cycle", "constant"), "cosine, one_cycle or constant"),
             ("precision", self.precision in ("bf16", "fp32"), "bf16 or fp32"),
+            ("distributed", self.distributed in ("auto", "ddp", "fsdp"), "auto, ddp or fsdp"),
         ]
         for name, ok, want in checks:
             if not ok:

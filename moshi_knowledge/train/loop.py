@@ -30,7 +30,8 @@ from moshi_knowledge.train.attention import segment_attention
 from moshi_knowledge.train.batches import Batch, PackedRow, StreamSpec, TrainStream, collate, eval_batches
 from moshi_knowledge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from moshi_knowledge.train.config import TrainConfig
-from moshi_knowledge.train.distributed import all_reduce_sum, dist_info, no_sync, shard, wrap_ddp
+from moshi_knowledge.train.distributed import (all_finite, all_reduce_sum, clip_grad_norm, dist_info, no_sync, shard,
+                                                wrap_model)
 from moshi_knowledge.train.loss import LossSettings, LossSums, loss_sums, step_loss, target_weights
 from moshi_knowledge.train.nan_guard import NanGuard, Snapshot
 from moshi_knowledge.train.optim import build_optimizer, lr_at
@@ -131,13 +132,16 @@ class _Run:
                             f"make train.batch_size a multiple of {per_step}")
         self.model = model
         self.device = next(model.parameters()).device
-        self.params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-        if not self.params:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
             raise UserError("the model has no trainable parameters", "apply LoRA (lora=...) or choose lora=full")
-        for p in self.params.values():
+        for p in trainable:
             p.data = p.data.float()  # fp32 master weights; autocast computes in bf16 on GPU
         set_gradient_checkpointing(model, cfg.gradient_checkpointing)
-        self.net = wrap_ddp(model, self.info)
+        bf16 = self.device.type == "cuda" and cfg.precision == "bf16"
+        self.net = wrap_model(model, self.info, cfg.distributed, torch.bfloat16 if bf16 else None)
+        # after wrapping: FSDP replaces the parameters by this rank's DTensor shards
+        self.params = {name: p for name, p in model.named_parameters() if p.requires_grad}
         self.optimizer = build_optimizer(list(self.params.values()), cfg)
         self.spec = StreamSpec.from_lm(model)
         self.settings = LossSettings(cfg.text_weight, cfg.text_padding_weight, cfg.first_codebook_weight_multiplier)
@@ -203,7 +207,7 @@ class _Run:
             group["lr"] = lr
         figures = self._backward(self._micro_batches(rows), inject)
         clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.params.values()), clip))
+        grad_norm = clip_grad_norm(list(self.params.values()), clip)
         self.step += 1
         action = self._update(math.isfinite(figures["loss"]) and math.isfinite(grad_norm))
         useful = sum(conv.shape[1] for row in rows for conv, _ in row)
@@ -230,13 +234,13 @@ class _Run:
 
     def _save(self) -> None:
         save_checkpoint(self.run_dir, self.step, self.params, self.optimizer, self._state(),
-                        self.cfg.keep_checkpoints, self.info)
+                        self.cfg.keep_checkpoints, self.info, model=self.net)
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)
         if path is None:
             return
-        state = load_checkpoint(path, self.params, self.optimizer, self.info)
+        state = load_checkpoint(path, self.params, self.optimizer, self.info, model=self.net)
         self.step, self.lr_scale = int(state["step"]), float(state["lr_scale"])
         self.stream.position = (int(state["position"][0]), int(state["position"][1]))
         self.guard.load_state_dict(state["nan_guard"])
@@ -278,7 +282,7 @@ class _Run:
             bar.set_postfix(loss=f"{self.last.get('train/loss', math.nan):.3f}", refresh=False)
         bar.close()
         if self.status == "running":
-            finite = all(bool(torch.isfinite(p).all()) for p in self.params.values())
+            finite = all_finite(self.params.values())
             self.status = "completed" if finite else "diverged"
             if not finite:
                 self.message = (f"trainable weights are non-finite after step {self.step} "
