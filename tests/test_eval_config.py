@@ -22,7 +22,7 @@ def test_schema_mirrors_the_config_class() -> None:
 
 
 def test_composed_eval_group_builds_the_config(tmp_path) -> None:
-    group = "eval=default" if "eval" in compose_cfg() else "+eval=default"  # before and after config.yaml lists it
+    group = "eval=default"
     cfg = compose_cfg([group, "eval.judge=openai", "eval.max_per_tier=5", f"paths.cache_dir={tmp_path}"])
     built = instantiate(cfg.eval)
     assert isinstance(built, EvalConfig)

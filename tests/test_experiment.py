@@ -49,3 +49,20 @@ def test_eval_only_scores_the_untrained_model(tiny_cache: Path, tmp_path: Path) 
     predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert {p["step"] for p in predictions} == {0}
     assert not (run / "checkpoints").exists() and not (run / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_seed_replication_recipe_keeps_eval_loss_finite_across_evaluations(tiny_cache: Path, tmp_path: Path) -> None:
+    """The published recipe (mono clips on both channels, 100 s unpacked windows) with our re-iterable eval set."""
+    run = tmp_path / "run"
+    done = run_app(["experiment=seed_replication", *TINY_RUN, "train.max_steps=6", "train.eval_every=2",
+                    "train.batch_size=2", "train.seq_sec=100", "lora.rank=2", "eval.recall_every=0",
+                    "eval.generate=false", "logger=none", f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run}"],
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["step"], r["eval/loss"]) for r in rows if "eval/loss" in r]
+    assert [s for s, _ in evals] == [0, 2, 4, 6]
+    assert all(loss is not None and 0 < loss < 100 for _, loss in evals), evals
+    meta = json.loads((run / "dataset" / "meta.json").read_text())
+    assert meta["layout"] == "mono_duplicate"

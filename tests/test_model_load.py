@@ -131,7 +131,7 @@ def test_hub_model_without_network_is_a_user_error(monkeypatch) -> None:
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 does; no retries
-    source = instantiate(compose_cfg(["+model=moshiko"]).model)
+    source = instantiate(compose_cfg(["model=moshiko"]).model)
     assert isinstance(source, HubModel) and source.hf_repo == "kyutai/moshiko-pytorch-bf16"
     with pytest.raises(UserError, match="moshiko-pytorch-bf16") as err:
         load_model(source)
@@ -160,13 +160,13 @@ def test_tiny_needs_its_folder_and_enough_speech(tmp_path) -> None:
 
 
 def test_model_configs_instantiate_to_loadable_sources(folder) -> None:
-    tiny = instantiate(compose_cfg(["+model=tiny", "seed=5"]).model)
+    tiny = instantiate(compose_cfg(["model=tiny", "seed=5"]).model)
     assert isinstance(tiny, TinyModel) and tiny.seed == 5 and tiny.sizes == TinySizes()
     assert (tiny.device, tiny.dtype) == ("auto", "auto")
-    assert instantiate(compose_cfg(["+model=moshika"]).model).hf_repo == "kyutai/moshika-pytorch-bf16"
+    assert instantiate(compose_cfg(["model=moshika"]).model).hf_repo == "kyutai/moshika-pytorch-bf16"
     files = LocalModel.from_folder(folder)
     overrides = [f"model.{k}={getattr(files, k)}" for k in ("moshi_weights", "mimi_weights", "tokenizer")]
     overrides += [f"model.config_path={files.config_path}", f"model.mimi_config_path={files.mimi_config_path}"]
-    local = instantiate(compose_cfg(["+model=local", *overrides]).model)
+    local = instantiate(compose_cfg(["model=local", *overrides]).model)
     assert isinstance(local, LocalModel) and local.lora_weights is None
     assert load_model(local).lm.text_card == files.checkpoint_info().lm_config["text_card"]

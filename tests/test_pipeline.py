@@ -78,7 +78,8 @@ def test_user_story_and_qa_files_become_a_valid_dataset(tmp_path: Path) -> None:
     pairs = [{"question": f"What is riddle number {i}?", "answer": f"Answer {i}"} for i in range(6)]
     (tmp_path / "train.json").write_text(json.dumps(pairs))
     (tmp_path / "eval.json").write_text(json.dumps([{"question": "Which river passes Quillby?", "answer": "Selt"}]))
-    done = _app(["story=file", f"story.path={story}", "qa=file", f"qa.train_path={tmp_path / 'train.json'}",
+    done = _app(["stages=[story,qa,tts,dataset]", "story=file", f"story.path={story}", "qa=file",
+                 f"qa.train_path={tmp_path / 'train.json'}",
                  f"qa.eval_path={tmp_path / 'eval.json'}", f"paths.cache_dir={tmp_path / 'cache'}",
                  f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr

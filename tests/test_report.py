@@ -54,7 +54,7 @@ def _write_run(
 def sweep(tmp_path: Path) -> Path:
     """A 2 x 2 lora.rank x train.lr sweep with one diverged, one failed and one killed job, plus a rerun."""
     root = tmp_path / "lora_rank_lr_2025-01-01_10-00-00"
-    common = ["+sweep=lora_rank_lr", "experiment=demo"]
+    common = ["sweep=lora_rank_lr", "experiment=demo"]
     good = {"train": 0.9, "eval": 0.85, "paraphrase": 0.4}
     _write_run(root / "0", [*common, "lora.rank=8", "train.lr=0.0001"], "completed", [3.0, 2.0, 1.5, 1.2], good)
     _write_run(root / "1", [*common, "lora.rank=8", "train.lr=0.001"], "completed", [3.0, 1.0, 0.5, 0.3],
@@ -85,7 +85,7 @@ def test_report_table_statuses_and_figures(sweep: Path, capsys: pytest.CaptureFi
     rows = _table_rows(report)
     assert list(rows) == ["run", "0", "1", "2", "3", "10"]  # job folders in numeric order
     assert rows["0"][1] == "lora.rank=8 train.lr=0.0001"  # only what differs; the shared overrides are listed once
-    assert "Common overrides: `+sweep=lora_rank_lr`, `experiment=demo`" in report
+    assert "Common overrides: `sweep=lora_rank_lr`, `experiment=demo`" in report
     assert rows["0"][2] == "completed" and rows["1"][2] == "completed"
     assert rows["2"][2].startswith("diverged: non-finite loss") and rows["3"][2].startswith("failed: RuntimeError")
     assert rows["10"][2] == "running"

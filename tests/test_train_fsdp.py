@@ -1,6 +1,6 @@
 """Full finetuning under FSDP2 with two gloo processes: same training as one process, sharded checkpoints resume.
 
-The tiny LM trains every parameter, so `train.distributed=auto` shards it (FSDP) instead of DDP.
+The tiny LM trains every parameter, so `train.distributed=auto` shards it (FSDP) instead of using DDP.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from moshi_knowledge.train.distributed import DistInfo, is_sharded
 from moshi_knowledge.train.optim import build_optimizer
 
 STEPS = 4
-SETTINGS = dict(max_steps=STEPS, batch_size=4, grad_accum=2, eval_every=2, ckpt_every=STEPS // 2)
+SETTINGS = dict(max_steps=STEPS, batch_size=4, grad_accum=2, eval_every=2, ckpt_every=STEPS // 2, distributed="auto")
 HALF = f"checkpoints/step_{STEPS // 2:08d}"
 
 

@@ -8,6 +8,7 @@ the tts stage; anything else is synthesized in Moshi's voice on first use.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from moshi_knowledge.speech.synthesize import load_utterance
 from moshi_knowledge.speech.tts_base import TTSBackend
 
 _TTS_INDEX = "index.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,17 +60,24 @@ class EvalQuestion:
 
 def load_questions(dataset_dir: Path, tiers: Sequence[str], max_per_tier: int | None = None,
                    seed: int = 0) -> list[EvalQuestion]:
-    """The questions of `tiers` (in that order); with `max_per_tier`, the same random subset at every call."""
+    """The questions of `tiers` (in that order); with `max_per_tier`, the same random subset at every call.
+
+    A tier the dataset lacks (Q/A from a file has no paraphrases) is skipped with a warning; none at all is an error.
+    """
     path = Path(dataset_dir) / QUESTIONS
     if not path.is_file():
         raise UserError(f"{path} is missing", "run the dataset stage first (it writes questions.json)")
     entries = read_json(path)["questions"]
+    present = sorted({e["tier"] for e in entries})
+    if not set(tiers) & set(present):
+        raise UserError(f"eval.tiers={list(tiers)}: {path} has no question of these tiers",
+                        f"choose tiers among {present}")
     out: list[EvalQuestion] = []
     for tier in tiers:
         items = [_question(e, Path(dataset_dir), path) for e in entries if e["tier"] == tier]
         if not items:
-            raise UserError(f"eval.tiers: {path} has no question of tier {tier!r}",
-                            f"choose tiers among {sorted({e['tier'] for e in entries})}")
+            log.warning("eval.tiers: the dataset has no %r questions; that tier is not scored", tier)
+            continue
         if max_per_tier is not None and len(items) > max_per_tier:
             items = sorted(random.Random(f"{seed}-{tier}").sample(items, max_per_tier), key=items.index)
         out += items

@@ -39,8 +39,9 @@ class TrainConfig:
     seed: int = 0
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on CUDA only; trainable weights stay fp32
     gradient_checkpointing: bool = False
-    # under torchrun: auto = FSDP (sharded weights and optimizer) when every parameter trains, else DDP
-    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
+    # under torchrun: ddp; fsdp (weights, gradients and optimizer state sharded: full finetuning of the 7B model);
+    # auto = fsdp when every parameter trains, else ddp
+    distributed: Literal["auto", "ddp", "fsdp"] = "ddp"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # OmegaConf gives a list

@@ -30,8 +30,8 @@ from moshi_knowledge.train.attention import segment_attention
 from moshi_knowledge.train.batches import Batch, PackedRow, StreamSpec, TrainStream, collate, eval_batches
 from moshi_knowledge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from moshi_knowledge.train.config import TrainConfig
-from moshi_knowledge.train.distributed import (all_finite, all_reduce_sum, clip_grad_norm, dist_info, no_sync, shard,
-                                                wrap_model)
+from moshi_knowledge.train.distributed import (all_finite, all_reduce_sum, clip_grad_norm, dist_info, is_sharded,
+                                                no_sync, shard, wrap_model)
 from moshi_knowledge.train.loss import LossSettings, LossSums, loss_sums, step_loss, target_weights
 from moshi_knowledge.train.nan_guard import NanGuard, Snapshot
 from moshi_knowledge.train.optim import build_optimizer, lr_at
@@ -105,10 +105,15 @@ def evaluate(model: nn.Module, batches: Sequence[Batch], spec: StreamSpec, setti
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
-    for batch in batches[info.rank::info.world]:
-        batch = batch.to(device)
+    mine = list(batches[info.rank::info.world])
+    # an FSDP forward is collective: a rank with fewer batches runs a discarded one to keep in step
+    rounds = -(-len(batches) // info.world) if is_sharded(model) else len(mine)
+    for i in range(rounds):
+        batch = (mine[i] if i < len(mine) else batches[0]).to(device)
         with segment_attention(model, batch.segments):
-            sums += forward_sums(model, batch, spec, settings, precision).as_vector()
+            part = forward_sums(model, batch, spec, settings, precision).as_vector()
+        if i < len(mine):
+            sums += part
     model.train(was_training)
     figures = LossSums.means(all_reduce_sum(sums), settings.text_weight)
     out = {f"eval/{k}": v for k, v in figures.items()}
