@@ -10,6 +10,8 @@ Single GPU (writes train_throughput.json and .md):
     python benchmarks/train_throughput.py --out benchmarks/results
 Two GPUs, same workload, after the single run (writes train_throughput_ddp.json and .md):
     torchrun --nproc-per-node 2 benchmarks/train_throughput.py --ddp --baseline benchmarks/results/train_throughput.json
+Full finetuning with FSDP on two GPUs, sharded save and resume (writes train_fsdp.json and .md):
+    torchrun --nproc-per-node 2 benchmarks/train_throughput.py --fsdp --out benchmarks/results
 `--smoke` runs a tiny model for a few steps (on CPU if there is no GPU) to test this code path; its files end in
 `_smoke`.
 
@@ -17,6 +19,7 @@ Model FLOPs: a frame passes once through every nn.Linear of the LM (each depform
 forward costs 2*N and the input-gradient backward another 2*N, N = the base model's Linear weights (7.37 B). The
 frozen base gets no weight gradient; LoRA's own matmuls, attention scores and checkpointing's recomputation are not
 counted, so MFU = useful frames/s * 4*N / (bf16 GEMM rate measured in the same run) is a conservative figure.
+Full finetuning (--fsdp) also computes every weight gradient: 6*N per frame.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import argparse
 import gc
 import platform
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -48,7 +52,7 @@ from moshi_knowledge.io_utils import atomic_write_json, atomic_write_text, read_
 from moshi_knowledge.model.depformer_patch import patch_depformer
 from moshi_knowledge.model.lora import LoraSpec, apply_lora
 from moshi_knowledge.train import NanGuard, StreamSpec, TrainConfig, init_from_env
-from moshi_knowledge.train.distributed import dist_info
+from moshi_knowledge.train.distributed import barrier, dist_info
 from moshi_knowledge.train.loop import _Run, _Silent  # the loop's step, without its eval and checkpoint writes
 from moshi_knowledge.train.samples import FRAME_RATE, ConversationCodes, TurnSpan
 
@@ -59,6 +63,7 @@ TARGET_USEFUL_FPS = 5000.0
 ANCHOR_USEFUL_FPS = 164.0  # NOTES.md: the published recipe on the seed's shape, one H200
 REFERENCE_WORLD = 2  # the 1-GPU loss-curve reference matches a DDP run over this many GPUs
 DDP_BATCH_PER_GPU = 8
+FSDP_BATCH_PER_GPU = {True: 8, False: 4}  # by "the GPU has > 100 GiB": fp32 weights, grads and AdamW take 62 GiB
 LORA = LoraSpec(targets="all", rank=128, alpha=256.0)
 QA_SECONDS = (5.0, 10.0)  # the seed's Q/A conversations, and the turns of a long dialogue
 
@@ -174,19 +179,27 @@ class ModelCounts:
     trainable_params: int
 
     @property
+    def full(self) -> bool:
+        return self.trainable_params == self.total_params
+
+    @property
     def flops_per_frame(self) -> int:
-        return 4 * self.linear_params
+        """4N under LoRA (no base weight gradients), 6N when every weight trains."""
+        return (6 if self.full else 4) * self.linear_params
 
 
-def build_model(device: torch.device, scale: Scale) -> tuple[nn.Module, ModelCounts]:
+def build_model(device: torch.device, scale: Scale, lora: bool = True) -> tuple[nn.Module, ModelCounts]:
     """moshi's default LM kwargs, random weights made on the device (bf16 on GPU), then our peft LoRA r128 on
-    every Linear. The same seed gives the same weights in every process."""
+    every Linear (`lora=False`: the bare LM, every weight trainable). The same seed gives the same weights in every
+    process."""
     torch.manual_seed(SEED)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the loop autocasts on CUDA only
     with torch.device(device):  # some of LMModel's layers ignore its device argument
         lm = LMModel(**(dict(loaders._lm_kwargs) | scale.lm_overrides), device=device, dtype=dtype).to(dtype)
     linear = sum(m.weight.numel() for m in lm.modules() if isinstance(m, nn.Linear))
     total = sum(p.numel() for p in lm.parameters())
+    if not lora:
+        return lm, ModelCounts(linear, total, total)
     with torch.device(device):
         model = apply_lora(lm, LORA)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -331,8 +344,10 @@ def environment(device: torch.device, counts: ModelCounts, gemm: float, scale: S
         "torch_compile": not os.environ.get("NO_TORCH_COMPILE"),
         "gemm_bf16_tflops": gemm, "gemm_size": scale.gemm_size, "gpus": dist_info().world,
         "model": {**asdict(counts), "flops_per_frame": counts.flops_per_frame,
-                  "flops_formula": "4 * N per useful frame: forward 2N + input-gradient backward 2N, N = base "
-                                   "nn.Linear weights; LoRA matmuls, attention and recomputation not counted"},
+                  "flops_formula": ("6 * N per useful frame: forward 2N + input- and weight-gradient backward 4N"
+                                    if counts.full else "4 * N per useful frame: forward 2N + input-gradient "
+                                    "backward 2N") + ", N = base nn.Linear weights; LoRA matmuls, attention and "
+                                                     "recomputation not counted"},
         "lora": asdict(LORA), "memory_budget_gib": MEMORY_BUDGET_GIB,
     }
 
@@ -461,12 +476,130 @@ def write_ddp(out: Path, result: dict[str, Any], scale: Scale) -> None:
     atomic_write_text(out / f"train_throughput_ddp{scale.suffix}.md", text)
 
 
+# ---- full finetuning with FSDP -------------------------------------------------------------------------------
+def _checkpoint_root(bytes_needed: int) -> Optional[Path]:
+    """A local folder with room for the sharded checkpoint (all ranks write there), or None."""
+    for folder in (Path("/dev/shm"), Path(tempfile.gettempdir())):
+        if folder.is_dir() and shutil.disk_usage(folder).free > 1.05 * bytes_needed:
+            return folder
+    return None
+
+
+def _timed_step(trainer: _Run, device: torch.device, times: StepTimes, row_frames: int) -> None:
+    _sync(device)
+    start = time.perf_counter()
+    row = trainer._train_step(inject=False)
+    _sync(device)
+    times.seconds.append(time.perf_counter() - start)
+    times.useful_frames.append(round(row["train/useful_fraction"] * row_frames))
+    times.losses.append(row["train/loss"])
+    times.nonfinite += row["nan_guard/action"] != "step"
+
+
+def _timed(fn: Any, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def fsdp(out: Path, scale: Scale) -> None:
+    """`lora=full` on the bare LM under the loop's FSDP: step figures, then a sharded save at the half-way step and a
+    resume from it in the same processes, whose losses must repeat the uninterrupted run's."""
+    info, device = init_from_env()
+    model, counts = build_model(device, scale, lora=False)
+    patch_depformer(model)
+    gemm = gemm_tflops(device, scale.gemm_size)
+    data = workloads(StreamSpec.from_lm(model), scale)
+    big = device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory > 100 * GIB
+    variant = replace(DDP_VARIANT, batch=FSDP_BATCH_PER_GPU[big] * info.world)
+    steps = scale.warmup_steps + scale.timed_steps + 1
+    half = steps // 2
+    state_bytes = 12 * counts.total_params  # fp32 weights + two AdamW moments, over all ranks
+    root = _checkpoint_root(state_bytes)
+    print(f"checkpoint needs {state_bytes / GIB:.0f} GiB; writing it under {root}", flush=True)
+    run_dir = (root or Path(tempfile.gettempdir())) / "train_fsdp_run"
+    if info.is_main:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = replace(train_config(variant, scale, steps), distributed="fsdp", keep_checkpoints=1)
+    trainer = _Run(model, data["qa"], [], cfg, NanGuard("skip"), run_dir, _Silent(), None, ())
+    model.train()
+    _release(device)  # the peak below is training's, not building's (the fp32 copy before sharding)
+    row_frames = variant.batch * trainer.seq_frames
+    times, extra = StepTimes(), {}
+    for _ in range(steps):
+        _timed_step(trainer, device, times, row_frames)
+        if trainer.step == half and root is not None:
+            extra["save_s"] = _timed(trainer._save, device)
+    peak = _peak_gib(device)
+    reserved = torch.cuda.max_memory_reserved(device) / GIB if device.type == "cuda" else None
+    resumed = StepTimes()
+    if root is not None:
+        extra["checkpoint_gib"] = sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file()) / GIB
+        extra["load_s"] = _timed(trainer._resume, device)
+        extra["resumed_from_step"] = trainer.step
+        while trainer.step < steps:
+            _timed_step(trainer, device, resumed, row_frames)
+    if info.is_main:
+        row = summarise(variant, times, peak, scale.warmup_steps, scale, counts, gemm, info.world)
+        row["peak_reserved_gib_rank0"] = reserved
+        straight = times.losses[half:]
+        diffs = [abs(a - b) / abs(b) for a, b in zip(resumed.losses, straight)]
+        result = {
+            "environment": environment(device, counts, gemm, scale), "fsdp": row,
+            "checkpoint": {"dir": str(run_dir), **extra, "saved_at_step": half if root else None,
+                           "straight_losses": straight, "resumed_losses": resumed.losses,
+                           "max_rel_diff": max(diffs) if diffs else None, "tolerance": 1e-3,
+                           "first_step_equal": bool(diffs) and diffs[0] == 0.0,
+                           "match": bool(diffs) and max(diffs) <= 1e-3},
+        }
+        write_fsdp(out, result, scale)
+        print(variants_table([row]), "\n", {k: v for k, v in result["checkpoint"].items()}, flush=True)
+    barrier()
+    if info.is_main:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    dist.destroy_process_group()
+
+
+def write_fsdp(out: Path, result: dict[str, Any], scale: Scale) -> None:
+    env, row, ckpt = result["environment"], result["fsdp"], result["checkpoint"]
+    model = env["model"]
+    lines = [
+        f"# Full finetuning with FSDP, {env['gpus']} GPUs ({env['device']}, torch {env['torch']})", "",
+        f"Full moshiko LM, random weights, every parameter trained ({model['trainable_params'] / 1e9:.2f} B) by the "
+        "loop's own step under FSDP2 (`train.distributed=fsdp`: one shard unit per transformer layer, bf16 compute, "
+        "fp32 sharded master weights, gradients and AdamW state), gradient checkpointing, the seed's shape packed "
+        f"and patched, {scale.seq_sec:g} s rows, global batch {row['batch']}. MFU counts "
+        f"{model['flops_per_frame'] / 1e9:.1f} GFLOP per useful frame (6N) against the bf16 GEMM rate rank 0 "
+        f"measured while both GPUs ran it ({env['gemm_bf16_tflops']:.0f} TFLOP/s).", "",
+        variants_table([row]), "",
+        f"Peak allocated per GPU (max over ranks): {_fmt(row['peak_gib'], 1)} GiB; reserved on rank 0: "
+        f"{_fmt(row['peak_reserved_gib_rank0'], 1)} GiB.", ""]
+    if ckpt.get("saved_at_step"):
+        lines += [
+            f"Sharded checkpoint (DCP, one shard file per rank) at step {ckpt['saved_at_step']}: "
+            f"{ckpt['checkpoint_gib']:.1f} GiB, saved in {ckpt['save_s']:.1f} s, loaded back in {ckpt['load_s']:.1f} s. "
+            f"Resumed from step {ckpt['resumed_from_step']}: first step's loss equal to the uninterrupted run's: "
+            f"{ckpt['first_step_equal']}; max relative difference {_fmt(ckpt['max_rel_diff'], 8)} (tolerance "
+            f"{ckpt['tolerance']:g}): {'match' if ckpt['match'] else 'MISMATCH'}.", "",
+            "| step | loss, uninterrupted | loss, resumed |", "|---|---|---|",
+            *(f"| {ckpt['saved_at_step'] + i} | {a:.6f} | {b:.6f} |"
+              for i, (a, b) in enumerate(zip(ckpt["straight_losses"], ckpt["resumed_losses"]), start=1)), ""]
+    else:
+        lines += ["No checkpoint written: no local folder had room for it.", ""]
+    atomic_write_json(out / f"train_fsdp{scale.suffix}.json", result)
+    atomic_write_text(out / f"train_fsdp{scale.suffix}.md", "\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--smoke", action="store_true", help="tiny model, two steps per variant (CPU is fine)")
     parser.add_argument("--ddp", action="store_true", help="under torchrun: DDP figures against --baseline")
     parser.add_argument("--baseline", type=Path, help="the single-GPU run's JSON (for --ddp)")
+    parser.add_argument("--fsdp", action="store_true", help="under torchrun: full finetuning with FSDP, sharded "
+                                                            "save and resume")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
@@ -476,6 +609,8 @@ def main() -> None:
         if args.baseline is None:
             parser.error("--ddp needs --baseline (the single-GPU run's JSON)")
         ddp(args.out, args.baseline, scale)
+    elif args.fsdp:
+        fsdp(args.out, scale)
     else:
         single(args.out, scale)
 

@@ -229,7 +229,7 @@ class TrainSchema:
     seed: int = 0
     precision: str = "bf16"  # bf16 | fp32 (bf16 autocast on CUDA only)
     gradient_checkpointing: bool = False
-    distributed: str = "ddp"  # ddp | fsdp | auto (auto: FSDP when every parameter trains, else DDP)
+    distributed: str = "auto"  # auto: FSDP when every parameter trains (lora=full), else DDP | ddp | fsdp
 
 
 @dataclass

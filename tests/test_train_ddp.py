@@ -17,7 +17,7 @@ from test_train_loop import EVAL, TRAIN, config, run, trainable
 from moshi_knowledge.tracking.files import read_metrics
 from moshi_knowledge.train import NanGuard, train
 
-SETTINGS = dict(max_steps=4, batch_size=4, grad_accum=2, eval_every=2, ckpt_every=2)
+SETTINGS = dict(max_steps=4, batch_size=4, grad_accum=2, eval_every=2, ckpt_every=2, distributed="ddp")
 
 
 def _free_port() -> int:

@@ -41,7 +41,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     # under torchrun: ddp; fsdp (weights, gradients and optimizer state sharded: full finetuning of the 7B model);
     # auto = fsdp when every parameter trains, else ddp
-    distributed: Literal["auto", "ddp", "fsdp"] = "ddp"
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # OmegaConf gives a list
