@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from torch.distributed.tensor import DTensor
+from omegaconf import DictConfig
 
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.judge import judge_from_config
@@ -69,47 +70,74 @@ def _json_safe(value: Any) -> Any:
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> float | None:
-    """Run the stages listed in `cfg.stages`; return the sweep objective (None unless completed)."""
+    """Run the stages listed in `cfg.stages`; return the sweep objective (None unless completed).
+
+    Under torchrun every rank trains; only rank 0 tracks, evaluates recall and writes the run's files.
+    """
     entries = run_stages(cfg, run_dir)
     wanted = [s for s in cfg.stages if s in RUN_STAGES]
     if not wanted:
         return None
     dist, device = init_from_env()
-    with Tracker(cfg.logger if dist.is_main else None, run_dir, cfg, run_identity_from_hydra(run_dir.name)) as tracker:
-        loaded = load_stage_model(cfg, entries["model"].path, device=device)
-        model = apply_lora(loaded.lm, instantiate(cfg.lora))
-        patch_depformer(model)
-        params = count_parameters(model)
-        log.info("trainable parameters: %s of %s", f"{params.trainable:,}", f"{params.total:,}")
-        tracker.summary({"params/trainable": params.trainable, "params/total": params.total})
-        dataset_dir = entries["dataset"].path
-        eval_cfg = instantiate(cfg.eval)
-        questions = load_questions(dataset_dir, eval_cfg.tiers, eval_cfg.max_per_tier, eval_cfg.seed)
-        evaluator = RecallEvaluator(questions, loaded.lm, loaded.mimi, loaded.tokenizer,
-                                    AnswerSpeech(entries["tts"].path, instantiate(cfg.tts)), eval_cfg,
-                                    training_voice_f0(dataset_dir), judge_from_config(eval_cfg))
-        train_cfg = instantiate(cfg.train)
-        last_step = train_cfg.max_steps if "train" in wanted else 0
-        hook = RecallHook(evaluator, eval_cfg.recall_every, last_step, run_dir / PREDICTIONS)
-        if "train" in wanted:
-            codes = entries["tokenize"].path
-            summary = train(model, load_split(codes, "train"), load_split(codes, "eval"), train_cfg,
-                            instantiate(cfg.nan_guard), run_dir, tracker=tracker,
-                            on_eval=hook if dist.is_main else None,
-                            inject_nonfinite_at=list(cfg.debug.inject_nonfinite_at))
-            if dist.is_main:
-                export = export_adapter(model, run_dir / "adapter", loaded.base_config)
-                log.info("adapter written to %s (%s)", run_dir / "adapter", export.kind)
-                if tracker.log_adapter:
-                    tracker.artifact(run_dir / "adapter", "adapter")
-        else:
-            summary = {"status": "completed", "step": 0}
-        if "eval" in wanted and hook.last_evaluated != summary["step"]:
-            model.eval()  # a run that stopped early (diverged) still gets its final recall
-            tracker.log({"step": summary["step"], **(hook(summary["step"], model) or {})})
-        if dist.is_main:
-            _finish(tracker, hook, dataset_dir, summary)
+    if not dist.is_main:
+        _train(cfg, entries, run_dir, wanted, device, tracker=None)
+        return None
+    with Tracker(cfg.logger, run_dir, cfg, run_identity_from_hydra(run_dir.name)) as tracker:
+        _train(cfg, entries, run_dir, wanted, device, tracker)
         return objective_value(tracker.values, cfg.objective.tier)
+
+
+def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], device: Any,
+           tracker: Tracker | None) -> None:
+    """Build the (LoRA-wrapped) model, train it with recall hooks, export the adapter, summarise recall."""
+    loaded = load_stage_model(cfg, entries["model"].path, device=device)
+    model = apply_lora(loaded.lm, instantiate(cfg.lora))
+    patch_depformer(model)
+    params = count_parameters(model)
+    log.info("trainable parameters: %s of %s", f"{params.trainable:,}", f"{params.total:,}")
+    dataset_dir = entries["dataset"].path
+    hook = None
+    if tracker is not None:
+        tracker.summary({"params/trainable": params.trainable, "params/total": params.total})
+        hook = _recall_hook(cfg, entries, loaded, run_dir, last_step=cfg.train.max_steps if "train" in wanted else 0)
+    if "train" in wanted:
+        codes = entries["tokenize"].path
+        summary = train(model, load_split(codes, "train"), load_split(codes, "eval"), instantiate(cfg.train),
+                        instantiate(cfg.nan_guard), run_dir, tracker=tracker, on_eval=hook,
+                        inject_nonfinite_at=list(cfg.debug.inject_nonfinite_at))
+        _export(model, loaded.base_config, run_dir, tracker)
+    else:
+        summary = {"status": "completed", "step": 0}
+    if tracker is None or hook is None:
+        return
+    if "eval" in wanted and hook.last_evaluated != summary["step"]:
+        model.eval()  # a run that stopped early (diverged) still gets its final recall
+        tracker.log({"step": summary["step"], **(hook(summary["step"], model) or {})})
+    _finish(tracker, hook, dataset_dir, summary)
+
+
+def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, last_step: int) -> RecallHook:
+    eval_cfg = instantiate(cfg.eval)
+    dataset_dir = entries["dataset"].path
+    questions = load_questions(dataset_dir, eval_cfg.tiers, eval_cfg.max_per_tier, eval_cfg.seed)
+    evaluator = RecallEvaluator(questions, loaded.lm, loaded.mimi, loaded.tokenizer,
+                                AnswerSpeech(entries["tts"].path, instantiate(cfg.tts)), eval_cfg,
+                                training_voice_f0(dataset_dir), judge_from_config(eval_cfg))
+    return RecallHook(evaluator, eval_cfg.recall_every, last_step, run_dir / PREDICTIONS)
+
+
+def _export(model: Any, base_config: dict, run_dir: Path, tracker: Tracker | None) -> None:
+    """Rank 0 writes the adapter (peft + moshi formats). A model sharded by FSDP is not gathered here: its
+    trained weights are in the sharded checkpoint under checkpoints/."""
+    if tracker is None:
+        return
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        log.info("FSDP run: the trained weights are in the sharded checkpoint under %s", run_dir / "checkpoints")
+        return
+    export = export_adapter(model, run_dir / "adapter", base_config)
+    log.info("adapter written to %s (%s)", run_dir / "adapter", export.kind)
+    if tracker.log_adapter:
+        tracker.artifact(run_dir / "adapter", "adapter")
 
 
 def _finish(tracker: Tracker, hook: RecallHook, dataset_dir: Path, summary: dict[str, Any]) -> None:

@@ -66,3 +66,24 @@ def test_seed_replication_recipe_keeps_eval_loss_finite_across_evaluations(tiny_
     assert all(loss is not None and 0 < loss < 100 for _, loss in evals), evals
     meta = json.loads((run / "dataset" / "meta.json").read_text())
     assert meta["layout"] == "mono_duplicate"
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_app_on_two_processes_with_one_set_of_run_files(tiny_cache: Path, tmp_path: Path) -> None:
+    """`torchrun --nproc-per-node 2 -m moshi_knowledge ...` (gloo on CPU): both ranks train, rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    args = [*TINY_RUN, "lora=all", "lora.rank=2", "eval.generate=false", "logger=none",
+            f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run}"]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "-m", "moshi_knowledge", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # one writer: no row twice
+    assert (run / "adapter" / "moshi" / "lora.safetensors").is_file()

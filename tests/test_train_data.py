@@ -255,7 +255,7 @@ def test_hydra_composes_train_and_nan_guard_groups() -> None:
     config_schema.register()
     with initialize_config_module(config_module="moshi_knowledge.conf", version_base="1.3"):
         for policy in ("off", "skip", "rollback", "halt"):
-            cfg = compose(config_name="config", overrides=["+train=default", f"+nan_guard={policy}",
+            cfg = compose(config_name="config", overrides=["train=default", f"nan_guard={policy}",
                                                            "train.max_steps=7"])
             guard = instantiate(cfg.nan_guard)
             assert isinstance(guard, NanGuard) and guard.policy == policy
