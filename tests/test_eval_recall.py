@@ -14,7 +14,9 @@ from moshi_knowledge.dataset.format import CONVERSATIONS, read_alignments, read_
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.evaluation.mc import answer_mask, row_codes
 from moshi_knowledge.evaluation.pitch import training_voice_f0
-from moshi_knowledge.evaluation.prompts import USER_AUDIO, Timing, encode, prepare
+from moshi_knowledge.evaluation.prompts import Timing, prepare
+from moshi_knowledge.train.encode import mimi_encode
+from moshi_knowledge.train.samples import USER_AUDIO
 from moshi_knowledge.evaluation.questions import AnswerSpeech, load_questions
 from moshi_knowledge.evaluation.recall import RecallEvaluator
 from moshi_knowledge.evaluation.report import F0, recall_table, summarize
@@ -64,7 +66,7 @@ def test_a_scored_row_is_the_training_turn_without_its_answer_audio(setup) -> No
     entry = next(e for e in read_conversations_index(paths["dataset"] / CONVERSATIONS) if e.split == "train")
     wav = paths["dataset"] / entry.path
     left, right, _ = read_stereo(wav)
-    train_left, train_right = encode(loaded.mimi, [left, right])
+    train_left, train_right = mimi_encode(loaded.mimi, [left, right])
     spec = StreamSpec.from_lm(loaded.lm)
     train_text = text_stream(read_alignments(wav.with_suffix(".json")), loaded.tokenizer.encode,
                              train_left.shape[1], spec.pad_id, spec.end_pad_id)

@@ -21,12 +21,10 @@ from moshi_knowledge.evaluation.mc import Candidate, MCQuestion, answer_mask
 from moshi_knowledge.evaluation.questions import EvalQuestion
 from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SAMPLE_RATE, SpeakerWord, Utterance
 from moshi_knowledge.train.batches import StreamSpec
-from moshi_knowledge.train.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, ZERO_TOKEN
+from moshi_knowledge.train.encode import SAMPLES_PER_FRAME, mimi_encode
+from moshi_knowledge.train.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, USER_AUDIO, ZERO_TOKEN
 from moshi_knowledge.train.text_stream import Tokenize, text_stream
 
-SAMPLES_PER_FRAME = round(SAMPLE_RATE / FRAME_RATE)  # 1920
-USER_AUDIO = slice(9, 17)
-_ENCODE_BATCH = 16
 
 
 @dataclass
@@ -58,8 +56,8 @@ def prepare(questions: Sequence[EvalQuestion], mimi: MimiModel, tokenize: Tokeni
             speech: Callable[[str], Utterance], timing: Timing, candidate_audio: bool) -> list[PreparedQuestion]:
     """Encode every question once; the result serves every later evaluation of the run."""
     plans = [_plan(q, tokenize, spec, speech, timing) for q in questions]
-    user_codes = encode(mimi, [p.right for p in plans])
-    silence = encode(mimi, [np.zeros(max(len(p.right) for p in plans), np.float32)])[0]
+    user_codes = mimi_encode(mimi, [p.right for p in plans])
+    silence = mimi_encode(mimi, [np.zeros(max(len(p.right) for p in plans), np.float32)])[0]
     audio_codes = _candidate_audio(mimi, plans, speech) if candidate_audio else None
     prepared = []
     for i, plan in enumerate(plans):
@@ -88,21 +86,6 @@ def _plan(q: EvalQuestion, tokenize: Tokenize, spec: StreamSpec, speech: Callabl
     return _Plan(q, right, question_end, answer_at, streams)
 
 
-@torch.no_grad()
-def encode(mimi: MimiModel, waves: Sequence[np.ndarray]) -> list[torch.Tensor]:
-    """Mimi codes [n_q, ceil(len / 1920)] of each mono 24 kHz waveform, on the CPU."""
-    device = next(mimi.parameters()).device
-    out: list[torch.Tensor] = []
-    for start in range(0, len(waves), _ENCODE_BATCH):
-        chunk = waves[start:start + _ENCODE_BATCH]
-        batch = torch.zeros(len(chunk), 1, max(len(w) for w in chunk))
-        for b, w in enumerate(chunk):
-            batch[b, 0, :len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-        codes = mimi.encode(batch.to(device)).cpu().long()
-        out += [codes[b, :, :math.ceil(len(w) / SAMPLES_PER_FRAME)] for b, w in enumerate(chunk)]
-    return out
-
-
 def _candidate_stream(utterance: Utterance, answer_sec: float, tokenize: Tokenize, spec: StreamSpec) -> torch.Tensor:
     """Moshi's text stream for a row whose answer (this candidate) starts at `answer_sec`, cut after its last token."""
     words = [SpeakerWord(w.word, answer_sec + w.start, answer_sec + w.end, MOSHI_SPEAKER) for w in utterance.words]
@@ -123,5 +106,5 @@ def _candidate_audio(mimi: MimiModel, plans: Sequence[_Plan],
             left = np.zeros(len(plan.right), np.float32)
             left[plan.answer_at:plan.answer_at + len(clip)] = clip
             waves.append(left)
-    codes = iter(encode(mimi, waves))
+    codes = iter(mimi_encode(mimi, waves))
     return [[next(codes) for _ in plan.question.candidates] for plan in plans]

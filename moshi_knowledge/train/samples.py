@@ -21,6 +21,7 @@ from moshi_knowledge.speech.schema import Turn
 FRAME_RATE = 12.5  # Mimi frames per second
 N_STREAMS = 17
 MOSHI_AUDIO = slice(1, 9)  # Moshi's 8 codebooks: the only audio the LM predicts
+USER_AUDIO = slice(9, 17)  # the user's 8 codebooks
 ZERO_TOKEN = -1
 
 
