@@ -122,7 +122,8 @@ def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, las
     questions = load_questions(dataset_dir, eval_cfg.tiers, eval_cfg.max_per_tier, eval_cfg.seed)
     evaluator = RecallEvaluator(questions, loaded.lm, loaded.mimi, loaded.tokenizer,
                                 AnswerSpeech(entries["tts"].path, instantiate(cfg.tts)), eval_cfg,
-                                training_voice_f0(dataset_dir), judge_from_config(eval_cfg))
+                                training_voice_f0(dataset_dir) if eval_cfg.voice else None,
+                                judge_from_config(eval_cfg))
     return RecallHook(evaluator, eval_cfg.recall_every, last_step, run_dir / PREDICTIONS)
 
 
