@@ -96,7 +96,7 @@ STAGES: dict[str, Stage] = {
     for s in [
         Stage("story", "1", (), ("story",), _story),
         Stage("qa", "1", ("story",), ("qa",), _qa),
-        Stage("tts", "1", ("qa",), ("tts",), _tts,
+        Stage("tts", "2", ("qa",), ("tts",), _tts,
               extra_key=lambda cfg, inputs: script_fingerprint(_script(cfg, inputs))),
         Stage("dataset", "2", ("qa", "tts"), ("layout", "align"), _dataset),
         Stage("model", "1", ("story", "qa", "tts"), ("model",), _model, ignore=("model.device", "model.dtype")),

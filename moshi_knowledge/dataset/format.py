@@ -83,7 +83,7 @@ def read_stereo(wav_path: Path) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def write_mono_wav(samples: np.ndarray, path: Path) -> None:
-    """A 24 kHz 16-bit mono wav, e.g. a question's audio for questions.json."""
+    """A 24 kHz 16-bit mono wav: every utterance the tts stage speaks (and so every question's audio)."""
     buffer = io.BytesIO()
     _mono_segment(samples).export(buffer, format="wav")
     atomic_write_bytes(path, buffer.getvalue())

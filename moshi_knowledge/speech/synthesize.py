@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
-from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json, read_json
+from moshi_knowledge.dataset.format import read_mono_wav, write_mono_wav
+from moshi_knowledge.io_utils import atomic_write_json, read_json
 from moshi_knowledge.speech.schema import SAMPLE_RATE, Line, Utterance, WordSpan
 from moshi_knowledge.speech.tts_base import TTSBackend
 
@@ -34,14 +32,13 @@ def synthesize_script(tts: TTSBackend, lines: list[Line], out_dir: Path) -> None
 
 
 def save_utterance(utt: Utterance, out_dir: Path, line_id: str) -> None:
-    buf = io.BytesIO()
-    sf.write(buf, utt.samples.astype(np.float32), SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    atomic_write_bytes(out_dir / f"{line_id}.wav", buf.getvalue())
+    write_mono_wav(utt.samples, out_dir / f"{line_id}.wav")
     atomic_write_json(out_dir / f"{line_id}.words.json", [asdict(w) for w in utt.words])
 
 
 def load_utterance(out_dir: Path, line_id: str) -> Utterance:
-    samples, rate = sf.read(out_dir / f"{line_id}.wav", dtype="float32")
-    assert rate == SAMPLE_RATE, f"{out_dir / line_id}.wav is {rate} Hz"
+    samples, rate = read_mono_wav(out_dir / f"{line_id}.wav")
+    if rate != SAMPLE_RATE:
+        raise ValueError(f"{out_dir / line_id}.wav is {rate} Hz, expected {SAMPLE_RATE}")
     words = [WordSpan(**w) for w in read_json(out_dir / f"{line_id}.words.json")]
     return Utterance(samples=samples, words=words)
