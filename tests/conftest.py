@@ -29,6 +29,20 @@ def compose_cfg(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
 
 @pytest.fixture(scope="session")
+def story():
+    """The default procedural kingdom (seed 0)."""
+    from moshi_knowledge.world.procedural import ProceduralStory
+
+    return ProceduralStory(seed=0).generate()
+
+
+@pytest.fixture(scope="session")
+def world(story):
+    assert story.world is not None
+    return story.world
+
+
+@pytest.fixture(scope="session")
 def small_data_run(tmp_path_factory: pytest.TempPathFactory):
     """Runs story -> qa -> tts -> dataset once on the small config; returns (cfg, run_dir, cache entries)."""
     from moshi_knowledge.stages import run_stages

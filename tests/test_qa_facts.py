@@ -14,17 +14,6 @@ from moshi_knowledge.world.schema import Entity, Fact, Story, World
 
 
 @pytest.fixture(scope="module")
-def story() -> Story:
-    return ProceduralStory(seed=0).generate()
-
-
-@pytest.fixture(scope="module")
-def world(story: Story) -> World:
-    assert story.world is not None
-    return story.world
-
-
-@pytest.fixture(scope="module")
 def qa(story: Story) -> QASet:
     return FactsQA(seed=0).build(story)
 

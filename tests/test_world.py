@@ -19,17 +19,6 @@ STRUCTURAL = {w.lower() for w in (*INSTITUTION_TYPES, *ARTIFACT_NOUNS, *BATTLE_S
 
 
 @pytest.fixture(scope="module")
-def story() -> Story:
-    return ProceduralStory(seed=0).generate()
-
-
-@pytest.fixture(scope="module")
-def world(story: Story) -> World:
-    assert story.world is not None
-    return story.world
-
-
-@pytest.fixture(scope="module")
 def real_words() -> set[str]:
     """Loaded here, not through the generator's own loader, so the check is independent of it."""
     words = set(get_english_words_set(["web2"], lower=True))
