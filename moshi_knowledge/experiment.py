@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from torch.distributed.tensor import DTensor
 from omegaconf import DictConfig
 
 from moshi_knowledge.evaluation import report
@@ -29,6 +28,7 @@ from moshi_knowledge.tracking import Tracker, objective_value, run_identity_from
 from moshi_knowledge.tracking.contract import METRICS_FILE
 from moshi_knowledge.tracking.files import read_metrics
 from moshi_knowledge.train import init_from_env, train
+from moshi_knowledge.train.distributed import dist_info, is_sharded, parallel_mode
 from moshi_knowledge.train.encode import load_split
 
 log = logging.getLogger(__name__)
@@ -96,13 +96,21 @@ def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], dev
     params = count_parameters(model)
     log.info("trainable parameters: %s of %s", f"{params.trainable:,}", f"{params.total:,}")
     dataset_dir = entries["dataset"].path
+    train_cfg = instantiate(cfg.train)
+    sharded = "train" in wanted and parallel_mode(model, dist_info(), train_cfg.distributed) == "fsdp"
+    if sharded:
+        # An FSDP forward is collective, while recall runs on rank 0 alone (LMGen, per-question batches).
+        log.warning("recall is not measured during FSDP training; the trained weights are in the sharded "
+                    "checkpoint under %s", run_dir / "checkpoints")
     hook = None
     if tracker is not None:
         tracker.summary({"params/trainable": params.trainable, "params/total": params.total})
-        hook = _recall_hook(cfg, entries, loaded, run_dir, last_step=cfg.train.max_steps if "train" in wanted else 0)
+        if not sharded:
+            last_step = train_cfg.max_steps if "train" in wanted else 0
+            hook = _recall_hook(cfg, entries, loaded, run_dir, last_step)
     if "train" in wanted:
         codes = entries["tokenize"].path
-        summary = train(model, load_split(codes, "train"), load_split(codes, "eval"), instantiate(cfg.train),
+        summary = train(model, load_split(codes, "train"), load_split(codes, "eval"), train_cfg,
                         instantiate(cfg.nan_guard), run_dir, tracker=tracker, on_eval=hook,
                         inject_nonfinite_at=list(cfg.debug.inject_nonfinite_at))
         _export(model, loaded.base_config, run_dir, tracker)
@@ -130,10 +138,7 @@ def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, las
 def _export(model: Any, base_config: dict, run_dir: Path, tracker: Tracker | None) -> None:
     """Rank 0 writes the adapter (peft + moshi formats). A model sharded by FSDP is not gathered here: its
     trained weights are in the sharded checkpoint under checkpoints/."""
-    if tracker is None:
-        return
-    if any(isinstance(p, DTensor) for p in model.parameters()):
-        log.info("FSDP run: the trained weights are in the sharded checkpoint under %s", run_dir / "checkpoints")
+    if tracker is None or is_sharded(model):
         return
     export = export_adapter(model, run_dir / "adapter", base_config)
     log.info("adapter written to %s (%s)", run_dir / "adapter", export.kind)

@@ -69,14 +69,17 @@ def test_seed_replication_recipe_keeps_eval_loss_finite_across_evaluations(tiny_
 
 
 @pytest.mark.slow
-def test_torchrun_runs_the_app_on_two_processes_with_one_set_of_run_files(tiny_cache: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("lora", ["all", "full"])  # LoRA runs use DDP, full finetuning FSDP (train.distributed=auto)
+def test_torchrun_runs_the_app_on_two_processes_with_one_set_of_run_files(
+        tiny_cache: Path, tmp_path: Path, lora: str) -> None:
     """`torchrun --nproc-per-node 2 -m moshi_knowledge ...` (gloo on CPU): both ranks train, rank 0 writes."""
     import os
     import subprocess
     import sys
 
     run = tmp_path / "run"
-    args = [*TINY_RUN, "lora=all", "lora.rank=2", "eval.generate=false", "logger=none",
+    args = [*TINY_RUN, f"lora={lora}", *(["lora.rank=2"] if lora == "all" else []), "eval.generate=false",
+            "logger=none",
             f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run}"]
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "-m", "moshi_knowledge", *args], cwd=tmp_path, capture_output=True, text=True,
@@ -86,4 +89,9 @@ def test_torchrun_runs_the_app_on_two_processes_with_one_set_of_run_files(tiny_c
     assert summary["status"] == "completed" and summary["world_size"] == 2
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # one writer: no row twice
-    assert (run / "adapter" / "moshi" / "lora.safetensors").is_file()
+    if lora == "all":
+        assert (run / "adapter" / "moshi" / "lora.safetensors").is_file()
+        assert (run / "predictions.jsonl").is_file()
+    else:  # sharded: the weights stay in the per-rank checkpoint; recall needs one process
+        assert list((run / "checkpoints").glob("step_*/sharded"))
+        assert not (run / "predictions.jsonl").exists()
