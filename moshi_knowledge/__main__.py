@@ -27,7 +27,7 @@ def app(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         objective = run_experiment(cfg, run_dir)
-        _free_between_jobs()
+        _release_resources()
     except (UserError, InstantiationException) as exc:
         err = _user_error(exc)
         if err is None:
@@ -40,10 +40,13 @@ def app(cfg: DictConfig) -> float | None:
     return objective
 
 
-def _free_between_jobs() -> None:
-    """The basic launcher runs every sweep job in this process: free the last job's model and GPU peak stats."""
+def _release_resources() -> None:
+    """The basic launcher runs every sweep job in this process: free the job's model, GPU peak stats and
+    torchrun's process group (the next job joins a new one)."""
     import torch
 
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
