@@ -12,6 +12,9 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from moshi_knowledge.evaluation.config import EvalConfig
+from moshi_knowledge.train.config import TrainConfig
+
 
 @dataclass
 class ProceduralStorySchema:
@@ -199,37 +202,11 @@ SCHEMAS.update({
 
 
 @dataclass
-class TrainSchema:
-    """Mirrors moshi_knowledge.train.config.TrainConfig (a test keeps the two in step)."""
+class TrainSchema(TrainConfig):
+    """The training knobs are TrainConfig's own fields; OmegaConf stores `betas` as a list."""
 
     _target_: str = "moshi_knowledge.train.config.TrainConfig"
-    max_steps: int = 200
-    batch_size: int = 8
-    grad_accum: int = 1
-    seq_sec: float = 100.0
-    packing: bool = True
-    lr: float = 1e-4
-    schedule: str = "cosine"  # cosine | one_cycle | constant
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    max_grad_norm: float = 1.0
-    text_weight: float = 1.0
-    text_padding_weight: float = 0.5
-    first_codebook_weight_multiplier: float = 1.0
-    audio_drop: float = 0.5
-    eval_every: int = 50
-    eval_at_start: bool = True
-    eval_batch_size: Optional[int] = None
-    log_every: int = 1
-    ckpt_every: int = 100
-    keep_checkpoints: int = 2
-    resume: bool = False
-    seed: int = 0
-    precision: str = "bf16"  # bf16 | fp32 (bf16 autocast on CUDA only)
-    gradient_checkpointing: bool = False
-    distributed: str = "auto"  # auto: FSDP when every parameter trains (lora=full), else DDP | ddp | fsdp
 
 
 @dataclass
@@ -347,32 +324,10 @@ SCHEMAS.update({
 
 
 @dataclass
-class EvalSchema:
-    """Mirrors moshi_knowledge.evaluation.config.EvalConfig (a test keeps the two in step)."""
+class EvalSchema(EvalConfig):
+    """The recall-evaluation knobs are EvalConfig's own fields."""
 
     _target_: str = "moshi_knowledge.evaluation.config.EvalConfig"
-    recall_every: int = 50
-    tiers: list[str] = field(default_factory=lambda: ["train", "paraphrase", "eval"])
-    max_per_tier: Optional[int] = None
-    seed: int = 0
-    lead_sec: float = 0.3
-    gap_sec: float = 0.4
-    mc: bool = True
-    candidate_audio: bool = False
-    mc_batch_size: int = 64
-    generate: bool = True
-    max_answer_sec: float = 4.0
-    gen_batch_size: int = 32
-    audio_temp: float = 0.8
-    audio_top_k: int = 250
-    voice: bool = True
-    voice_max_clips: int = 32
-    judge: Optional[str] = None  # null | openai | gemini
-    judge_model: Optional[str] = None
-    judge_base_url: Optional[str] = None
-    judge_timeout_s: float = 60.0
-    judge_max_retries: int = 5
-    judge_cache_dir: Optional[str] = None
 
 
 SCHEMAS.update({("eval", "default_schema"): EvalSchema})

@@ -27,8 +27,8 @@ from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
 from moshi_knowledge.tracking import Tracker, objective_value, run_identity_from_hydra
 from moshi_knowledge.tracking.contract import METRICS_FILE
 from moshi_knowledge.tracking.files import read_metrics
-from moshi_knowledge.train import init_from_env, train
-from moshi_knowledge.train.distributed import dist_info, is_sharded, parallel_mode
+from moshi_knowledge.train.distributed import dist_info, init_from_env, is_sharded, parallel_mode
+from moshi_knowledge.train.loop import train
 from moshi_knowledge.train.encode import load_split
 
 log = logging.getLogger(__name__)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from conftest import compose_cfg
@@ -13,12 +12,12 @@ from moshi_knowledge.errors import UserError
 from moshi_knowledge.evaluation.config import EvalConfig
 
 
-def test_schema_mirrors_the_config_class() -> None:
-    schema = {f.name: f.default for f in dataclasses.fields(EvalSchema) if f.name != "_target_"}
-    config = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
-    assert schema.keys() == config.keys()
-    defaults = EvalConfig()
-    assert {k: getattr(defaults, k) for k in config} == {k: getattr(EvalSchema(), k) for k in config}
+def test_schema_is_the_config_class_and_checks_types_at_composition() -> None:
+    assert issubclass(EvalSchema, EvalConfig)  # one list of eval knobs
+    with pytest.raises(ConfigCompositionException, match="max_answer_sec"):
+        compose_cfg(["eval.max_answer_sec=long"])
+    with pytest.raises(ConfigCompositionException, match="recal_every"):
+        compose_cfg(["eval.recal_every=5"])
 
 
 def test_composed_eval_group_builds_the_config(tmp_path) -> None:

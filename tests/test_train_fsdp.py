@@ -19,7 +19,8 @@ from test_train_data import tiny_lm
 from test_train_loop import EVAL, TRAIN, config, run, trainable
 
 from moshi_knowledge.tracking.files import read_metrics
-from moshi_knowledge.train import NanGuard, train
+from moshi_knowledge.train.loop import train
+from moshi_knowledge.train.nan_guard import NanGuard
 from moshi_knowledge.train.checkpoint import SHARDED, load_checkpoint
 from moshi_knowledge.train.distributed import DistInfo, is_sharded
 from moshi_knowledge.train.optim import build_optimizer

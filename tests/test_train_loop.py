@@ -14,7 +14,10 @@ from test_train_data import PAD, spoken_qa, tiny_lm
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import read_json
 from moshi_knowledge.tracking.files import read_metrics
-from moshi_knowledge.train import NanGuard, StreamSpec, TrainConfig, eval_batches, evaluate, train
+from moshi_knowledge.train.batches import StreamSpec, eval_batches
+from moshi_knowledge.train.config import TrainConfig
+from moshi_knowledge.train.loop import evaluate, train
+from moshi_knowledge.train.nan_guard import NanGuard
 from moshi_knowledge.train.attention import segment_attention
 from moshi_knowledge.train.batches import collate
 from moshi_knowledge.train.checkpoint import checkpoint_dirs

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Optional
 
 from moshi_knowledge.errors import UserError
 
@@ -18,7 +18,7 @@ class TrainConfig:
     seq_sec: float = 100.0  # length of one training row; moshi-finetune's duration_sec is 100 s in its recipe
     packing: bool = True  # several whole conversations per row (False: one conversation padded per row)
     lr: float = 1e-4
-    schedule: Literal["cosine", "one_cycle", "constant"] = "cosine"
+    schedule: str = "cosine"  # cosine | one_cycle | constant
     warmup_steps: int = 10  # cosine: linear warmup; one_cycle: the rising phase
     min_lr_ratio: float = 0.1  # cosine ends at lr * min_lr_ratio
     weight_decay: float = 0.1
@@ -37,11 +37,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     seed: int = 0
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on CUDA only; trainable weights stay fp32
+    precision: str = "bf16"  # bf16 | fp32; bf16 autocast on CUDA only; trainable weights stay fp32
     gradient_checkpointing: bool = False
     # under torchrun: ddp; fsdp (weights, gradients and optimizer state sharded: full finetuning of the 7B model);
     # auto = fsdp when every parameter trains, else ddp
-    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
+    distributed: str = "auto"  # auto | ddp | fsdp
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # OmegaConf gives a list
