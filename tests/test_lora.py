@@ -192,3 +192,18 @@ def test_full_and_dora_export_merged_weights_moshi_loads(tiny, lm, codes, spec, 
     assert export.kind == "merged" and (export.peft_dir is not None) == isinstance(spec, LoraSpec)
     moshi_lm = load_model(_reload_with_moshi(folder, export)).lm
     torch.testing.assert_close(_logits(moshi_lm, codes), _logits(model, codes), **CLOSE)
+
+
+def test_config_schemas_match_the_runtime_classes() -> None:
+    """LoraSpec and TinySizes live beside torch code, so their schemas repeat them; keep each pair in step."""
+    import dataclasses
+
+    from moshi_knowledge.config_schema import LoraSchema, TinyModelSchema
+    from moshi_knowledge.model.lora import LoraSpec
+    from moshi_knowledge.model.tiny import TinySizes
+
+    def defaults(cls, skip=()):
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in ("_target_", *skip)}
+
+    assert defaults(LoraSchema) == defaults(LoraSpec)
+    assert defaults(TinyModelSchema, skip=("seed", "fit_seconds", "device", "dtype")) == defaults(TinySizes)
