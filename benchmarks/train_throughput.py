@@ -291,14 +291,7 @@ def run_steps(model: nn.Module, samples: Sequence[ConversationCodes], variant: V
     row_frames = variant.batch * trainer.seq_frames
     out = StepTimes()
     for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        row = trainer._train_step(inject=False)
-        _sync(device)
-        out.seconds.append(time.perf_counter() - start)
-        out.useful_frames.append(round(row["train/useful_fraction"] * row_frames))
-        out.losses.append(row["train/loss"])
-        out.nonfinite += row["nan_guard/action"] != "step"
+        _timed_step(trainer, device, out, row_frames)
     peak = _peak_gib(device)
     del trainer
     _release(device)
