@@ -58,6 +58,14 @@ def baseline(evaluator: RecallEvaluator, setup):
     return evaluator.evaluate(setup[1].lm, 0)
 
 
+def _same_codes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Mimi codes of the same audio encoded in batches of other lengths: CPU convolutions then round differently,
+    which now and then flips a code that sits on a near-tie between two centroids, and the residual vector
+    quantizer carries the flip to the later codebooks of that frame (seen: 7 of 336 codes). Audio shifted by
+    0.4 s changes 9-46% of the codes, so 95% still tells a misplaced question apart."""
+    return a.shape == b.shape and (a == b).float().mean().item() >= 0.95
+
+
 @pytest.mark.slow
 def test_a_scored_row_is_the_training_turn_without_its_answer_audio(setup) -> None:
     """The gold candidate's row reproduces the first turn of the first training conversation, encoded the way
@@ -78,10 +86,10 @@ def test_a_scored_row_is_the_training_turn_without_its_answer_audio(setup) -> No
     n = row.shape[1]
     answer_frame = int((prepared.mc.context[1] == ZERO_TOKEN).nonzero().min())
     assert torch.equal(row[0], train_text[:n])
-    assert torch.equal(row[USER_AUDIO], train_right[:, :n])
-    assert torch.equal(gold.audio[:, :n], train_left[:, :n])  # candidate_audio: gold speaks as in training
+    assert _same_codes(row[USER_AUDIO], train_right[:, :n])
+    assert _same_codes(gold.audio[:, :n], train_left[:, :n])  # candidate_audio: gold speaks as in training
     # the default: silence before the answer as in training, then the zero token, for every candidate
-    assert torch.equal(prepared.mc.context[MOSHI_AUDIO, :answer_frame], train_left[:, :answer_frame])
+    assert _same_codes(prepared.mc.context[MOSHI_AUDIO, :answer_frame], train_left[:, :answer_frame])
     assert (prepared.mc.context[MOSHI_AUDIO, answer_frame:] == ZERO_TOKEN).all()
     scored = answer_mask(row[0], spec.pad_id, spec.end_pad_id).nonzero()
     assert int(scored.min()) >= answer_frame, "every scored token lies in the masked answer window"
@@ -111,7 +119,7 @@ def test_evaluation_scores_and_generates_every_question_in_one_call(evaluator: R
 
 
 @pytest.mark.slow
-def test_lora_model_is_scored_and_generates_through_a_merged_copy(evaluator: RecallEvaluator, baseline,
+def test_lora_model_is_scored_and_generates_through_a_view_of_itself(evaluator: RecallEvaluator, baseline,
                                                                   setup) -> None:
     model = apply_lora(copy.deepcopy(setup[1].lm), LoraSpec(rank=4)).train()
     same = evaluator.evaluate(model, 1)  # LoRA B starts at zero: the model is still the base model
