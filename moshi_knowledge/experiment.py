@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from moshi_knowledge.train.encode import load_split
 log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
+FINISH_ERRORS = "finish_errors"  # summary.json: finishing steps that failed after training, with their errors
 
 
 class RecallHook:
@@ -113,15 +115,31 @@ def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], dev
         summary = train(model, load_split(codes, "train"), load_split(codes, "eval"), train_cfg,
                         instantiate(cfg.nan_guard), run_dir, tracker=tracker, on_eval=hook,
                         inject_nonfinite_at=list(cfg.debug.inject_nonfinite_at))
-        _export(model, loaded.base_config, run_dir, tracker)
+        _after_training(tracker, "export", lambda: _export(model, loaded.base_config, run_dir, tracker))
     else:
         summary = {"status": "completed", "step": 0}
     if tracker is None or hook is None:
         return
     if "eval" in wanted and hook.last_evaluated != summary["step"]:
-        model.eval()  # a run that stopped early (diverged) still gets its final recall
-        tracker.log({"step": summary["step"], **(hook(summary["step"], model) or {})})
+        def final_recall() -> None:
+            model.eval()  # a run that stopped early (diverged) still gets its final recall
+            tracker.log({"step": summary["step"], **(hook(summary["step"], model) or {})})
+
+        _after_training(tracker, "final recall", final_recall)
     _finish(tracker, hook, dataset_dir, summary)
+
+
+def _after_training(tracker: Tracker | None, name: str, step: Callable[[], None]) -> None:
+    """Run one step that comes after training; a failure is logged and listed in summary.json's
+    `finish_errors`, never raised: a finished run keeps its status, figures, checkpoints and whatever the other
+    finishing steps write."""
+    try:
+        step()
+    except Exception as err:  # noqa: BLE001 - every finishing step must run, whatever broke the one before
+        log.exception("%s failed after training; the run's results are kept", name)
+        if tracker is not None:
+            errors = list(tracker.values.get(FINISH_ERRORS) or [])
+            tracker.summary({FINISH_ERRORS: [*errors, f"{name}: {type(err).__name__}: {err}"]})
 
 
 def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, last_step: int) -> RecallHook:
@@ -147,12 +165,28 @@ def _export(model: Any, base_config: dict, run_dir: Path, tracker: Tracker | Non
 
 
 def _finish(tracker: Tracker, hook: RecallHook, dataset_dir: Path, summary: dict[str, Any]) -> None:
-    """Recall summary (baseline, final, best, delta, p-value per tier), the final predictions and a few clips."""
-    rows = hook.rows()
-    recall = report.summarize(rows, read_metrics(tracker.run_dir / METRICS_FILE))
-    tracker.summary({**recall, "status": summary["status"]})
-    final_step = max((r["step"] for r in rows), default=0)
-    tracker.table("predictions", [r for r in rows if r["step"] == final_step])
-    for wav in sorted((dataset_dir / "conv").glob("train-*.wav"))[:tracker.log_audio]:
-        tracker.audio(f"dataset/{wav.stem}", wav)
-    print("\n" + report.recall_table(recall) + f"\nstatus: {summary['status']}\n", flush=True)
+    """Recall summary (baseline, final, best, delta, p-value per tier), the final predictions and a few clips.
+
+    The training status goes into summary.json first; each later step is guarded on its own (`_after_training`).
+    """
+    tracker.summary({"status": summary["status"]})
+    recall: dict[str, Any] = {}
+
+    def summarise() -> None:
+        recall.update(report.summarize(hook.rows(), read_metrics(tracker.run_dir / METRICS_FILE)))
+        tracker.summary(recall)
+
+    def predictions_table() -> None:
+        rows = hook.rows()
+        final_step = max((r["step"] for r in rows), default=0)
+        tracker.table("predictions", [r for r in rows if r["step"] == final_step])
+
+    def audio() -> None:
+        for wav in sorted((dataset_dir / "conv").glob("train-*.wav"))[:tracker.log_audio]:
+            tracker.audio(f"dataset/{wav.stem}", wav)
+
+    _after_training(tracker, "recall summary", summarise)
+    _after_training(tracker, "predictions table", predictions_table)
+    _after_training(tracker, "audio logging", audio)
+    _after_training(tracker, "recall table",
+                    lambda: print("\n" + report.recall_table(recall) + f"\nstatus: {summary['status']}\n", flush=True))

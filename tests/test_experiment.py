@@ -95,3 +95,24 @@ def test_torchrun_runs_the_app_on_two_processes_with_one_set_of_run_files(
     else:  # sharded: the weights stay in the per-rank checkpoint; recall needs one process
         assert list((run / "checkpoints").glob("step_*/sharded"))
         assert not (run / "predictions.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_finishing_step_keeps_the_finished_run(tiny_cache: Path, tmp_path: Path) -> None:
+    """The export breaks after training (its folder's name is taken by a file); the run still ends completed, with
+    its recall figures, the table, and the failure named in summary.json."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter").write_text("in the way")
+    done = run_app([*TINY_RUN, "lora=all", "lora.rank=4", "logger=none", f"paths.cache_dir={tiny_cache}",
+                    f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert [e.split(":")[0] for e in summary["finish_errors"]] == ["export"]
+    assert all(f"recall/{tier}/mc_acc" in summary for tier in ("train", "paraphrase", "eval"))
+    assert "export failed after training" in done.stdout + done.stderr and "status: completed" in done.stdout
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    recall = [r for r in rows if "recall_time/total_sec" in r]
+    assert [r["step"] for r in recall] == [0, 2, 4]
+    assert all(r["recall_time/mc_sec"] > 0 and r["recall_time/gen_sec"] > 0 for r in recall)

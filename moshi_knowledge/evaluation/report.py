@@ -11,6 +11,7 @@ second evaluation on, the paired p-values against the baseline (p_value for MC, 
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -84,22 +85,35 @@ def summarize(predictions: Iterable[Row], metric_rows: Iterable[Row] = ()) -> di
     return out
 
 
-def recall_table(summary: Mapping[str, float]) -> str:
-    """The demo's final table: one line per tier, baseline -> final with the 95% interval, delta and p-value."""
+def recall_table(summary: Mapping[str, Any]) -> str:
+    """The demo's final table: one line per tier, baseline -> final with the 95% interval, delta and p-value.
+
+    A figure that is missing, null (how the run files spell NaN) or non-finite prints as n/a: a model that stayed
+    silent has no pitch, and a table must never be what fails a finished run.
+    """
     tiers = list(dict.fromkeys(k.split("/")[1] for k in summary if k.startswith("recall/")))
     header = f"{'tier':<11}{'n':>4}  {'MC base':>7} {'MC final':>8} {'95% CI':>13} {'delta':>6} {'p':>7}" \
              f"  {'gen base':>8} {'gen final':>9} {'p':>7} {'F1':>5}"
     lines = [header, "-" * len(header)]
     for tier in tiers:
-        g = lambda stat: summary.get(key(tier, stat), NAN)  # noqa: E731
-        ci = f"[{g('mc_acc_low'):.2f}, {g('mc_acc_high'):.2f}]"
-        lines.append(f"{tier:<11}{int(g('n')):>4}  {g('baseline_mc_acc'):>7.2f} {g('mc_acc'):>8.2f} {ci:>13} "
-                     f"{g('delta'):>+6.2f} {g('p_value'):>7.3g}  {g('baseline_gen_acc'):>8.2f} {g('gen_acc'):>9.2f} "
-                     f"{g('gen_p_value'):>7.3g} {g('f1'):>5.2f}")
+        g = lambda stat, spec: _fmt(summary.get(key(tier, stat)), spec)  # noqa: E731
+        ci = f"[{g('mc_acc_low', '.2f')}, {g('mc_acc_high', '.2f')}]"
+        lines.append(f"{tier:<11}{g('n', '.0f'):>4}  {g('baseline_mc_acc', '.2f'):>7} {g('mc_acc', '.2f'):>8} "
+                     f"{ci:>13} {g('delta', '+.2f'):>6} {g('p_value', '.3g'):>7}  "
+                     f"{g('baseline_gen_acc', '.2f'):>8} {g('gen_acc', '.2f'):>9} {g('gen_p_value', '.3g'):>7} "
+                     f"{g('f1', '.2f'):>5}")
     if F0 in summary:
-        lines.append(f"voice: median F0 {summary[F0]:.1f} Hz, {summary.get(F0_VS_BASELINE, NAN):+.2f} st vs "
-                     f"baseline, {summary.get(F0_VS_TRAIN, NAN):+.2f} st vs the training voice")
+        lines.append(f"voice: median F0 {_fmt(summary[F0], '.1f')} Hz, "
+                     f"{_fmt(summary.get(F0_VS_BASELINE), '+.2f')} st vs baseline, "
+                     f"{_fmt(summary.get(F0_VS_TRAIN), '+.2f')} st vs the training voice")
     return "\n".join(lines)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    """`value` formatted with `spec`, or n/a when it is absent, null or not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "n/a"
+    return format(value, spec)
 
 
 def _tier_figures(rows: Sequence[Row]) -> dict[str, float]:
