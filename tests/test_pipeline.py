@@ -56,6 +56,23 @@ def test_second_run_does_no_work_and_a_tts_change_reruns_only_tts_and_after(smal
         "story": False, "qa": False, "tts": False, "dataset": True}
 
 
+def test_replacing_a_local_models_weights_rebuilds_its_stage(small_data_run, tmp_path) -> None:
+    """model=local: the weight files are part of the model stage's key (and so of tokenize's), even at one size."""
+    cfg, _, _ = small_data_run
+    files = {name: tmp_path / name for name in ("moshi.safetensors", "mimi.safetensors", "tokenizer.model")}
+    for path in files.values():
+        path.write_bytes(b"v1" * 1000)
+    local = compose_cfg([*SMALL, f"paths.cache_dir={cfg.paths.cache_dir}", "stages=[model]", "model=local",
+                         f"model.moshi_weights={files['moshi.safetensors']}",
+                         f"model.mimi_weights={files['mimi.safetensors']}",
+                         f"model.tokenizer={files['tokenizer.model']}"])
+    first = run_stages(local, tmp_path / "first")["model"]
+    assert run_stages(local, tmp_path / "again")["model"].key == first.key
+    files["moshi.safetensors"].write_bytes(b"v2" * 1000)  # a finetuned checkpoint written over the old one
+    rebuilt = run_stages(local, tmp_path / "rebuilt")["model"]
+    assert rebuilt.computed and rebuilt.key != first.key
+
+
 @pytest.mark.slow
 def test_two_app_processes_on_one_cache_both_succeed(tmp_path: Path) -> None:
     args = [*SMALL, "qa.n_train=6", "qa.n_eval=2", f"paths.cache_dir={tmp_path / 'cache'}"]
