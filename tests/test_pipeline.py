@@ -115,6 +115,21 @@ def test_bad_input_exits_non_zero_with_the_fix_and_no_traceback(tmp_path: Path) 
         p for p in (tmp_path / "cache" / "story").iterdir() if not p.name.endswith(".lock")]
 
 
+def test_a_question_asked_twice_with_two_answers_stops_the_app_plainly(tmp_path: Path) -> None:
+    story = tmp_path / "story.txt"
+    story.write_text("Ysolde rules Varn.\n")
+    (tmp_path / "train.json").write_text(json.dumps([{"question": "Who rules Varn?", "answer": "Ysolde"}] * 2))
+    (tmp_path / "eval.json").write_text(json.dumps([{"question": "Who rules Varn?", "answer": "Orrin"}]))
+    done = _app(["stages=[story,qa]", "story=file", f"story.path={story}", "qa=file",
+                 f"qa.train_path={tmp_path / 'train.json'}", f"qa.eval_path={tmp_path / 'eval.json'}",
+                 f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "train.json item 0 and qa.eval_path=" in output and "eval.json item 0" in output
+    assert "train.json item 1 repeats" in output  # the exact repeat is only a warning
+    assert "Traceback" not in output
+
+
 def test_a_user_error_in_a_constructor_is_reported_plainly(tmp_path: Path) -> None:
     done = _app(["tts.user_voices.0.name=xx-nosuchvoice", f"paths.cache_dir={tmp_path / 'cache'}",
                  "qa.n_train=6", "qa.n_eval=2", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
