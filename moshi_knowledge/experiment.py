@@ -25,8 +25,8 @@ from moshi_knowledge.model.depformer_patch import patch_depformer
 from moshi_knowledge.model.lora import apply_lora, count_parameters, export_adapter
 from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
 from moshi_knowledge.tracking import Tracker, objective_value, run_identity_from_hydra
-from moshi_knowledge.tracking.contract import METRICS_FILE
-from moshi_knowledge.tracking.files import read_metrics
+from moshi_knowledge.tracking.contract import COMPLETED, DIVERGED, MESSAGE, METRICS_FILE, STATUS
+from moshi_knowledge.tracking.files import dumps, read_metrics
 from moshi_knowledge.train.distributed import dist_info, init_from_env, is_sharded, parallel_mode
 from moshi_knowledge.train.loop import train
 from moshi_knowledge.train.encode import load_split
@@ -39,8 +39,9 @@ PREDICTIONS = "predictions.jsonl"
 class RecallHook:
     """The training loop's `on_eval`: recall at step 0, every `eval.recall_every` steps and at the last step.
 
-    Prediction rows go to predictions.jsonl. On resume, rows logged after the checkpoint are dropped and the
-    step-0 rows become the baseline again, so p-values still compare against the untrained model.
+    Prediction rows go to predictions.jsonl, strict JSON like metrics.jsonl (a NaN score is null). On resume, rows
+    logged after the checkpoint are dropped and the step-0 rows become the baseline again, so p-values still
+    compare against the untrained model.
     """
 
     def __init__(self, evaluator: RecallEvaluator, every: int, last_step: int, path: Path) -> None:
@@ -54,7 +55,7 @@ class RecallHook:
         if self.evaluator.baseline is None and any(r["step"] == 0 for r in kept):
             self.evaluator.baseline = EvalResult(0, {}, [r for r in kept if r["step"] == 0])
         result = self.evaluator.evaluate(model, step)
-        lines = [json.dumps(r, allow_nan=False, default=_json_safe) for r in [*kept, *result.predictions]]
+        lines = [dumps(r) for r in [*kept, *result.predictions]]
         atomic_write_text(self.path, "".join(line + "\n" for line in lines))
         self.last_evaluated = step
         return result.metrics
@@ -63,10 +64,6 @@ class RecallHook:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-
-def _json_safe(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else str(value)
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> float | None:
@@ -147,12 +144,21 @@ def _export(model: Any, base_config: dict, run_dir: Path, tracker: Tracker | Non
 
 
 def _finish(tracker: Tracker, hook: RecallHook, dataset_dir: Path, summary: dict[str, Any]) -> None:
-    """Recall summary (baseline, final, best, delta, p-value per tier), the final predictions and a few clips."""
+    """Recall summary (baseline, final, best, delta, p-value per tier), the final predictions and a few clips.
+
+    A run whose final recall came from non-finite weights or scores (an eval-only run of a broken checkpoint)
+    ends as diverged, like training that left non-finite weights: its recall figures are not results.
+    """
     rows = hook.rows()
     recall = report.summarize(rows, read_metrics(tracker.run_dir / METRICS_FILE))
-    tracker.summary({**recall, "status": summary["status"]})
     final_step = max((r["step"] for r in rows), default=0)
-    tracker.table("predictions", [r for r in rows if r["step"] == final_step])
+    final = [r for r in rows if r["step"] == final_step]
+    status = {STATUS: summary["status"]}
+    if status[STATUS] == COMPLETED and not all(r.get("finite", True) for r in final):
+        status = {STATUS: DIVERGED, MESSAGE: f"the recall at step {final_step} was measured on non-finite weights "
+                                             "or scores"}
+    tracker.summary({**recall, **status})
+    tracker.table("predictions", final)
     for wav in sorted((dataset_dir / "conv").glob("train-*.wav"))[:tracker.log_audio]:
         tracker.audio(f"dataset/{wav.stem}", wav)
-    print("\n" + report.recall_table(recall) + f"\nstatus: {summary['status']}\n", flush=True)
+    print("\n" + report.recall_table(recall) + f"\nstatus: {status[STATUS]}\n", flush=True)
