@@ -35,9 +35,9 @@ def file_fingerprint(path: Path) -> dict[str, Any]:
     (`cp -p`, rsync) differs in the sampled weight blocks. Touching a large file therefore rebuilds its stages.
     """
     stat = path.stat()
-    if stat.st_size <= FULL_HASH_LIMIT:
-        return {"sha256": _digest(path, [(0, stat.st_size)])}
     size = stat.st_size
+    if size <= FULL_HASH_LIMIT:
+        return {"sha256": _digest(path, [(0, size)])}
     blocks = [(offset, SAMPLE_BLOCK) for offset in (0, (size - SAMPLE_BLOCK) // 2, size - SAMPLE_BLOCK)]
     return {"size": size, "mtime_ns": stat.st_mtime_ns, "sampled_sha256": _digest(path, blocks)}
 
@@ -60,12 +60,13 @@ def _digest(path: Path, spans: list[tuple[int, int]]) -> str:
 def _with_file_contents(node: Any) -> Any:
     """Every string of the config that names an existing file also contributes the file's fingerprint, so
     editing a user's story or Q/A file, or replacing `model.moshi_weights`, invalidates the stages that read it
-    even though the path did not change."""
+    even though the path did not change. (os.path.isfile, unlike Path.is_file, is simply False for a long
+    prompt or other text that cannot be a file name.)"""
     if isinstance(node, dict):
         return {k: _with_file_contents(v) for k, v in node.items()}
     if isinstance(node, list):
         return [_with_file_contents(v) for v in node]
-    if isinstance(node, str) and Path(node).is_file():
+    if isinstance(node, str) and os.path.isfile(node):
         return {"path": node, **file_fingerprint(Path(node))}
     return node
 

@@ -31,7 +31,8 @@ def test_every_file_a_config_names_is_keyed_by_its_contents(tmp_path: Path) -> N
     weights, tokenizer = tmp_path / "model.safetensors", tmp_path / "tokenizer.model"
     weights.write_bytes(b"\x01" * 4096)
     tokenizer.write_bytes(b"spm")
-    config = {"model": {"moshi_weights": str(weights), "tokenizers": [str(tokenizer)], "device": "auto"}}
+    config = {"model": {"moshi_weights": str(weights), "tokenizers": [str(tokenizer)], "device": "auto",
+                        "prompt": "Invent a kingdom. " * 30}}  # text too long to be a file name is just text
     first = cache_key("model", "1", config, {})
     weights.write_bytes(b"\x02" * 4096)
     second = cache_key("model", "1", config, {})

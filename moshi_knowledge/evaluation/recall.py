@@ -63,7 +63,7 @@ class RecallEvaluator:
         weights as they were; the first call becomes the baseline."""
         mc = score(model, [p.mc for p in self.prepared], self.cfg.mc_batch_size) if self.cfg.mc else None
         generations = self._generate(model) if self.cfg.generate else None
-        weights_finite = finite_weights(model)
+        weights_finite = _finite_weights(model)
         rows = [self._row(step, i, mc, generations, weights_finite) for i in range(len(self.prepared))]
         metrics = report.step_metrics(rows, self.baseline.predictions if self.baseline else None)
         if self.cfg.voice and generations is not None:
@@ -111,7 +111,7 @@ class RecallEvaluator:
         return report.voice_metrics(f0, baseline, self.train_voice_f0)
 
 
-def finite_weights(model: nn.Module) -> bool:
+def _finite_weights(model: nn.Module) -> bool:
     """Whether every parameter is finite, checked on this process alone (recall runs on rank 0 only, so the
     all-reducing `train.distributed.all_finite` would wait forever for the other ranks)."""
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
