@@ -26,8 +26,8 @@ from moshi_knowledge.model.depformer_patch import patch_depformer
 from moshi_knowledge.model.lora import apply_lora, count_parameters, export_adapter
 from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
 from moshi_knowledge.tracking import Tracker, objective_value, run_identity_from_hydra
-from moshi_knowledge.tracking.contract import METRICS_FILE
-from moshi_knowledge.tracking.files import read_metrics
+from moshi_knowledge.tracking.contract import COMPLETED, DIVERGED, MESSAGE, METRICS_FILE, STATUS
+from moshi_knowledge.tracking.files import dumps, read_metrics
 from moshi_knowledge.train.distributed import dist_info, init_from_env, is_sharded, parallel_mode
 from moshi_knowledge.train.loop import train
 from moshi_knowledge.train.encode import load_split
@@ -41,8 +41,9 @@ FINISH_ERRORS = "finish_errors"  # summary.json: finishing steps that failed aft
 class RecallHook:
     """The training loop's `on_eval`: recall at step 0, every `eval.recall_every` steps and at the last step.
 
-    Prediction rows go to predictions.jsonl. On resume, rows logged after the checkpoint are dropped and the
-    step-0 rows become the baseline again, so p-values still compare against the untrained model.
+    Prediction rows go to predictions.jsonl, strict JSON like metrics.jsonl (a NaN score is null). On resume, rows
+    logged after the checkpoint are dropped and the step-0 rows become the baseline again, so p-values still
+    compare against the untrained model.
     """
 
     def __init__(self, evaluator: RecallEvaluator, every: int, last_step: int, path: Path) -> None:
@@ -56,7 +57,7 @@ class RecallHook:
         if self.evaluator.baseline is None and any(r["step"] == 0 for r in kept):
             self.evaluator.baseline = EvalResult(0, {}, [r for r in kept if r["step"] == 0])
         result = self.evaluator.evaluate(model, step)
-        lines = [json.dumps(r, allow_nan=False, default=_json_safe) for r in [*kept, *result.predictions]]
+        lines = [dumps(r) for r in [*kept, *result.predictions]]
         atomic_write_text(self.path, "".join(line + "\n" for line in lines))
         self.last_evaluated = step
         return result.metrics
@@ -65,10 +66,6 @@ class RecallHook:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-
-def _json_safe(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else str(value)
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> float | None:
@@ -168,25 +165,34 @@ def _finish(tracker: Tracker, hook: RecallHook, dataset_dir: Path, summary: dict
     """Recall summary (baseline, final, best, delta, p-value per tier), the final predictions and a few clips.
 
     The training status goes into summary.json first; each later step is guarded on its own (`_after_training`).
+    A run whose final recall came from non-finite weights or scores (an eval-only run of a broken checkpoint)
+    ends as diverged, like training that left non-finite weights: its recall figures are not results.
     """
-    tracker.summary({"status": summary["status"]})
+    status = {STATUS: summary["status"]}
+    tracker.summary(status)
     recall: dict[str, Any] = {}
 
     def summarise() -> None:
-        recall.update(report.summarize(hook.rows(), read_metrics(tracker.run_dir / METRICS_FILE)))
-        tracker.summary(recall)
-
-    def predictions_table() -> None:
         rows = hook.rows()
-        final_step = max((r["step"] for r in rows), default=0)
-        tracker.table("predictions", [r for r in rows if r["step"] == final_step])
+        recall.update(report.summarize(rows, read_metrics(tracker.run_dir / METRICS_FILE)))
+        final_step, final = _final_rows(rows)
+        if status[STATUS] == COMPLETED and not all(r.get("finite", True) for r in final):
+            status.update({STATUS: DIVERGED, MESSAGE: f"the recall at step {final_step} was measured on "
+                                                      "non-finite weights or scores"})
+        tracker.summary({**recall, **status})
 
     def audio() -> None:
         for wav in sorted((dataset_dir / "conv").glob("train-*.wav"))[:tracker.log_audio]:
             tracker.audio(f"dataset/{wav.stem}", wav)
 
     _after_training(tracker, "recall summary", summarise)
-    _after_training(tracker, "predictions table", predictions_table)
+    _after_training(tracker, "predictions table", lambda: tracker.table("predictions", _final_rows(hook.rows())[1]))
     _after_training(tracker, "audio logging", audio)
     _after_training(tracker, "recall table",
-                    lambda: print("\n" + report.recall_table(recall) + f"\nstatus: {summary['status']}\n", flush=True))
+                    lambda: print("\n" + report.recall_table(recall) + f"\nstatus: {status[STATUS]}\n", flush=True))
+
+
+def _final_rows(rows: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+    """The last evaluation's step and its prediction rows."""
+    final_step = max((r["step"] for r in rows), default=0)
+    return final_step, [r for r in rows if r["step"] == final_step]

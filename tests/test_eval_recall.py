@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import math
 
 import pytest
 import soundfile as sf
@@ -25,6 +27,7 @@ from moshi_knowledge.model.lora import LoraSpec, apply_lora
 from moshi_knowledge.model.tiny import TinyModel, build_tiny_checkpoint
 from moshi_knowledge.train.batches import StreamSpec
 from moshi_knowledge.train.samples import MOSHI_AUDIO, ZERO_TOKEN
+from moshi_knowledge.tracking.files import dumps
 from moshi_knowledge.train.text_stream import text_stream
 
 torch.set_num_threads(1)
@@ -145,3 +148,29 @@ def test_lora_model_is_scored_and_generates_through_a_view_of_itself(evaluator: 
             assert f"recall/{tier}/{stat}" in summary
     table = recall_table(summary)
     assert all(any(line.startswith(tier) for line in table.splitlines()) for tier in TIERS)
+
+
+@pytest.mark.slow
+def test_recall_on_non_finite_weights_counts_nothing_as_right_and_says_so(evaluator: RecallEvaluator,
+                                                                          baseline, setup) -> None:
+    """A model whose weights went NaN scores NaN for every candidate; none of it may look like recall, and the
+    rows survive the strict-JSON round trip of predictions.jsonl (null) back into the summary."""
+    model = apply_lora(copy.deepcopy(setup[1].lm), LoraSpec(rank=2))
+    with torch.no_grad():
+        next(p for name, p in model.named_parameters() if "lora_B" in name).fill_(math.nan)
+    broken = evaluator.evaluate(model, 4)
+    assert all(math.isnan(c["score"]) for r in broken.predictions for c in r["candidates"])
+    for row in broken.predictions:
+        assert row["finite"] is False and row["mc_correct"] is False and row["mc_rank"] == len(row["candidates"])
+        assert row["gen_correct"] is False and row["f1"] == 0.0
+    assert all(r["finite"] for r in baseline.predictions)
+    for tier in TIERS:
+        n = broken.metrics[f"recall/{tier}/n"]
+        assert broken.metrics[f"recall/{tier}/n_nonfinite"] == n and broken.metrics[f"recall/{tier}/mc_acc"] == 0.0
+        assert baseline.metrics[f"recall/{tier}/n_nonfinite"] == 0
+
+    stored = [json.loads(dumps(r)) for r in [*baseline.predictions, *broken.predictions]]
+    assert stored[-1]["mc_margin"] is None  # strict JSON
+    summary = summarize(stored)
+    assert math.isnan(summary["recall/train/mc_margin"]) and summary["recall/train/mc_acc"] == 0.0
+    assert "answers came from non-finite weights or scores" in recall_table(summary)

@@ -4,6 +4,9 @@
 step and returns one prediction row per question plus the metric row (report.py computes both summaries from
 the prediction rows, so a resumed run can rebuild them from predictions.jsonl). The step-0 evaluation is the
 baseline every later one is compared against, question by question.
+
+A question answered from non-finite weights, or whose multiple-choice scores are not all finite, is marked
+`finite: false` and counted wrong in every measure: NaN logits must never look like recall.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ class RecallEvaluator:
                 mc = score(model, [p.mc for p in self.prepared], self.cfg.mc_batch_size) if self.cfg.mc else None
             with clock("gen"):
                 generations = self._generate(model) if self.cfg.generate else None
-            rows = [self._row(step, i, mc, generations) for i in range(len(self.prepared))]
+            weights_finite = _finite_weights(model)
+            rows = [self._row(step, i, mc, generations, weights_finite) for i in range(len(self.prepared))]
             metrics = report.step_metrics(rows, self.baseline.predictions if self.baseline else None)
             if self.cfg.voice and generations is not None:
                 with clock("voice"):
@@ -91,20 +95,25 @@ class RecallEvaluator:
             return generate(lm, [p.prompt for p in self.prepared], round(self.cfg.max_answer_sec * FRAME_RATE),
                             self.cfg.gen_batch_size, self.cfg.audio_temp, self.cfg.audio_top_k, self.cfg.seed)
 
-    def _row(self, step: int, i: int, mc: list[MCResult] | None, generations: list[Generation] | None) -> dict:
+    def _row(self, step: int, i: int, mc: list[MCResult] | None, generations: list[Generation] | None,
+             weights_finite: bool) -> dict:
+        """One question's prediction row; with non-finite weights or scores every measure counts it wrong (the
+        MC scores of its prompt are the text logits generation starts from)."""
         q = self.prepared[i].question
+        finite = weights_finite and (mc is None or mc[i].finite)
         row: dict[str, Any] = {"step": step, "qid": q.id, "tier": q.tier, "cluster": q.cluster,
-                               "question": q.text, "gold": q.gold, "aliases": q.aliases}
+                               "question": q.text, "gold": q.gold, "aliases": q.aliases, "finite": finite}
         if mc is not None:
             result = mc[i]
             row["candidates"] = [{"text": t, "score": s} for t, s in zip(q.candidates, result.scores)]
-            row.update(mc_correct=result.correct, mc_rank=result.gold_rank, mc_margin=result.margin)
+            row.update(mc_correct=finite and result.correct, mc_rank=result.gold_rank, mc_margin=result.margin)
         if generations is not None:
             text = self.tokenizer.decode(generations[i].tokens)
             answers = [q.gold, *q.aliases]
-            row.update(generated=text, gen_correct=contains_answer(text, answers), f1=token_f1(text, answers))
+            row.update(generated=text, gen_correct=finite and contains_answer(text, answers),
+                       f1=token_f1(text, answers) if finite else 0.0)
             if self.judge is not None:
-                row["judge_correct"] = self.judge(q.text, q.gold, q.aliases, text)
+                row["judge_correct"] = finite and self.judge(q.text, q.gold, q.aliases, text)
         return row
 
     def _voice(self, generations: list[Generation]) -> dict[str, float]:
@@ -162,3 +171,9 @@ def _peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
         gc.collect()  # LMGen's streaming state and graphs sit in reference cycles
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def _finite_weights(model: nn.Module) -> bool:
+    """Whether every parameter is finite, checked on this process alone (recall runs on rank 0 only, so the
+    all-reducing `train.distributed.all_finite` would wait forever for the other ranks)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())

@@ -5,8 +5,12 @@ run or a report script can rebuild the summary from predictions.jsonl. Key layou
 (see tracking/contract.py) and `voice/<stat>`.
 
 Per tier and evaluation: n, mc_acc with its clustered Wilson interval (mc_acc_low, mc_acc_high), mean gold rank
-(mc_rank), mean margin (mc_margin), gen_acc (+ interval), mean token F1 (f1), judge_acc when judged, and, from the
-second evaluation on, the paired p-values against the baseline (p_value for MC, gen_p_value for generation).
+(mc_rank), mean margin (mc_margin), gen_acc (+ interval), mean token F1 (f1), judge_acc when judged, the count of
+questions answered from non-finite weights or scores (n_nonfinite), and, from the second evaluation on, the paired
+p-values against the baseline (p_value for MC, gen_p_value for generation).
+
+Rows read back from predictions.jsonl carry null for a non-finite number (the files are strict JSON); it reads as
+NaN here.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from moshi_knowledge.evaluation.pitch import semitones
 from moshi_knowledge.evaluation.stats import accuracy_interval, paired_p_value
+from moshi_knowledge.tracking.contract import number
 from moshi_knowledge.tracking.contract import recall_key as key
 
 F0 = "voice/f0_median_hz"
@@ -75,12 +80,12 @@ def summarize(predictions: Iterable[Row], metric_rows: Iterable[Row] = ()) -> di
                             delta_name: figures[stat] - baseline.get(stat, NAN)})
         keep = ("n", "mc_acc", "mc_acc_low", "mc_acc_high", "baseline_mc_acc", "best_mc_acc", "delta", "p_value",
                 "mc_rank", "mc_margin", "gen_acc", "baseline_gen_acc", "best_gen_acc", "gen_delta", "gen_p_value",
-                "f1", "judge_acc")
+                "f1", "judge_acc", "n_nonfinite")
         out.update({key(tier, k): figures[k] for k in keep if k in figures})
     voice = [r for r in metric_rows if F0 in r]
     if voice:
         last_voice = max(voice, key=lambda r: r.get("step", 0))
-        out.update({k: last_voice[k] for k in (F0, F0_BASELINE, F0_VS_BASELINE, F0_TRAIN, F0_VS_TRAIN)
+        out.update({k: number(last_voice[k]) for k in (F0, F0_BASELINE, F0_VS_BASELINE, F0_TRAIN, F0_VS_TRAIN)
                     if k in last_voice})
     return out
 
@@ -102,6 +107,10 @@ def recall_table(summary: Mapping[str, Any]) -> str:
                      f"{ci:>13} {g('delta', '+.2f'):>6} {g('p_value', '.3g'):>7}  "
                      f"{g('baseline_gen_acc', '.2f'):>8} {g('gen_acc', '.2f'):>9} {g('gen_p_value', '.3g'):>7} "
                      f"{g('f1', '.2f'):>5}")
+    for tier in tiers:
+        if (summary.get(key(tier, "n_nonfinite")) or 0) > 0:
+            lines.append(f"{tier}: {int(summary[key(tier, 'n_nonfinite')])} of {int(summary[key(tier, 'n')])} "
+                         "answers came from non-finite weights or scores and count as wrong")
     if F0 in summary:
         lines.append(f"voice: median F0 {_fmt(summary[F0], '.1f')} Hz, "
                      f"{_fmt(summary.get(F0_VS_BASELINE), '+.2f')} st vs baseline, "
@@ -121,6 +130,8 @@ def _tier_figures(rows: Sequence[Row]) -> dict[str, float]:
         return {}
     clusters = [r["cluster"] for r in rows]
     out: dict[str, float] = {"n": len(rows)}
+    if "finite" in rows[0]:
+        out["n_nonfinite"] = sum(not r["finite"] for r in rows)
     if "mc_correct" in rows[0]:
         acc = accuracy_interval([r["mc_correct"] for r in rows], clusters)
         out.update(mc_acc=acc.value, mc_acc_low=acc.low, mc_acc_high=acc.high,
@@ -153,8 +164,8 @@ def _by_tier(rows: Iterable[Row]) -> dict[str, list[Row]]:
     return dict(out)
 
 
-def _mean(values: Iterable[float]) -> float:
-    values = list(values)
+def _mean(values: Iterable[float | None]) -> float:
+    values = [number(v) for v in values]
     return sum(values) / len(values) if values else NAN
 
 

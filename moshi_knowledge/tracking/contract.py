@@ -21,6 +21,8 @@ and recall rows share one axis. `summary.json` holds the final figures of the ru
     recall/<tier>/delta           mc_acc - baseline_mc_acc (summary)
     recall/<tier>/p_value         paired test of final against baseline on the same questions (summary)
     recall/<tier>/n               number of questions scored (summary)
+    recall/<tier>/n_nonfinite     questions answered from non-finite weights or scores, all counted wrong (recall
+                                  rows and summary); a run whose final recall has any ends as "diverged"
 
 Both files are strict JSON: a non-finite number (a NaN loss) is written as null. A key that is present with
 null means "non-finite"; a key that is absent means "not measured".
@@ -52,9 +54,14 @@ RECALL_STATS = (
     "mc_acc", "mc_acc_low", "mc_acc_high", "best_mc_acc", "baseline_mc_acc", "delta", "p_value", "n",
     # also written by the recall evaluation (evaluation/report.py)
     "mc_rank", "mc_margin", "gen_acc", "gen_acc_low", "gen_acc_high", "baseline_gen_acc", "best_gen_acc",
-    "gen_delta", "gen_p_value", "f1", "judge_acc",
+    "gen_delta", "gen_p_value", "f1", "judge_acc", "n_nonfinite",
 )
 _RECALL_KEY = re.compile(r"^recall/(?P<tier>[^/]+)/mc_acc$")
+
+
+def number(value: Any) -> float:
+    """A contract value as a float: null (the contract's non-finite) and non-numbers read as NaN."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 def recall_key(tier: str, stat: str = "mc_acc") -> str:
