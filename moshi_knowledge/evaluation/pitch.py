@@ -27,12 +27,13 @@ _FRAME = 1024  # 64 ms at 16 kHz: more than two periods of the lowest F0
 def median_f0(clips: Iterable[np.ndarray], sample_rate: int) -> float:
     """Median F0 in Hz over the voiced frames of all clips pooled; NaN when none is voiced.
 
-    pYIN runs on the CPU at about 0.1 s per second of audio, so the clips are tracked in parallel processes, one
-    per core (the same numbers as one after the other: each clip is tracked on its own either way).
+    pYIN runs on the CPU at about 0.1 s per second of audio, so the clips are tracked in parallel threads, one per
+    core (numpy releases the GIL in pYIN's heavy steps; worker processes crashed on a GPU machine). Each clip is
+    tracked on its own either way, so the numbers equal a one-after-the-other run.
     """
     clips = [np.asarray(clip, dtype=np.float32) for clip in clips]
     jobs = min(len(clips), os.cpu_count() or 1)
-    voiced = Parallel(n_jobs=jobs)(delayed(_voiced_f0)(clip, sample_rate) for clip in clips) if clips else []
+    voiced = Parallel(n_jobs=jobs, prefer="threads")(delayed(_voiced_f0)(clip, sample_rate) for clip in clips) if clips else []
     pooled = np.concatenate(voiced) if voiced else np.zeros(0)
     return float(np.median(pooled)) if len(pooled) else float("nan")
 
