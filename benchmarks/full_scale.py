@@ -243,7 +243,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Full-scale rehearsal ({env['device']}, torch {env['torch']})", "",
         f"`experiment=moshiko_h200 model=local` on a random checkpoint ({env['lm_params'] / 1e9:.2f} B "
         f"LM parameters, {env['mimi']} Mimi, {env['text_card']:,}-piece tokenizer), {app['steps']} steps, recall "
-        f"at the start, half-way and the end. Exit code {result['exit_code']}, status `{app['status']}`"
+        f"at the start, half-way and the end; moshi's own compile "
+        f"{'on' if env['moshi_compile'] else 'off (NO_TORCH_COMPILE=1)'} in the app and the benchmark. "
+        f"Exit code {result['exit_code']}, status `{app['status']}`"
         + (f", finishing errors: {app['finish_errors']}" if app.get("finish_errors") else "") + ".", "",
         "| stage | seconds |", "|---|---|",
         f"| write the checkpoint | {_f(result['checkpoint_sec'])} |",
@@ -271,7 +273,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{_f(bench.get('useful_frames_per_s'), ',.0f')} | | |",
         f"| app / benchmark | {_f(check['app_vs_benchmark']['value'], '.3f')} | ≥ {TARGETS['app_vs_benchmark']:g} | "
         f"{check['app_vs_benchmark']['ok']} |",
-        f"| dynamo recompile limit hit | {check['recompile_limit_hit']} | no | |", ""]
+        f"| dynamo recompile limit hit | {check['recompile_limit_hit']} | no | |", "",
+        "Steps after the first (in-app, useful frames/s): "
+        + ", ".join(f"{s['step']}: {s['useful_frames_per_s']:,.0f}" for s in app.get("per_step", [])[1:]) + ".", ""]
     return "\n".join(lines)
 
 
@@ -322,7 +326,6 @@ def rehearse(out: Path, scale: Scale, work: Path) -> dict[str, Any]:
         "exit_code": code, "checkpoint_sec": checkpoint_sec, "app_sec": app_sec,
         "process_peak_gib": gpu.peak_gib, "app": app_figures(run_dir, work / "data", scale.steps),
         "recompile_limit_hit": bool(re.search(r"recompile_limit|cache_size_limit", log_text)),
-        "app_log_tail": log_text.splitlines()[-40:],
     }
     # 4. the benchmark's own step on the preset's settings, in the same call
     preset = _preset_lora()
