@@ -30,6 +30,7 @@ from moshi_knowledge.tracking.files import read_metrics
 from moshi_knowledge.train.distributed import dist_info, init_from_env, is_sharded, parallel_mode
 from moshi_knowledge.train.loop import train
 from moshi_knowledge.train.encode import load_split
+from moshi_knowledge.train.seed import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,13 @@ def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], dev
            tracker: Tracker | None) -> None:
     """Build the (LoRA-wrapped) model, train it with recall hooks, export the adapter, summarise recall."""
     loaded = load_stage_model(cfg, entries["model"].path, device=device)
+    train_cfg = instantiate(cfg.train)
+    seed_everything(train_cfg.seed)  # peft draws lora_A from torch's global generator
     model = apply_lora(loaded.lm, instantiate(cfg.lora))
     patch_depformer(model)
     params = count_parameters(model)
     log.info("trainable parameters: %s of %s", f"{params.trainable:,}", f"{params.total:,}")
     dataset_dir = entries["dataset"].path
-    train_cfg = instantiate(cfg.train)
     sharded = "train" in wanted and parallel_mode(model, dist_info(), train_cfg.distributed) == "fsdp"
     if sharded:
         # An FSDP forward is collective, while recall runs on rank 0 alone (LMGen, per-question batches).

@@ -50,3 +50,10 @@ def test_defaults_are_the_offline_backends() -> None:
     assert cfg.tts._target_.endswith("EspeakTTS")
     assert cfg.layout._target_.endswith("DialogueLayout")
     assert cfg.qa.n_train == 100 and cfg.qa.n_eval == 20 and cfg.qa.paraphrases == 3
+
+
+def test_one_root_seed_reaches_every_seeded_setting() -> None:
+    cfg = compose_cfg(["seed=7"])
+    seeds = {name: cfg[name].seed for name in ("story", "qa", "model", "train", "eval")}
+    assert seeds == dict.fromkeys(seeds, 7)
+

@@ -14,6 +14,10 @@ CANARY = "sk-canary-0123456789abcdefghijklmnop"
 QUICK = [*TINY_RUN, "train.max_steps=2", "eval.generate=false", "eval.voice=false", "lora=all", "lora.rank=2"]
 
 
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def _runs(sweep_dir: Path) -> list[Path]:
     return sorted(p.parent for p in sweep_dir.rglob("summary.json"))
 
@@ -27,6 +31,28 @@ def grid(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                    cwd=root, env={"OPENAI_API_KEY": CANARY, "WANDB_API_KEY": CANARY[::-1]})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return root / "sweep"
+
+
+@pytest.fixture(scope="module")
+def lr_pair(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """`-m train.lr=1e-3,2e-3` on the basic launcher (both jobs in one process), then job 1's config run alone."""
+    root = tmp_path_factory.mktemp("lr_pair")
+    args = [*QUICK, "train.max_steps=3", "logger=none", f"paths.cache_dir={tiny_cache}"]
+    sweep = run_app(["-m", *args, "train.lr=1e-3,2e-3", f"hydra.sweep.dir={root / 'sweep'}"], cwd=root)
+    assert sweep.returncode == 0, sweep.stdout[-4000:] + sweep.stderr[-4000:]
+    alone = run_app([*args, "train.lr=2e-3", f"hydra.run.dir={root / 'alone'}"], cwd=root)
+    assert alone.returncode == 0, alone.stdout[-4000:] + alone.stderr[-4000:]
+    return root / "sweep" / "1", root / "alone"
+
+
+@pytest.mark.slow
+def test_a_sweep_job_starts_from_the_same_adapter_and_trains_as_it_does_alone(lr_pair: tuple[Path, Path]) -> None:
+    """The LoRA initialisation is seeded: job 1 does not inherit the random state job 0 left in the process."""
+    job, alone = lr_pair
+    losses = [[(r["step"], r.get("train/loss"), r.get("eval/loss")) for r in _rows(run)] for run in (job, alone)]
+    assert len(losses[0]) >= 4 and losses[0] == losses[1]  # exact equality, step by step
+    adapter = Path("adapter/moshi/lora.safetensors")
+    assert (job / adapter).read_bytes() == (alone / adapter).read_bytes()
 
 
 @pytest.mark.slow
