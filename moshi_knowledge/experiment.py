@@ -107,7 +107,7 @@ def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], dev
     hook = None
     if tracker is not None:
         tracker.summary({"params/trainable": params.trainable, "params/total": params.total})
-        if not sharded:
+        if not sharded and "eval" in wanted:
             last_step = train_cfg.max_steps if "train" in wanted else 0
             hook = _recall_hook(cfg, entries, loaded, run_dir, last_step)
     if "train" in wanted:
@@ -120,7 +120,7 @@ def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], dev
         summary = {"status": "completed", "step": 0}
     if tracker is None or hook is None:
         return
-    if "eval" in wanted and hook.last_evaluated != summary["step"]:
+    if hook.last_evaluated != summary["step"]:
         model.eval()  # a run that stopped early (diverged) still gets its final recall
         tracker.log({"step": summary["step"], **(hook(summary["step"], model) or {})})
     _finish(tracker, hook, dataset_dir, summary)

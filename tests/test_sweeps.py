@@ -14,6 +14,9 @@ CANARY = "sk-canary-0123456789abcdefghijklmnop"
 QUICK = [*TINY_RUN, "train.max_steps=2", "eval.generate=false", "eval.voice=false", "lora=all", "lora.rank=2"]
 
 
+NO_RECALL = "stages=[story,qa,tts,dataset,model,tokenize,train]"  # train without the eval stage
+
+
 def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -37,7 +40,7 @@ def grid(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def lr_pair(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """`-m train.lr=1e-3,2e-3` on the basic launcher (both jobs in one process), then job 1's config run alone."""
     root = tmp_path_factory.mktemp("lr_pair")
-    args = [*QUICK, "train.max_steps=3", "logger=none", f"paths.cache_dir={tiny_cache}"]
+    args = [*QUICK, "train.max_steps=3", NO_RECALL, "logger=none", f"paths.cache_dir={tiny_cache}"]
     sweep = run_app(["-m", *args, "train.lr=1e-3,2e-3", f"hydra.sweep.dir={root / 'sweep'}"], cwd=root)
     assert sweep.returncode == 0, sweep.stdout[-4000:] + sweep.stderr[-4000:]
     alone = run_app([*args, "train.lr=2e-3", f"hydra.run.dir={root / 'alone'}"], cwd=root)
@@ -53,6 +56,14 @@ def test_a_sweep_job_starts_from_the_same_adapter_and_trains_as_it_does_alone(lr
     assert len(losses[0]) >= 4 and losses[0] == losses[1]  # exact equality, step by step
     adapter = Path("adapter/moshi/lora.safetensors")
     assert (job / adapter).read_bytes() == (alone / adapter).read_bytes()
+
+
+@pytest.mark.slow
+def test_stages_without_eval_measure_no_recall(lr_pair: tuple[Path, Path]) -> None:
+    for run in lr_pair:
+        assert not (run / "predictions.jsonl").exists()
+        keys = {k for row in _rows(run) for k in row} | set(json.loads((run / "summary.json").read_text()))
+        assert "eval/loss" in keys and not [k for k in keys if k.startswith("recall/")], sorted(keys)
 
 
 @pytest.mark.slow
