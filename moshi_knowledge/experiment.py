@@ -24,7 +24,7 @@ from moshi_knowledge.io_utils import atomic_write_text
 from moshi_knowledge.model.depformer_patch import patch_depformer
 from moshi_knowledge.model.lora import apply_lora, count_parameters, export_adapter
 from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
-from moshi_knowledge.tracking import Tracker, objective_value, run_identity_from_hydra
+from moshi_knowledge.tracking import Tracker, check_objective, objective_value, run_identity_from_hydra
 from moshi_knowledge.tracking.contract import METRICS_FILE
 from moshi_knowledge.tracking.files import read_metrics
 from moshi_knowledge.train.distributed import dist_info, init_from_env, is_sharded, parallel_mode
@@ -75,6 +75,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> float | None:
 
     Under torchrun every rank trains; only rank 0 tracks, evaluates recall and writes the run's files.
     """
+    check_objective(cfg.objective.metric, cfg.objective.mode, list(cfg.eval.tiers))
     entries = run_stages(cfg, run_dir)
     wanted = [s for s in cfg.stages if s in RUN_STAGES]
     if not wanted:
@@ -85,7 +86,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> float | None:
         return None
     with Tracker(cfg.logger, run_dir, cfg, run_identity_from_hydra(run_dir.name)) as tracker:
         _train(cfg, entries, run_dir, wanted, device, tracker)
-        return objective_value(tracker.values, cfg.objective.tier)
+        return objective_value(tracker.values, cfg.objective.metric)
 
 
 def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], device: Any,

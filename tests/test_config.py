@@ -57,3 +57,12 @@ def test_one_root_seed_reaches_every_seeded_setting() -> None:
     seeds = {name: cfg[name].seed for name in ("story", "qa", "model", "train", "eval")}
     assert seeds == dict.fromkeys(seeds, 7)
 
+
+@pytest.mark.parametrize("mode, direction", [("max", "maximize"), ("min", "minimize")])
+def test_optuna_direction_follows_objective_mode(mode: str, direction: str) -> None:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="moshi_knowledge.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["sweep=optuna_recall", f"objective.mode={mode}"],
+                      return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == direction

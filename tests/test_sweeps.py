@@ -116,7 +116,7 @@ def test_no_api_key_reaches_any_file_of_the_sweep(grid: Path) -> None:
 def test_optuna_sweep_with_a_diverging_trial_completes(tiny_cache: Path, tmp_path: Path) -> None:
     done = run_app([*QUICK, "sweep=optuna_recall", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=1",
                     "train.lr=choice(1e-3,100)", "lora.rank=choice(2)", "train.audio_drop=choice(0.5)",
-                    "nan_guard=halt", "logger=none", "objective.tier=train",
+                    "nan_guard=halt", "logger=none", "objective.metric=recall/train/mc_acc",
                     f"paths.cache_dir={tiny_cache}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     statuses = [json.loads((r / "summary.json").read_text())["status"] for r in _runs(tmp_path / "sweep")]

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from moshi_knowledge.errors import UserError
 
 STEP = "step"
 STATUS = "status"
@@ -54,6 +56,10 @@ RECALL_STATS = (
     "mc_rank", "mc_margin", "gen_acc", "gen_acc_low", "gen_acc_high", "baseline_gen_acc", "best_gen_acc",
     "gen_delta", "gen_p_value", "f1", "judge_acc",
 )
+# Final figures of the loop (train/ and eval/) that a sweep may optimise, besides every recall key.
+LOSS_KEYS = (TRAIN_LOSS, "train/text_loss", "train/audio_loss", EVAL_LOSS, "eval/text_loss", "eval/audio_loss",
+             "eval/ppl", "eval/text_ppl")
+OBJECTIVE_MODES = ("max", "min")
 _RECALL_KEY = re.compile(r"^recall/(?P<tier>[^/]+)/mc_acc$")
 
 
@@ -70,15 +76,28 @@ def recall_tiers(keys: Any) -> list[str]:
     return list(dict.fromkeys(tiers))
 
 
-def objective_value(summary: Mapping[str, Any], tier: str, stat: str = "mc_acc") -> float | None:
-    """The value a sweeper optimises, or None for a run that did not complete or has no finite score.
+def check_objective(metric: str, mode: str, tiers: Sequence[str]) -> None:
+    """Refuse, before any stage runs, an objective the run can never report (a typo would make every trial fail)."""
+    if mode not in OBJECTIVE_MODES:
+        raise UserError(f"objective.mode={mode!r} is not a direction", "set objective.mode to max or min")
+    known = [*LOSS_KEYS, *(recall_key(t, s) for t in tiers for s in RECALL_STATS)]
+    if metric not in known:
+        raise UserError(f"objective.metric={metric!r} is not a figure this run reports",
+                        f"use a key of summary.json: recall/<tier>/<stat> with <tier> in eval.tiers "
+                        f"{list(tiers)} and <stat> one of "
+                        f"{', '.join(RECALL_STATS)}, or one of {', '.join(LOSS_KEYS)}")
+
+
+def objective_value(summary: Mapping[str, Any], metric: str) -> float | None:
+    """The value a sweeper optimises (summary key `metric`), or None for a run that did not complete or has no
+    finite value.
 
     Optuna crashes on NaN but records `None` as a failed trial and carries on (NOTES.md), so a diverged or failed
     run must never hand back a number.
     """
     if summary.get(STATUS) != COMPLETED:
         return None
-    value = summary.get(recall_key(tier, stat))
+    value = summary.get(metric)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return None
     return float(value)
