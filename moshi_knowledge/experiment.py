@@ -15,6 +15,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from moshi_knowledge.dataset.format import META, read_meta
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.judge import judge_from_config
 from moshi_knowledge.evaluation.pitch import training_voice_f0
@@ -133,6 +134,7 @@ def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, las
     questions = load_questions(dataset_dir, eval_cfg.tiers, eval_cfg.max_per_tier, eval_cfg.seed)
     evaluator = RecallEvaluator(questions, loaded.lm, loaded.mimi, loaded.tokenizer,
                                 AnswerSpeech(entries["tts"].path, instantiate(cfg.tts)), eval_cfg,
+                                read_meta(dataset_dir / META),
                                 training_voice_f0(dataset_dir) if eval_cfg.voice else None,
                                 judge_from_config(eval_cfg))
     return RecallHook(evaluator, eval_cfg.recall_every, last_step, run_dir / PREDICTIONS)

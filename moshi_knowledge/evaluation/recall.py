@@ -18,6 +18,7 @@ from peft.tuners.lora import LoraLayer
 from sentencepiece import SentencePieceProcessor
 from torch import nn
 
+from moshi_knowledge.dataset.format import DatasetMeta
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.evaluation.generate import Generation, contains_answer, generate, token_f1
@@ -44,12 +45,13 @@ class RecallEvaluator:
 
     def __init__(self, questions: Sequence[EvalQuestion], model: nn.Module, mimi: MimiModel,
                  tokenizer: SentencePieceProcessor, speech: Callable[[str], Utterance], cfg: EvalConfig,
-                 train_voice_f0: float | None = None, judge: Judge | None = None) -> None:
+                 dataset: DatasetMeta, train_voice_f0: float | None = None, judge: Judge | None = None) -> None:
         """`model` only lends its stream conventions (padding ids); `speech` gives candidates' Moshi-voice speech
-        (see questions.AnswerSpeech); `train_voice_f0` is the training Moshi voice's median F0 in Hz."""
+        (see questions.AnswerSpeech); `dataset` (its meta.json) gives the silences training turns had around the
+        question; `train_voice_f0` is the training Moshi voice's median F0 in Hz."""
         self.cfg, self.mimi, self.tokenizer, self.judge = cfg, mimi, tokenizer, judge
         self.spec = StreamSpec.from_lm(model)
-        timing = Timing(cfg.lead_sec, cfg.gap_sec, cfg.max_answer_sec)
+        timing = Timing(dataset.lead_sec, dataset.gap_sec, cfg.max_answer_sec)
         self.prepared: list[PreparedQuestion] = prepare(questions, mimi, tokenizer.encode, self.spec, speech,
                                                         timing, cfg.candidate_audio)
         self.train_voice_f0 = train_voice_f0
