@@ -17,7 +17,7 @@ class EvalConfig:
     recall_every: int = 50  # optimizer steps between recall evaluations (also at step 0 and at the end)
     tiers: list[str] = field(default_factory=lambda: ["train", "paraphrase", "eval"])
     max_per_tier: Optional[int] = None  # score a fixed random subset of each tier (None: all questions)
-    seed: int = 0  # subset choice and audio sampling
+    seed: int = 0  # subset choice, the shuffled-question control and audio sampling
     mc: bool = True
     candidate_audio: bool = False  # each candidate with its own Moshi-voice audio (default: no answer audio at all)
     mc_batch_size: int = 64  # (question, candidate) rows per forward pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 from moshi_knowledge.dataset.format import DatasetMeta
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.config import EvalConfig
+from moshi_knowledge.evaluation.controls import Controls
 from moshi_knowledge.evaluation.generate import Generation, contains_answer, generate, token_f1
 from moshi_knowledge.evaluation.judge import Judge
 from moshi_knowledge.evaluation.mc import MCResult, score
@@ -52,8 +54,10 @@ class RecallEvaluator:
         self.cfg, self.mimi, self.tokenizer, self.judge = cfg, mimi, tokenizer, judge
         self.spec = StreamSpec.from_lm(model)
         timing = Timing(dataset.lead_sec, dataset.gap_sec, cfg.max_answer_sec)
-        self.prepared: list[PreparedQuestion] = prepare(questions, mimi, tokenizer.encode, self.spec, speech,
-                                                        timing, cfg.candidate_audio)
+        prepare_all = partial(prepare, mimi=mimi, tokenize=tokenizer.encode, spec=self.spec, speech=speech,
+                              timing=timing, candidate_audio=cfg.candidate_audio)
+        self.prepared: list[PreparedQuestion] = prepare_all(questions)
+        self.controls = Controls(questions, prepare_all, cfg.seed) if cfg.mc else None
         self.train_voice_f0 = train_voice_f0
         self.baseline: EvalResult | None = None
 
@@ -63,6 +67,9 @@ class RecallEvaluator:
         mc = score(model, [p.mc for p in self.prepared], self.cfg.mc_batch_size) if self.cfg.mc else None
         generations = self._generate(model) if self.cfg.generate else None
         rows = [self._row(step, i, mc, generations) for i in range(len(self.prepared))]
+        if self.controls is not None:
+            for i, extra in self.controls.row_fields(model, self.cfg.mc_batch_size).items():
+                rows[i].update(extra)
         metrics = report.step_metrics(rows, self.baseline.predictions if self.baseline else None)
         if self.cfg.voice and generations is not None:
             metrics.update(self._voice(generations))

@@ -7,6 +7,7 @@ run or a report script can rebuild the summary from predictions.jsonl. Key layou
 Per tier and evaluation: n, mc_acc with its clustered Wilson interval (mc_acc_low, mc_acc_high), mean gold rank
 (mc_rank), mean margin (mc_margin), gen_acc (+ interval), mean token F1 (f1), judge_acc when judged, and, from the
 second evaluation on, the paired p-values against the baseline (p_value for MC, gen_p_value for generation).
+Beside them the MC controls, mc_acc_shuffled and mc_acc_silence (controls.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from moshi_knowledge.evaluation import controls
 from moshi_knowledge.evaluation.pitch import semitones
 from moshi_knowledge.evaluation.stats import accuracy_interval, paired_p_value
 from moshi_knowledge.tracking.contract import recall_key as key
@@ -74,7 +76,7 @@ def summarize(predictions: Iterable[Row], metric_rows: Iterable[Row] = ()) -> di
                             delta_name: figures[stat] - baseline.get(stat, NAN)})
         keep = ("n", "mc_acc", "mc_acc_low", "mc_acc_high", "baseline_mc_acc", "best_mc_acc", "delta", "p_value",
                 "mc_rank", "mc_margin", "gen_acc", "baseline_gen_acc", "best_gen_acc", "gen_delta", "gen_p_value",
-                "f1", "judge_acc")
+                "f1", "judge_acc", "mc_acc_shuffled", "mc_acc_silence")
         out.update({key(tier, k): figures[k] for k in keep if k in figures})
     voice = [r for r in metric_rows if F0 in r]
     if voice:
@@ -96,6 +98,7 @@ def recall_table(summary: Mapping[str, float]) -> str:
         lines.append(f"{tier:<11}{int(g('n')):>4}  {g('baseline_mc_acc'):>7.2f} {g('mc_acc'):>8.2f} {ci:>13} "
                      f"{g('delta'):>+6.2f} {g('p_value'):>7.3g}  {g('baseline_gen_acc'):>8.2f} {g('gen_acc'):>9.2f} "
                      f"{g('gen_p_value'):>7.3g} {g('f1'):>5.2f}")
+    lines += controls.table(summary, tiers)
     if F0 in summary:
         lines.append(f"voice: median F0 {summary[F0]:.1f} Hz, {summary.get(F0_VS_BASELINE, NAN):+.2f} st vs "
                      f"baseline, {summary.get(F0_VS_TRAIN, NAN):+.2f} st vs the training voice")
@@ -114,6 +117,7 @@ def _tier_figures(rows: Sequence[Row]) -> dict[str, float]:
     if "gen_correct" in rows[0]:
         acc = accuracy_interval([r["gen_correct"] for r in rows], clusters)
         out.update(gen_acc=acc.value, gen_acc_low=acc.low, gen_acc_high=acc.high, f1=_mean(r["f1"] for r in rows))
+    out.update(controls.figures(rows))
     judged = [r["judge_correct"] for r in rows if r.get("judge_correct") is not None]
     if judged:
         out["judge_acc"] = sum(judged) / len(judged)
