@@ -356,16 +356,19 @@ def _jobs(sweep_dir: Path) -> list[Path]:
 
 @pytest.mark.parametrize("sweep", sorted(p.stem for p in (REPO / "conf" / "sweep").glob("*.yaml")))
 def test_every_swept_key_exists_in_the_real_config(sweep: str) -> None:
-    """A key (`lora.rank`) must be a field of a schema of its group; a group (`nan_guard`) must have each option."""
+    """A key (`lora.rank`) must be a field of a schema of its group; a group (`nan_guard`) must have each option;
+    any other key (`seed`) must be in config.yaml."""
     params = yaml.safe_load((REPO / "conf" / "sweep" / f"{sweep}.yaml").read_text())["hydra"]["sweeper"]["params"]
     for key, values in params.items():
         if "." in key:
             group, name = key.split(".", 1)
             fields = {f for (g, _), schema in SCHEMAS.items() if g == group for f in schema.__dataclass_fields__}
             assert name in fields, f"conf/sweep/{sweep}.yaml sweeps {key}, which no {group} schema has"
-        else:
+        elif (REPO / "conf" / key).is_dir():
             for option in str(values).split(","):
                 assert (REPO / "conf" / key / f"{option}.yaml").exists(), f"{sweep}: {key}={option}"
+        else:  # a root key (`seed`)
+            assert key in compose_cfg(), f"conf/sweep/{sweep}.yaml sweeps {key}, which config.yaml lacks"
 
 
 @pytest.mark.parametrize(
