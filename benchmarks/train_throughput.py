@@ -13,7 +13,9 @@ Two GPUs, same workload, after the single run (writes train_throughput_ddp.json 
 Full finetuning with FSDP on two GPUs, sharded save and resume (writes train_fsdp.json and .md):
     torchrun --nproc-per-node 2 benchmarks/train_throughput.py --fsdp --out benchmarks/results
 `--smoke` runs a tiny model for a few steps (on CPU if there is no GPU) to test this code path; its files end in
-`_smoke`.
+`_smoke`. `--variants NAME,...` times only the named variants, `--lora-rank`/`--lora-alpha` change the adapter
+(benchmarks/full_scale.py uses both to time the app's own settings). moshi's compile is off unless the caller sets
+NO_TORCH_COMPILE to an empty value, as the full-scale rehearsal does to match the app on a GPU.
 
 Model FLOPs: a frame passes once through every nn.Linear of the LM (each depformer step has its own weights), so
 forward costs 2*N and the input-gradient backward another 2*N, N = the base model's Linear weights (7.37 B). The
@@ -191,20 +193,20 @@ class ModelCounts:
         return (6 if self.full else 4) * self.linear_params
 
 
-def build_model(device: torch.device, scale: Scale, lora: bool = True) -> tuple[nn.Module, ModelCounts]:
-    """moshi's default LM kwargs, random weights made on the device (bf16 on GPU), then our peft LoRA r128 on
-    every Linear (`lora=False`: the bare LM, every weight trainable). The same seed gives the same weights in every
-    process."""
+def build_model(device: torch.device, scale: Scale, lora: Optional[LoraSpec] = LORA) -> tuple[nn.Module, ModelCounts]:
+    """moshi's default LM kwargs, random weights made on the device (bf16 on GPU), then our peft LoRA (r128 on
+    every Linear by default; None: the bare LM, every weight trainable). The same seed gives the same weights in
+    every process."""
     torch.manual_seed(SEED)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the loop autocasts on CUDA only
     with torch.device(device):  # some of LMModel's layers ignore its device argument
         lm = LMModel(**(dict(loaders._lm_kwargs) | scale.lm_overrides), device=device, dtype=dtype).to(dtype)
     linear = sum(m.weight.numel() for m in lm.modules() if isinstance(m, nn.Linear))
     total = sum(p.numel() for p in lm.parameters())
-    if not lora:
+    if lora is None:
         return lm, ModelCounts(linear, total, total)
     with torch.device(device):
-        model = apply_lora(lm, LORA)
+        model = apply_lora(lm, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, ModelCounts(linear, total, trainable)
 
@@ -332,7 +334,8 @@ def measure(model: nn.Module, data: dict[str, list[ConversationCodes]], variant:
 
 
 # ---- reporting -------------------------------------------------------------------------------------------------
-def environment(device: torch.device, counts: ModelCounts, gemm: float, scale: Scale) -> dict[str, Any]:
+def environment(device: torch.device, counts: ModelCounts, gemm: float, scale: Scale,
+                lora: Optional[LoraSpec] = LORA) -> dict[str, Any]:
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "cuda": torch.version.cuda, "moshi": moshi.__version__,
@@ -344,7 +347,7 @@ def environment(device: torch.device, counts: ModelCounts, gemm: float, scale: S
                                     if counts.full else "4 * N per useful frame: forward 2N + input-gradient "
                                     "backward 2N") + ", N = base nn.Linear weights; LoRA matmuls, attention and "
                                                      "recomputation not counted"},
-        "lora": asdict(LORA), "memory_budget_gib": MEMORY_BUDGET_GIB,
+        "lora": lora and asdict(lora), "memory_budget_gib": MEMORY_BUDGET_GIB,
     }
 
 
@@ -386,7 +389,8 @@ def write_single(out: Path, result: dict[str, Any], scale: Scale) -> None:
     rows = result["variants"] + ([result["ddp_reference"]] if "ddp_reference" in result else [])
     text = "\n".join([
         f"# Training throughput, one GPU ({env['device']}, torch {env['torch']})", "",
-        f"Full moshiko LM, random weights, peft LoRA r{LORA.rank} (alpha {LORA.alpha:g}) on every Linear, "
+        f"Full moshiko LM, random weights, peft LoRA r{env['lora']['rank']} (alpha {env['lora']['alpha']:g}) on "
+        "every Linear, "
         f"{scale.seq_sec:g} s rows, pre-tokenised codes. bf16 GEMM peak measured in the run: "
         f"{env['gemm_bf16_tflops']:.0f} TFLOP/s; MFU counts {env['model']['flops_per_frame'] / 1e9:.1f} GFLOP per "
         f"useful frame ({env['model']['flops_formula']}).", "",
@@ -401,18 +405,19 @@ def write_single(out: Path, result: dict[str, Any], scale: Scale) -> None:
 
 
 # ---- the two modes ---------------------------------------------------------------------------------------------
-def single(out: Path, scale: Scale) -> None:
+def single(out: Path, scale: Scale, variants: Sequence[Variant] = VARIANTS, lora: LoraSpec = LORA) -> None:
+    """Every variant in turn on one GPU; with all of them, the DDP run's 1-GPU loss-curve reference too."""
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     started = time.perf_counter()
-    model, counts = build_model(device, scale)
+    model, counts = build_model(device, scale, lora)
     initial = trainable_state(model)
     gemm = gemm_tflops(device, scale.gemm_size)
     print(f"model built and GEMM measured ({gemm:.0f} TFLOP/s) in {time.perf_counter() - started:.0f} s", flush=True)
-    env = environment(device, counts, gemm, scale)
+    env = environment(device, counts, gemm, scale, lora)
     data = workloads(StreamSpec.from_lm(model), scale)
     result: dict[str, Any] = {"environment": env, "init_checksum": checksum(initial), "variants": []}
     steps = scale.warmup_steps + scale.timed_steps
-    for variant in VARIANTS:
+    for variant in variants:
         if variant.patched:
             patch_depformer(model)  # idempotent; every later variant runs patched
         result["variants"].append(measure(model, data, variant, scale, device, counts, gemm, steps))
@@ -420,6 +425,8 @@ def single(out: Path, scale: Scale) -> None:
         write_single(out, result, scale)  # after each variant: a run cut short still leaves its figures
         print(variants_table(result["variants"][-1:]).splitlines()[-1],
               f"at {time.perf_counter() - started:.0f} s", flush=True)
+    if tuple(variants) != VARIANTS:
+        return
     load_trainable(model, initial)  # the loss-curve reference starts from the initial LoRA weights
     result["ddp_reference"] = measure(model, data, REFERENCE_VARIANT, scale, device, counts, gemm, scale.curve_steps)
     write_single(out, result, scale)
@@ -504,7 +511,7 @@ def fsdp(out: Path, scale: Scale) -> None:
     """`lora=full` on the bare LM under the loop's FSDP: step figures, then a sharded save at the half-way step and a
     resume from it in the same processes, whose losses must repeat the uninterrupted run's."""
     info, device = init_from_env()
-    model, counts = build_model(device, scale, lora=False)
+    model, counts = build_model(device, scale, lora=None)
     patch_depformer(model)
     gemm = gemm_tflops(device, scale.gemm_size)
     data = workloads(StreamSpec.from_lm(model), scale)
@@ -596,6 +603,9 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="the single-GPU run's JSON (for --ddp)")
     parser.add_argument("--fsdp", action="store_true", help="under torchrun: full finetuning with FSDP, sharded "
                                                             "save and resume")
+    parser.add_argument("--variants", help="comma-separated variant names to time (default: all of them)")
+    parser.add_argument("--lora-rank", type=int, default=LORA.rank)
+    parser.add_argument("--lora-alpha", type=float, default=LORA.alpha)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
@@ -608,7 +618,12 @@ def main() -> None:
     elif args.fsdp:
         fsdp(args.out, scale)
     else:
-        single(args.out, scale)
+        by_name = {v.name: v for v in VARIANTS}
+        names = args.variants.split(",") if args.variants else list(by_name)
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            parser.error(f"unknown variant(s) {unknown}; choose from {list(by_name)}")
+        single(args.out, scale, [by_name[n] for n in names], replace(LORA, rank=args.lora_rank, alpha=args.lora_alpha))
 
 
 if __name__ == "__main__":

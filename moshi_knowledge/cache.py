@@ -22,25 +22,52 @@ from filelock import FileLock
 from moshi_knowledge.io_utils import atomic_write_json
 
 MARKER = ".stage.json"  # written last inside the temp dir; its presence in a final dir means complete
+FULL_HASH_LIMIT = 64 << 20  # files up to this size (stories, Q/A files, tiny checkpoints) are hashed whole
+SAMPLE_BLOCK = 1 << 20
 
 
-def _file_digest(path: Path) -> str:
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    """What a file named by a config adds to its stage's key: enough to notice any change of its contents.
+
+    A small file is hashed whole (exact, and cheap). A large one (a 15 GB Moshi checkpoint) would take minutes to
+    hash on every run, so it is keyed by its size, its mtime_ns and a sha256 of three 1 MiB blocks (start, middle,
+    end): a rewritten file has a new mtime, and a different checkpoint copied with its old mtime kept
+    (`cp -p`, rsync) differs in the sampled weight blocks. Touching a large file therefore rebuilds its stages.
+    """
+    stat = path.stat()
+    size = stat.st_size
+    if size <= FULL_HASH_LIMIT:
+        return {"sha256": _digest(path, [(0, size)])}
+    blocks = [(offset, SAMPLE_BLOCK) for offset in (0, (size - SAMPLE_BLOCK) // 2, size - SAMPLE_BLOCK)]
+    return {"size": size, "mtime_ns": stat.st_mtime_ns, "sampled_sha256": _digest(path, blocks)}
+
+
+def _digest(path: Path, spans: list[tuple[int, int]]) -> str:
+    """sha256 of the file's bytes in `spans` (offset, length), read 1 MiB at a time."""
     h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        for offset, length in spans:
+            f.seek(offset)
+            while length > 0:
+                block = f.read(min(length, SAMPLE_BLOCK))
+                if not block:
+                    break
+                h.update(block)
+                length -= len(block)
     return h.hexdigest()
 
 
-def _with_file_contents(node: Any, key: str = "") -> Any:
-    """Config values under keys ending in `path` that name files also contribute the file's hash,
-    so editing a user's story or Q/A file invalidates the cache even though its path did not change."""
+def _with_file_contents(node: Any) -> Any:
+    """Every string of the config that names an existing file also contributes the file's fingerprint, so
+    editing a user's story or Q/A file, or replacing `model.moshi_weights`, invalidates the stages that read it
+    even though the path did not change. (os.path.isfile, unlike Path.is_file, is simply False for a long
+    prompt or other text that cannot be a file name.)"""
     if isinstance(node, dict):
-        return {k: _with_file_contents(v, str(k)) for k, v in node.items()}
+        return {k: _with_file_contents(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [_with_file_contents(v, key) for v in node]
-    if isinstance(node, str) and key.endswith("path") and Path(node).is_file():
-        return {"path": node, "sha256": _file_digest(Path(node))}
+        return [_with_file_contents(v) for v in node]
+    if isinstance(node, str) and os.path.isfile(node):
+        return {"path": node, **file_fingerprint(Path(node))}
     return node
 
 

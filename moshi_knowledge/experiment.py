@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ from moshi_knowledge.model.depformer_patch import patch_depformer
 from moshi_knowledge.model.lora import apply_lora, count_parameters, export_adapter
 from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
 from moshi_knowledge.tracking import Tracker, check_objective, objective_value, run_identity_from_hydra
-from moshi_knowledge.tracking.contract import METRICS_FILE
-from moshi_knowledge.tracking.files import read_metrics
+from moshi_knowledge.tracking.contract import COMPLETED, DIVERGED, MESSAGE, METRICS_FILE, STATUS
+from moshi_knowledge.tracking.files import dumps, read_metrics
 from moshi_knowledge.train.distributed import dist_info, init_from_env, is_sharded, parallel_mode
 from moshi_knowledge.train.loop import train
 from moshi_knowledge.train.encode import load_split
@@ -36,13 +37,15 @@ from moshi_knowledge.train.seed import seed_everything
 log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
+FINISH_ERRORS = "finish_errors"  # summary.json: finishing steps that failed after training, with their errors
 
 
 class RecallHook:
     """The training loop's `on_eval`: recall at step 0, every `eval.recall_every` steps and at the last step.
 
-    Prediction rows go to predictions.jsonl. On resume, rows logged after the checkpoint are dropped and the
-    step-0 rows become the baseline again, so p-values still compare against the untrained model.
+    Prediction rows go to predictions.jsonl, strict JSON like metrics.jsonl (a NaN score is null). On resume, rows
+    logged after the checkpoint are dropped and the step-0 rows become the baseline again, so p-values still
+    compare against the untrained model.
     """
 
     def __init__(self, evaluator: RecallEvaluator, every: int, last_step: int, path: Path) -> None:
@@ -56,7 +59,7 @@ class RecallHook:
         if self.evaluator.baseline is None and any(r["step"] == 0 for r in kept):
             self.evaluator.baseline = EvalResult(0, {}, [r for r in kept if r["step"] == 0])
         result = self.evaluator.evaluate(model, step)
-        lines = [json.dumps(r, allow_nan=False, default=_json_safe) for r in [*kept, *result.predictions]]
+        lines = [dumps(r) for r in [*kept, *result.predictions]]
         atomic_write_text(self.path, "".join(line + "\n" for line in lines))
         self.last_evaluated = step
         return result.metrics
@@ -65,10 +68,6 @@ class RecallHook:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-
-def _json_safe(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else str(value)
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> float | None:
@@ -117,15 +116,31 @@ def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], dev
         summary = train(model, load_split(codes, "train"), load_split(codes, "eval"), train_cfg,
                         instantiate(cfg.nan_guard), run_dir, tracker=tracker, on_eval=hook,
                         inject_nonfinite_at=list(cfg.debug.inject_nonfinite_at))
-        _export(model, loaded.base_config, run_dir, tracker)
+        _after_training(tracker, "export", lambda: _export(model, loaded.base_config, run_dir, tracker))
     else:
         summary = {"status": "completed", "step": 0}
     if tracker is None or hook is None:
         return
     if hook.last_evaluated != summary["step"]:
-        model.eval()  # a run that stopped early (diverged) still gets its final recall
-        tracker.log({"step": summary["step"], **(hook(summary["step"], model) or {})})
+        def final_recall() -> None:
+            model.eval()  # a run that stopped early (diverged) still gets its final recall
+            tracker.log({"step": summary["step"], **(hook(summary["step"], model) or {})})
+
+        _after_training(tracker, "final recall", final_recall)
     _finish(tracker, hook, dataset_dir, summary)
+
+
+def _after_training(tracker: Tracker | None, name: str, step: Callable[[], None]) -> None:
+    """Run one step that comes after training; a failure is logged and listed in summary.json's
+    `finish_errors`, never raised: a finished run keeps its status, figures, checkpoints and whatever the other
+    finishing steps write."""
+    try:
+        step()
+    except Exception as err:  # noqa: BLE001 - every finishing step must run, whatever broke the one before
+        log.exception("%s failed after training; the run's results are kept", name)
+        if tracker is not None:
+            errors = list(tracker.values.get(FINISH_ERRORS) or [])
+            tracker.summary({FINISH_ERRORS: [*errors, f"{name}: {type(err).__name__}: {err}"]})
 
 
 def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, last_step: int) -> RecallHook:
@@ -152,12 +167,37 @@ def _export(model: Any, base_config: dict, run_dir: Path, tracker: Tracker | Non
 
 
 def _finish(tracker: Tracker, hook: RecallHook, dataset_dir: Path, summary: dict[str, Any]) -> None:
-    """Recall summary (baseline, final, best, delta, p-value per tier), the final predictions and a few clips."""
-    rows = hook.rows()
-    recall = report.summarize(rows, read_metrics(tracker.run_dir / METRICS_FILE))
-    tracker.summary({**recall, "status": summary["status"]})
+    """Recall summary (baseline, final, best, delta, p-value per tier), the final predictions and a few clips.
+
+    The training status goes into summary.json first; each later step is guarded on its own (`_after_training`).
+    A run whose final recall came from non-finite weights or scores (an eval-only run of a broken checkpoint)
+    ends as diverged, like training that left non-finite weights: its recall figures are not results.
+    """
+    status = {STATUS: summary["status"]}
+    tracker.summary(status)
+    recall: dict[str, Any] = {}
+
+    def summarise() -> None:
+        rows = hook.rows()
+        recall.update(report.summarize(rows, read_metrics(tracker.run_dir / METRICS_FILE)))
+        final_step, final = _final_rows(rows)
+        if status[STATUS] == COMPLETED and not all(r.get("finite", True) for r in final):
+            status.update({STATUS: DIVERGED, MESSAGE: f"the recall at step {final_step} was measured on "
+                                                      "non-finite weights or scores"})
+        tracker.summary({**recall, **status})
+
+    def audio() -> None:
+        for wav in sorted((dataset_dir / "conv").glob("train-*.wav"))[:tracker.log_audio]:
+            tracker.audio(f"dataset/{wav.stem}", wav)
+
+    _after_training(tracker, "recall summary", summarise)
+    _after_training(tracker, "predictions table", lambda: tracker.table("predictions", _final_rows(hook.rows())[1]))
+    _after_training(tracker, "audio logging", audio)
+    _after_training(tracker, "recall table",
+                    lambda: print("\n" + report.recall_table(recall) + f"\nstatus: {status[STATUS]}\n", flush=True))
+
+
+def _final_rows(rows: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+    """The last evaluation's step and its prediction rows."""
     final_step = max((r["step"] for r in rows), default=0)
-    tracker.table("predictions", [r for r in rows if r["step"] == final_step])
-    for wav in sorted((dataset_dir / "conv").glob("train-*.wav"))[:tracker.log_audio]:
-        tracker.audio(f"dataset/{wav.stem}", wav)
-    print("\n" + report.recall_table(recall) + f"\nstatus: {summary['status']}\n", flush=True)
+    return final_step, [r for r in rows if r["step"] == final_step]

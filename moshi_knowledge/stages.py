@@ -21,7 +21,7 @@ from moshi_knowledge.cache import CacheEntry, build_or_reuse, cache_key
 from moshi_knowledge.dataset.build import build_dataset
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import atomic_write_json, read_json
-from moshi_knowledge.model.load import LoadedModel, load_model
+from moshi_knowledge.model.load import LoadedModel, load_codec, load_model
 from moshi_knowledge.qa.schema import QASet
 from moshi_knowledge.speech.script import answer_lines, question_lines
 from moshi_knowledge.speech.synthesize import load_utterance, script_fingerprint, synthesize_script
@@ -88,7 +88,9 @@ def load_stage_model(cfg: DictConfig, model_dir: Path, device: Any = None) -> Lo
 
 
 def _tokenize(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
-    encode_dataset(load_stage_model(cfg, inputs["model"]), inputs["dataset"], out)
+    """Only Mimi and the tokenizer: loading the LM would cost 15 GB and seconds for nothing."""
+    source = instantiate(cfg.model)
+    encode_dataset(load_codec(source, inputs["model"] if source.needs_build else None), inputs["dataset"], out)
 
 
 STAGES: dict[str, Stage] = {

@@ -8,7 +8,9 @@ import signal
 import time
 from pathlib import Path
 
-from moshi_knowledge.cache import MARKER, build_or_reuse, cache_key
+import pytest
+
+from moshi_knowledge.cache import FULL_HASH_LIMIT, MARKER, build_or_reuse, cache_key
 
 
 def test_key_depends_on_config_inputs_version_and_file_contents(tmp_path: Path) -> None:
@@ -22,6 +24,51 @@ def test_key_depends_on_config_inputs_version_and_file_contents(tmp_path: Path) 
     first = cache_key("story", "1", {"story": {"path": str(user_file)}}, {})
     user_file.write_text("second draft")
     assert first != cache_key("story", "1", {"story": {"path": str(user_file)}}, {})
+
+
+def test_every_file_a_config_names_is_keyed_by_its_contents(tmp_path: Path) -> None:
+    """Weights and tokenizer (keys not ending in `path`) count too: a same-size rewrite changes the key."""
+    weights, tokenizer = tmp_path / "model.safetensors", tmp_path / "tokenizer.model"
+    weights.write_bytes(b"\x01" * 4096)
+    tokenizer.write_bytes(b"spm")
+    config = {"model": {"moshi_weights": str(weights), "tokenizers": [str(tokenizer)], "device": "auto",
+                        "prompt": "Invent a kingdom. " * 30}}  # text too long to be a file name is just text
+    first = cache_key("model", "1", config, {})
+    weights.write_bytes(b"\x02" * 4096)
+    second = cache_key("model", "1", config, {})
+    assert second != first
+    tokenizer.write_bytes(b"SPM")
+    assert cache_key("model", "1", config, {}) not in (first, second)
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read() calls so far (Linux /proc accounting)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io to count bytes read")
+def test_a_large_file_is_keyed_by_samples_not_read_whole(tmp_path: Path) -> None:
+    big = tmp_path / "consolidated.safetensors"
+    with big.open("wb") as f:
+        f.truncate(6 << 30)  # a sparse 6 GiB file: no disk used, but reading it whole would take many seconds
+    assert big.stat().st_size > FULL_HASH_LIMIT
+    config = {"model": {"config_path": str(big)}}
+    before = _bytes_read()
+    first = cache_key("model", "1", config, {})
+    assert _bytes_read() - before < 16 << 20
+
+    stat = big.stat()
+    with big.open("r+b") as f:  # a different file in the middle, its old mtime kept (as `cp -p` would)
+        f.seek(3 << 30)
+        f.write(b"changed weights")
+    os.utime(big, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = cache_key("model", "1", config, {})
+    assert second != first
+    os.utime(big, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # rewritten in place, outside the samples
+    assert cache_key("model", "1", config, {}) not in (first, second)
 
 
 def _slow_build(cache: str, counter: str) -> None:

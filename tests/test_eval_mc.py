@@ -7,6 +7,7 @@ as real speech does. Distractors are other questions' gold answers (NOTES.md, "D
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from moshi.models import loaders
 from moshi.models.lm import LMModel
 
 from moshi_knowledge.evaluation.generate import Prompt, generate
-from moshi_knowledge.evaluation.mc import Candidate, MCQuestion, row_codes, score, text_log_probs
+from moshi_knowledge.evaluation.mc import Candidate, MCQuestion, MCResult, row_codes, score, text_log_probs
 from moshi_knowledge.model.tiny import train_tokenizer
 from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SpeakerWord
 from moshi_knowledge.train.batches import StreamSpec, collate
@@ -226,3 +227,22 @@ def test_generation_decodes_every_question_in_one_batch(world: World, train_ques
         assert g.tokens == [t for t in g.text.tolist() if t not in (PAD, END_PAD)]
         assert isinstance(world.tokenizer.decode(g.tokens), str)
     assert sum(len(g.tokens) > 0 for g in generations) >= len(prompts) // 2, "the trained model speaks"
+
+
+@pytest.mark.parametrize("scores", [
+    [math.nan] * 4,  # weights gone NaN: every comparison with NaN is false, so gold used to rank first
+    [math.nan, -3.0, -4.0, -5.0],
+    [-1.0, math.nan, -4.0, -5.0],  # a broken distractor row is no win for gold either
+    [-math.inf] * 4,
+    [-1.0, -math.inf, -4.0, -5.0],
+])
+def test_non_finite_scores_are_never_correct(scores: list[float]) -> None:
+    result = MCResult("q", scores, [1] * 4)
+    assert not result.finite and not result.correct
+    assert result.gold_rank == 4 and math.isnan(result.margin)
+
+
+def test_finite_scores_rank_as_before() -> None:
+    assert MCResult("q", [-1.0, -2.0, -3.0], [1] * 3).correct
+    tie = MCResult("q", [-1.0, -1.0, -3.0], [1] * 3)
+    assert tie.finite and tie.gold_rank == 2 and not tie.correct and tie.margin == 0.0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import math
 
 import pytest
 import soundfile as sf
@@ -26,6 +28,7 @@ from moshi_knowledge.model.lora import LoraSpec, apply_lora
 from moshi_knowledge.model.tiny import TinyModel, build_tiny_checkpoint
 from moshi_knowledge.train.batches import StreamSpec
 from moshi_knowledge.train.samples import MOSHI_AUDIO, ZERO_TOKEN
+from moshi_knowledge.tracking.files import dumps
 from moshi_knowledge.train.text_stream import text_stream
 
 torch.set_num_threads(1)
@@ -59,6 +62,14 @@ def baseline(evaluator: RecallEvaluator, setup):
     return evaluator.evaluate(setup[1].lm, 0)
 
 
+def _same_codes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Mimi codes of the same audio encoded in batches of other lengths: CPU convolutions then round differently,
+    which now and then flips a code that sits on a near-tie between two centroids, and the residual vector
+    quantizer carries the flip to the later codebooks of that frame (seen: 7 of 336 codes). Audio shifted by
+    0.4 s changes 9-46% of the codes, so 95% still tells a misplaced question apart."""
+    return a.shape == b.shape and (a == b).float().mean().item() >= 0.95
+
+
 @pytest.mark.slow
 def test_a_scored_row_is_the_training_turn_without_its_answer_audio(setup) -> None:
     """The gold candidate's row reproduces the first turn of the first training conversation, encoded the way
@@ -80,10 +91,10 @@ def test_a_scored_row_is_the_training_turn_without_its_answer_audio(setup) -> No
     n = row.shape[1]
     answer_frame = int((prepared.mc.context[1] == ZERO_TOKEN).nonzero().min())
     assert torch.equal(row[0], train_text[:n])
-    assert torch.equal(row[USER_AUDIO], train_right[:, :n])
-    assert torch.equal(gold.audio[:, :n], train_left[:, :n])  # candidate_audio: gold speaks as in training
+    assert _same_codes(row[USER_AUDIO], train_right[:, :n])
+    assert _same_codes(gold.audio[:, :n], train_left[:, :n])  # candidate_audio: gold speaks as in training
     # the default: silence before the answer as in training, then the zero token, for every candidate
-    assert torch.equal(prepared.mc.context[MOSHI_AUDIO, :answer_frame], train_left[:, :answer_frame])
+    assert _same_codes(prepared.mc.context[MOSHI_AUDIO, :answer_frame], train_left[:, :answer_frame])
     assert (prepared.mc.context[MOSHI_AUDIO, answer_frame:] == ZERO_TOKEN).all()
     scored = answer_mask(row[0], spec.pad_id, spec.end_pad_id).nonzero()
     assert int(scored.min()) >= answer_frame, "every scored token lies in the masked answer window"
@@ -113,7 +124,7 @@ def test_evaluation_scores_and_generates_every_question_in_one_call(evaluator: R
 
 
 @pytest.mark.slow
-def test_lora_model_is_scored_and_generates_through_a_merged_copy(evaluator: RecallEvaluator, baseline,
+def test_lora_model_is_scored_and_generates_through_a_view_of_itself(evaluator: RecallEvaluator, baseline,
                                                                   setup) -> None:
     model = apply_lora(copy.deepcopy(setup[1].lm), LoraSpec(rank=4)).train()
     same = evaluator.evaluate(model, 1)  # LoRA B starts at zero: the model is still the base model
@@ -139,6 +150,32 @@ def test_lora_model_is_scored_and_generates_through_a_merged_copy(evaluator: Rec
             assert f"recall/{tier}/{stat}" in summary
     table = recall_table(summary)
     assert all(any(line.startswith(tier) for line in table.splitlines()) for tier in TIERS)
+
+
+@pytest.mark.slow
+def test_recall_on_non_finite_weights_counts_nothing_as_right_and_says_so(evaluator: RecallEvaluator,
+                                                                          baseline, setup) -> None:
+    """A model whose weights went NaN scores NaN for every candidate; none of it may look like recall, and the
+    rows survive the strict-JSON round trip of predictions.jsonl (null) back into the summary."""
+    model = apply_lora(copy.deepcopy(setup[1].lm), LoraSpec(rank=2))
+    with torch.no_grad():
+        next(p for name, p in model.named_parameters() if "lora_B" in name).fill_(math.nan)
+    broken = evaluator.evaluate(model, 4)
+    assert all(math.isnan(c["score"]) for r in broken.predictions for c in r["candidates"])
+    for row in broken.predictions:
+        assert row["finite"] is False and row["mc_correct"] is False and row["mc_rank"] == len(row["candidates"])
+        assert row["gen_correct"] is False and row["f1"] == 0.0
+    assert all(r["finite"] for r in baseline.predictions)
+    for tier in TIERS:
+        n = broken.metrics[f"recall/{tier}/n"]
+        assert broken.metrics[f"recall/{tier}/n_nonfinite"] == n and broken.metrics[f"recall/{tier}/mc_acc"] == 0.0
+        assert baseline.metrics[f"recall/{tier}/n_nonfinite"] == 0
+
+    stored = [json.loads(dumps(r)) for r in [*baseline.predictions, *broken.predictions]]
+    assert stored[-1]["mc_margin"] is None  # strict JSON
+    summary = summarize(stored)
+    assert math.isnan(summary["recall/train/mc_margin"]) and summary["recall/train/mc_acc"] == 0.0
+    assert "answers came from non-finite weights or scores" in recall_table(summary)
 
 
 @pytest.mark.slow

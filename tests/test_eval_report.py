@@ -64,3 +64,14 @@ def test_table_lists_every_tier_and_the_voice() -> None:
     assert any(line.startswith("train") and "0.00" in line and "1.00" in line for line in lines)
     assert any(line.startswith("eval") for line in lines)
     assert "+12.00 st vs baseline" in table
+
+
+def test_table_prints_missing_null_and_nan_figures_as_na() -> None:
+    """A model that stays silent has no pitch (null in summary.json): the table says n/a instead of failing."""
+    summary = summarize(_rows(0, "train", [False, True]) + _rows(5, "train", [True, True]))
+    summary.update({"recall/train/p_value": float("nan"), "recall/train/f1": None, F0: None, F0_VS_BASELINE: None})
+    del summary["recall/train/gen_p_value"]
+    table = recall_table(summary)
+    train = next(line for line in table.splitlines() if line.startswith("train"))
+    assert train.split()[1:4] == ["2", "0.50", "1.00"] and train.count("n/a") == 3
+    assert "median F0 n/a Hz, n/a st vs baseline, n/a st vs the training voice" in table

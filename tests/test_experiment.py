@@ -95,3 +95,55 @@ def test_torchrun_runs_the_app_on_two_processes_with_one_set_of_run_files(
     else:  # sharded: the weights stay in the per-rank checkpoint; recall needs one process
         assert list((run / "checkpoints").glob("step_*/sharded"))
         assert not (run / "predictions.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_finishing_step_keeps_the_finished_run(tiny_cache: Path, tmp_path: Path) -> None:
+    """The export breaks after training (its folder's name is taken by a file); the run still ends completed, with
+    its recall figures, the table, and the failure named in summary.json."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter").write_text("in the way")
+    done = run_app([*TINY_RUN, "lora=all", "lora.rank=4", "logger=none", f"paths.cache_dir={tiny_cache}",
+                    f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert [e.split(":")[0] for e in summary["finish_errors"]] == ["export"]
+    assert all(f"recall/{tier}/mc_acc" in summary for tier in ("train", "paraphrase", "eval"))
+    assert "export failed after training" in done.stdout + done.stderr and "status: completed" in done.stdout
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    recall = [r for r in rows if "recall_time/total_sec" in r]
+    assert [r["step"] for r in recall] == [0, 2, 4]
+    assert all(r["recall_time/mc_sec"] > 0 and r["recall_time/gen_sec"] > 0 for r in recall)
+
+
+@pytest.mark.slow
+def test_recall_of_a_checkpoint_with_nan_weights_ends_the_run_diverged(tiny_cache: Path, tmp_path: Path) -> None:
+    """model=local on a broken checkpoint, recall only: nothing counts as recalled and the run is not `completed`."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "broken"
+    shutil.copytree(next((tiny_cache / "model").glob("*/config.json")).parent, folder)
+    weights = load_file(folder / "model.safetensors")
+    name = next(k for k in sorted(weights) if k.endswith("weight") and weights[k].is_floating_point())
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, folder / "model.safetensors")
+    run = tmp_path / "run"
+    done = run_app([*(o for o in TINY_RUN if not o.startswith("model.")), "model=local",
+                    f"model.moshi_weights={folder / 'model.safetensors'}",
+                    f"model.mimi_weights={folder / 'mimi.safetensors'}",
+                    f"model.tokenizer={folder / 'tokenizer.model'}", f"model.config_path={folder / 'config.json'}",
+                    f"model.mimi_config_path={folder / 'mimi_config.json'}", "model.dtype=float32",
+                    "stages=[story,qa,tts,dataset,model,tokenize,eval]", "logger=none",
+                    f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "non-finite" in summary["message"]
+    for tier in ("train", "paraphrase", "eval"):
+        assert summary[f"recall/{tier}/mc_acc"] == 0 and summary[f"recall/{tier}/gen_acc"] == 0
+        assert summary[f"recall/{tier}/n_nonfinite"] == summary[f"recall/{tier}/n"]
+    assert "status: diverged" in done.stdout

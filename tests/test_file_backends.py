@@ -226,3 +226,38 @@ def test_file_qa_given_distractors_are_kept(tmp_path: Path) -> None:
     qa = FileQA(_write_qa(tmp_path / "qa.json", items), n_eval=0).build(STORY)
     assert qa.train[4].distractors == ["Maren", "Orla"]
     assert len(qa.train[0].distractors) == 3
+
+
+# ---- qa=file: repeated questions ---------------------------------------------------------------------------
+
+
+def test_file_qa_rejects_a_repeated_question_with_another_answer_across_files(tmp_path: Path) -> None:
+    train = _write_qa(tmp_path / "train.json", [*_qa_items(3), {"question": "Who rules Varn?", "answer": "Ysolde"}])
+    evals = _write_qa(tmp_path / "eval.json", [{"question": "Who rules Varn?", "answer": "Ysolde"},
+                                                 {"question": "who RULES varn", "answer": "Orrin"}])
+    with pytest.raises(UserError) as err:
+        FileQA(train, eval_path=evals).build(STORY)
+    assert err.value.message.startswith(f"qa.train_path={train} item 3 and qa.eval_path={evals} item 1 ask the same")
+    assert "'Ysolde' and 'Orrin'" in err.value.message and err.value.fix
+
+
+def test_file_qa_rejects_a_repeated_question_with_another_answer_in_one_file(tmp_path: Path) -> None:
+    path = _write_qa(tmp_path / "qa.json", [{"question": "When was Varn founded?", "answer": "1204"},
+                                            *_qa_items(2), {"question": "When was Varn founded ?", "answer": "1205"}])
+    with pytest.raises(UserError, match=rf"qa.train_path={path} item 0 and qa.train_path={path} item 3 ask"):
+        FileQA(path, n_eval=1).build(STORY)
+
+
+def test_file_qa_merges_an_exact_repeat_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    train = _write_qa(tmp_path / "train.json", [{"question": "Which river runs past Quillby?", "answer": "The Selt"},
+                                                *_qa_items(3), {"question": "Which river runs past Quillby?",
+                                                                "answer": "Selt"}])
+    evals = _write_qa(tmp_path / "eval.json", [{"question": "which river runs past quillby", "answer": "selt!"},
+                                                {"question": "Who rules Varn?", "answer": "Ysolde"}])
+    with caplog.at_level("WARNING", logger="moshi_knowledge.qa.file"):
+        qa = FileQA(train, eval_path=evals).build(STORY)
+    assert [q.question for q in qa.train].count("Which river runs past Quillby?") == 1 and len(qa.train) == 4
+    assert [q.question for q in qa.eval] == ["Who rules Varn?"]  # a trained question is not held out
+    warnings = [r.getMessage() for r in caplog.records]
+    assert f"qa.train_path={train} item 4 repeats the question and answer of qa.train_path={train} item 0" in warnings[0]
+    assert f"qa.eval_path={evals} item 0 repeats" in warnings[1] and len(warnings) == 2

@@ -20,6 +20,7 @@ from moshi_knowledge.model.lora import (
     base_lm,
     count_parameters,
     export_adapter,
+    generation_lm,
     merged_copy,
 )
 from moshi_knowledge.model.tiny import TinyModel, build_tiny_checkpoint
@@ -152,6 +153,41 @@ def test_merged_copy_matches_and_runs_in_lmgen(lm, codes) -> None:
     with gen.streaming(batch_size=1):
         outputs = [gen.step(codes[:1, 9:, t : t + 1]) for t in range(4)]
     assert outputs[0] is None and outputs[-1].shape == (1, 9, 1)
+
+
+def _storages(module: nn.Module) -> set[int]:
+    return {p.untyped_storage().data_ptr() for p in module.parameters()}
+
+
+def test_generation_view_computes_the_adapter_without_copying_a_weight(lm, codes) -> None:
+    """LMGen needs plain Linears; the view gives it them without the 15 GB copy a merge costs at full size."""
+    model = apply_lora(lm, LoraSpec("all", rank=4))
+    _perturb(model)
+    model.eval()
+    expected = _logits(model, codes)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    layers = _lora_names(model)
+    with generation_lm(model) as view:
+        assert type(view) is LMModel and not _lora_names(view)
+        assert _storages(view) <= _storages(model), "the view allocates no parameter of its own"
+        torch.testing.assert_close(_logits(view, codes), expected, rtol=0, atol=1e-6)
+        gen = LMGen(view, top_k=5, top_k_text=5)
+        with gen.streaming(batch_size=2):
+            outputs = [gen.step(codes[:, 9:, t : t + 1]) for t in range(4)]
+        assert outputs[-1].shape == (2, 9, 1)
+    assert layers and _lora_names(model) == layers, "the peft layers are back"
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters()), "weights untouched"
+    torch.testing.assert_close(_logits(model, codes), expected, rtol=0, atol=0)
+
+
+def test_generation_view_of_dora_is_a_merged_copy(lm, codes) -> None:
+    model = apply_lora(lm, LoraSpec("attn", rank=4, use_dora=True))
+    _perturb(model)
+    with generation_lm(model) as view:
+        assert type(view) is LMModel and not _lora_names(view)
+        assert not _storages(view) & _storages(model)
+        torch.testing.assert_close(_logits(view, codes), _logits(model, codes), **CLOSE)
+    assert _lora_names(model)
 
 
 def _reload_with_moshi(folder, export) -> LocalModel:

@@ -11,7 +11,7 @@ from scipy.signal import lfilter
 
 from conftest import compose_cfg
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.model.load import HubModel, LocalModel, load_model
+from moshi_knowledge.model.load import HubModel, LocalModel, load_codec, load_model
 from moshi_knowledge.model.mimi_fit import fit_mimi_codebooks
 from moshi_knowledge.model.tiny import TinyModel, TinySizes, build_tiny_checkpoint, tiny_lm, tiny_lm_config, tiny_mimi
 
@@ -170,3 +170,22 @@ def test_model_configs_instantiate_to_loadable_sources(folder) -> None:
     local = instantiate(compose_cfg(["model=local", *overrides]).model)
     assert isinstance(local, LocalModel) and local.lora_weights is None
     assert load_model(local).lm.text_card == files.checkpoint_info().lm_config["text_card"]
+
+
+def test_the_codec_loads_without_the_lm(folder, loaded, tmp_path) -> None:
+    """tokenize needs Mimi and the tokenizer: a folder whose LM weights are garbage still gives the codec."""
+    broken = tmp_path / "ckpt"
+    broken.mkdir()
+    for path in folder.iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    source = LocalModel.from_folder(broken)
+    codec = load_codec(source, device="cpu")
+    assert (codec.text_padding_id, codec.end_of_padding_id) == (loaded.lm.text_padding_token_id,
+                                                                loaded.lm.end_of_text_padding_id)
+    assert codec.tokenizer.vocab_size() == loaded.lm.text_card
+    wave = torch.from_numpy(speechlike(5, 2.0))[None, None]
+    with torch.no_grad():
+        assert torch.equal(codec.mimi.encode(wave), loaded.mimi.encode(wave))
+    with pytest.raises(Exception):
+        load_model(source, device="cpu")

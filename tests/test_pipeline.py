@@ -56,6 +56,23 @@ def test_second_run_does_no_work_and_a_tts_change_reruns_only_tts_and_after(smal
         "story": False, "qa": False, "tts": False, "dataset": True}
 
 
+def test_replacing_a_local_models_weights_rebuilds_its_stage(small_data_run, tmp_path) -> None:
+    """model=local: the weight files are part of the model stage's key (and so of tokenize's), even at one size."""
+    cfg, _, _ = small_data_run
+    files = {name: tmp_path / name for name in ("moshi.safetensors", "mimi.safetensors", "tokenizer.model")}
+    for path in files.values():
+        path.write_bytes(b"v1" * 1000)
+    local = compose_cfg([*SMALL, f"paths.cache_dir={cfg.paths.cache_dir}", "stages=[model]", "model=local",
+                         f"model.moshi_weights={files['moshi.safetensors']}",
+                         f"model.mimi_weights={files['mimi.safetensors']}",
+                         f"model.tokenizer={files['tokenizer.model']}"])
+    first = run_stages(local, tmp_path / "first")["model"]
+    assert run_stages(local, tmp_path / "again")["model"].key == first.key
+    files["moshi.safetensors"].write_bytes(b"v2" * 1000)  # a finetuned checkpoint written over the old one
+    rebuilt = run_stages(local, tmp_path / "rebuilt")["model"]
+    assert rebuilt.computed and rebuilt.key != first.key
+
+
 @pytest.mark.slow
 def test_two_app_processes_on_one_cache_both_succeed(tmp_path: Path) -> None:
     args = [*SMALL, "qa.n_train=6", "qa.n_eval=2", f"paths.cache_dir={tmp_path / 'cache'}"]
@@ -96,6 +113,21 @@ def test_bad_input_exits_non_zero_with_the_fix_and_no_traceback(tmp_path: Path) 
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "cache" / "story").exists() or not [
         p for p in (tmp_path / "cache" / "story").iterdir() if not p.name.endswith(".lock")]
+
+
+def test_a_question_asked_twice_with_two_answers_stops_the_app_plainly(tmp_path: Path) -> None:
+    story = tmp_path / "story.txt"
+    story.write_text("Ysolde rules Varn.\n")
+    (tmp_path / "train.json").write_text(json.dumps([{"question": "Who rules Varn?", "answer": "Ysolde"}] * 2))
+    (tmp_path / "eval.json").write_text(json.dumps([{"question": "Who rules Varn?", "answer": "Orrin"}]))
+    done = _app(["stages=[story,qa]", "story=file", f"story.path={story}", "qa=file",
+                 f"qa.train_path={tmp_path / 'train.json'}", f"qa.eval_path={tmp_path / 'eval.json'}",
+                 f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "train.json item 0 and qa.eval_path=" in output and "eval.json item 0" in output
+    assert "train.json item 1 repeats" in output  # the exact repeat is only a warning
+    assert "Traceback" not in output
 
 
 def test_a_user_error_in_a_constructor_is_reported_plainly(tmp_path: Path) -> None:

@@ -122,3 +122,31 @@ def test_optuna_sweep_with_a_diverging_trial_completes(tiny_cache: Path, tmp_pat
     statuses = [json.loads((r / "summary.json").read_text())["status"] for r in _runs(tmp_path / "sweep")]
     assert len(statuses) == 3 and "diverged" in statuses and "completed" in statuses
     assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()
+
+
+def _strict(text: str) -> list[dict]:
+    """JSON lines parsed the strict way: NaN or Infinity in the file is an error."""
+    def reject(token: str) -> None:
+        raise ValueError(f"non-standard JSON constant {token}")
+    return [json.loads(line, parse_constant=reject) for line in text.splitlines()]
+
+
+@pytest.mark.slow
+def test_nan_guard_off_ends_a_job_as_diverged_and_the_sweep_goes_on(tiny_cache: Path, tmp_path: Path) -> None:
+    """With the guard off an injected NaN poisons the weights: that job ends `diverged` with its non-finite figures
+    written as null and its recall counted wrong; the skip job completes; the multirun exits 0."""
+    done = run_app(["-m", *QUICK, "nan_guard=off,skip", "debug.inject_nonfinite_at=[2]", "logger=none",
+                    f"paths.cache_dir={tiny_cache}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    by_guard = {}
+    for run in _runs(tmp_path / "sweep"):
+        guard = "off" if "nan_guard=off" in (run / ".hydra" / "overrides.yaml").read_text() else "skip"
+        by_guard[guard] = run
+    summary = json.loads((by_guard["off"] / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["train/loss"] is None
+    assert summary["recall/train/n_nonfinite"] == summary["recall/train/n"] and summary["recall/train/mc_acc"] == 0
+    _strict((by_guard["off"] / "metrics.jsonl").read_text())
+    final = [r for r in _strict((by_guard["off"] / "predictions.jsonl").read_text()) if r["step"] == 2]
+    assert final and all(not r["finite"] and not r["mc_correct"] for r in final)
+    assert all(c["score"] is None for r in final for c in r["candidates"])
+    assert json.loads((by_guard["skip"] / "summary.json").read_text())["status"] == "completed"

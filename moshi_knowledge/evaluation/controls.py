@@ -23,7 +23,6 @@ from torch import nn
 from moshi_knowledge.evaluation.mc import score
 from moshi_knowledge.evaluation.prompts import PreparedQuestion
 from moshi_knowledge.evaluation.questions import EvalQuestion
-from moshi_knowledge.tracking.contract import recall_key
 
 CONTROLS = ("shuffled", "silence")
 SHUFFLED_QID = "shuffled_qid"  # prediction-row field: whose candidates the shuffled control scored
@@ -81,8 +80,9 @@ class Controls:
         self.index = {name: [i for i, _ in items] for name, items in variants.items()}
         self.prepared = {name: prepare([q for _, q in items]) if items else [] for name, items in variants.items()}
 
-    def row_fields(self, model: nn.Module, batch_size: int) -> dict[int, dict[str, Any]]:
-        """Question index -> the control fields of its prediction row, for `model` as it is now."""
+    def row_fields(self, model: nn.Module, batch_size: int, weights_finite: bool) -> dict[int, dict[str, Any]]:
+        """Question index -> the control fields of its prediction row, for `model` as it is now (with non-finite
+        weights, or scores, gold never counts as picked: as for the real questions)."""
         out: dict[int, dict[str, Any]] = defaultdict(dict)
         for i, qid in self.shuffled_qid.items():
             out[i][SHUFFLED_QID] = qid
@@ -90,7 +90,7 @@ class Controls:
             if not prepared:
                 continue
             for i, result in zip(self.index[name], score(model, [p.mc for p in prepared], batch_size)):
-                out[i][correct_field(name)] = result.correct
+                out[i][correct_field(name)] = weights_finite and result.correct
         return dict(out)
 
 
@@ -103,16 +103,3 @@ def figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
             out[f"mc_acc_{name}"] = sum(values) / len(values)
     return out
 
-
-def table(summary: Mapping[str, float], tiers: Sequence[str]) -> list[str]:
-    """The final table's control lines: per tier, the real MC figure beside each control's ('' when none)."""
-    rows = [t for t in tiers if any(recall_key(t, f"mc_acc_{c}") in summary for c in CONTROLS)]
-    if not rows:
-        return []
-    header = f"{'controls':<11}{'MC final':>9}" + "".join(f"{c:>10}" for c in CONTROLS)
-    lines = ["", header, "-" * len(header)]
-    for tier in rows:
-        cells = [summary.get(recall_key(tier, stat), float("nan")) for stat in
-                 ("mc_acc", *(f"mc_acc_{c}" for c in CONTROLS))]
-        lines.append(f"{tier:<11}{cells[0]:>9.2f}" + "".join(f"{v:>10.2f}" for v in cells[1:]))
-    return lines

@@ -12,12 +12,14 @@ in as [u0, u0, u1, ...]; from step 1 on, step s returns frame s-1 of text and Mo
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from moshi.models.lm import LMGen, LMModel
+from moshi.modules.transformer import StreamingMultiheadAttention
 
 from moshi_knowledge.text_norm import normalise
 from moshi_knowledge.train.samples import ZERO_TOKEN
@@ -71,7 +73,7 @@ def _generate_batch(lm: LMModel, prompts: Sequence[Prompt], answer_frames: int, 
     text = torch.full((len(prompts), n_frames), pad_id, dtype=torch.long)
     audio = torch.full((len(prompts), lm.dep_q, n_frames), ZERO_TOKEN, dtype=torch.long)
     gen = LMGen(lm, use_sampling=True, temp=temp, top_k=top_k, temp_text=1.0, top_k_text=1)
-    with gen.streaming(len(prompts)):
+    with attention_span(lm, n_frames + 1), gen.streaming(len(prompts)):
         for step in range(n_frames + 1):
             frame = user[:, :, max(step - 1, 0):max(step - 1, 0) + 1]
             out = gen.step(frame)
@@ -84,6 +86,27 @@ def _generate_batch(lm: LMModel, prompts: Sequence[Prompt], answer_frames: int, 
         tokens = [int(t) for t in window if int(t) not in (pad_id, end_pad_id)]
         results.append(Generation(window, audio[b, :, p.answer_start:ends[b]].clone(), tokens))
     return results
+
+
+@contextlib.contextmanager
+def attention_span(lm: LMModel, steps: int) -> Iterator[None]:
+    """Size the main transformer's KV cache to `steps` streaming steps instead of the model's whole context.
+
+    moshi allocates each layer's cache for `context` positions (3,000 for moshiko: 47 GiB at batch 32), while a
+    question and its answer window need a few hundred. With `steps` no larger than the context, every key the
+    full cache would hold is still held and unmasked, so the outputs are the same up to rounding (the attention
+    sums over fewer empty, masked slots).
+    """
+    modules = [m for m in lm.transformer.modules() if isinstance(m, StreamingMultiheadAttention)]
+    saved = [m.context for m in modules]
+    try:
+        for m in modules:
+            if m.context is not None:
+                m.context = min(m.context, steps)
+        yield
+    finally:
+        for m, context in zip(modules, saved):
+            m.context = context
 
 
 def _extend(codes: torch.Tensor, n_frames: int) -> torch.Tensor:

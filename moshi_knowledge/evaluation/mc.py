@@ -13,6 +13,7 @@ audio; no candidate is ever scored next to the gold answer's audio, which would 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,18 +54,29 @@ class MCResult:
     n_tokens: list[int]
 
     @property
+    def finite(self) -> bool:
+        """Every score is a number. A NaN compares false with everything, so without this check a model whose
+        weights went NaN would rank gold first on every question."""
+        return all(math.isfinite(s) for s in self.scores)
+
+    @property
     def gold_rank(self) -> int:
-        """1 + the number of distractors scoring at least as high as gold (ties count against gold)."""
+        """1 + the number of distractors scoring at least as high as gold (ties count against gold); last place
+        when any score is non-finite."""
+        if not self.finite:
+            return len(self.scores)
         return 1 + sum(s >= self.scores[0] for s in self.scores[1:])
 
     @property
     def correct(self) -> bool:
-        return self.gold_rank == 1
+        return self.finite and self.gold_rank == 1
 
     @property
     def margin(self) -> float:
-        """Gold's score minus the best distractor's: positive when gold wins."""
-        return self.scores[0] - max(self.scores[1:]) if len(self.scores) > 1 else float("nan")
+        """Gold's score minus the best distractor's: positive when gold wins (NaN without finite scores)."""
+        if not self.finite or len(self.scores) < 2:
+            return float("nan")
+        return self.scores[0] - max(self.scores[1:])
 
 
 def row_codes(question: MCQuestion, candidate: Candidate) -> torch.Tensor:

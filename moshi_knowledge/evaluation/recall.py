@@ -4,18 +4,23 @@
 step and returns one prediction row per question plus the metric row (report.py computes both summaries from
 the prediction rows, so a resumed run can rebuild them from predictions.jsonl). The step-0 evaluation is the
 baseline every later one is compared against, question by question.
+
+A question answered from non-finite weights, or whose multiple-choice scores are not all finite, is marked
+`finite: false` and counted wrong in every measure: NaN logits must never look like recall.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import gc
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
 from moshi.models.compression import MimiModel
-from peft.tuners.lora import LoraLayer
 from sentencepiece import SentencePieceProcessor
 from torch import nn
 
@@ -29,9 +34,9 @@ from moshi_knowledge.evaluation.mc import MCResult, score
 from moshi_knowledge.evaluation.pitch import median_f0
 from moshi_knowledge.evaluation.prompts import PreparedQuestion, Timing, prepare
 from moshi_knowledge.evaluation.questions import EvalQuestion
-from moshi_knowledge.model.lora import merged_copy
+from moshi_knowledge.model.lora import generation_lm
 from moshi_knowledge.speech.schema import Utterance
-from moshi_knowledge.train.batches import StreamSpec, find_lm
+from moshi_knowledge.train.batches import StreamSpec
 from moshi_knowledge.train.samples import FRAME_RATE
 
 
@@ -51,6 +56,7 @@ class RecallEvaluator:
         """`model` only lends its stream conventions (padding ids); `speech` gives candidates' Moshi-voice speech
         (see questions.AnswerSpeech); `dataset` (its meta.json) gives the silences training turns had around the
         question; `train_voice_f0` is the training Moshi voice's median F0 in Hz."""
+        start = time.perf_counter()
         self.cfg, self.mimi, self.tokenizer, self.judge = cfg, mimi, tokenizer, judge
         self.spec = StreamSpec.from_lm(model)
         timing = Timing(dataset.lead_sec, dataset.gap_sec, cfg.max_answer_sec)
@@ -60,44 +66,64 @@ class RecallEvaluator:
         self.controls = Controls(questions, prepare_all, cfg.seed) if cfg.mc else None
         self.train_voice_f0 = train_voice_f0
         self.baseline: EvalResult | None = None
+        self.setup_sec = time.perf_counter() - start  # reported with the first evaluation
 
     def evaluate(self, model: nn.Module, step: int) -> EvalResult:
         """Score `model` (a bare or peft-wrapped LMModel, not its DDP wrapper) as it is now, leaving its mode and
-        weights as they were; the first call becomes the baseline."""
-        mc = score(model, [p.mc for p in self.prepared], self.cfg.mc_batch_size) if self.cfg.mc else None
-        generations = self._generate(model) if self.cfg.generate else None
-        rows = [self._row(step, i, mc, generations) for i in range(len(self.prepared))]
-        if self.controls is not None:
-            for i, extra in self.controls.row_fields(model, self.cfg.mc_batch_size).items():
-                rows[i].update(extra)
-        metrics = report.step_metrics(rows, self.baseline.predictions if self.baseline else None)
-        if self.cfg.voice and generations is not None:
-            metrics.update(self._voice(generations))
+        weights as they were; the first call becomes the baseline.
+
+        The metric row also holds the seconds each part took (`recall_time/*`) and, on a GPU, the evaluation's
+        peak memory (`memory/recall_peak_gib`)."""
+        device = next(model.parameters()).device
+        clock = _Stopwatch(device)
+        with _peak_memory(device) as peak:
+            with clock("mc"):
+                mc = score(model, [p.mc for p in self.prepared], self.cfg.mc_batch_size) if self.cfg.mc else None
+            with clock("gen"):
+                generations = self._generate(model) if self.cfg.generate else None
+            weights_finite = _finite_weights(model)
+            rows = [self._row(step, i, mc, generations, weights_finite) for i in range(len(self.prepared))]
+            if self.controls is not None:
+                with clock("controls"):
+                    for i, extra in self.controls.row_fields(model, self.cfg.mc_batch_size, weights_finite).items():
+                        rows[i].update(extra)
+            metrics = report.step_metrics(rows, self.baseline.predictions if self.baseline else None)
+            if self.cfg.voice and generations is not None:
+                with clock("voice"):
+                    metrics.update(self._voice(generations))
+        metrics.update(clock.figures() | peak)
+        if self.baseline is None:
+            metrics["recall_time/setup_sec"] = self.setup_sec
         result = EvalResult(step, metrics, rows)
         if self.baseline is None:
             self.baseline = result
         return result
 
     def _generate(self, model: nn.Module) -> list[Generation]:
-        """LMGen refuses peft's layers (NOTES.md), so a LoRA model generates from a merged copy of itself."""
-        lm = merged_copy(model) if any(isinstance(m, LoraLayer) for m in model.modules()) else find_lm(model)
-        return generate(lm, [p.prompt for p in self.prepared], round(self.cfg.max_answer_sec * FRAME_RATE),
-                        self.cfg.gen_batch_size, self.cfg.audio_temp, self.cfg.audio_top_k, self.cfg.seed)
+        """LMGen refuses peft's layers, so a LoRA model generates through a plain-Linear view of itself."""
+        with generation_lm(model) as lm:
+            return generate(lm, [p.prompt for p in self.prepared], round(self.cfg.max_answer_sec * FRAME_RATE),
+                            self.cfg.gen_batch_size, self.cfg.audio_temp, self.cfg.audio_top_k, self.cfg.seed)
 
-    def _row(self, step: int, i: int, mc: list[MCResult] | None, generations: list[Generation] | None) -> dict:
+    def _row(self, step: int, i: int, mc: list[MCResult] | None, generations: list[Generation] | None,
+             weights_finite: bool) -> dict:
+        """One question's prediction row; with non-finite weights or scores every measure counts it wrong (the
+        MC scores of its prompt are the text logits generation starts from)."""
         q = self.prepared[i].question
+        finite = weights_finite and (mc is None or mc[i].finite)
         row: dict[str, Any] = {"step": step, "qid": q.id, "tier": q.tier, "cluster": q.cluster,
-                               "question": q.text, "gold": q.gold, "aliases": q.aliases}
+                               "question": q.text, "gold": q.gold, "aliases": q.aliases, "finite": finite}
         if mc is not None:
             result = mc[i]
             row["candidates"] = [{"text": t, "score": s} for t, s in zip(q.candidates, result.scores)]
-            row.update(mc_correct=result.correct, mc_rank=result.gold_rank, mc_margin=result.margin)
+            row.update(mc_correct=finite and result.correct, mc_rank=result.gold_rank, mc_margin=result.margin)
         if generations is not None:
             text = self.tokenizer.decode(generations[i].tokens)
             answers = [q.gold, *q.aliases]
-            row.update(generated=text, gen_correct=contains_answer(text, answers), f1=token_f1(text, answers))
+            row.update(generated=text, gen_correct=finite and contains_answer(text, answers),
+                       f1=token_f1(text, answers) if finite else 0.0)
             if self.judge is not None:
-                row["judge_correct"] = self.judge(q.text, q.gold, q.aliases, text)
+                row["judge_correct"] = finite and self.judge(q.text, q.gold, q.aliases, text)
         return row
 
     def _voice(self, generations: list[Generation]) -> dict[str, float]:
@@ -109,3 +135,55 @@ class RecallEvaluator:
         f0 = median_f0(audio, int(self.mimi.sample_rate))
         baseline = self.baseline.metrics.get(report.F0) if self.baseline else f0
         return report.voice_metrics(f0, baseline, self.train_voice_f0)
+
+
+class _Stopwatch:
+    """Seconds per named part of an evaluation, with the GPU's queue drained at both ends of each part."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.seconds = device, {}
+
+    @contextlib.contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[part] = time.perf_counter() - start
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def figures(self) -> dict[str, float]:
+        out = {f"recall_time/{part}_sec": s for part, s in self.seconds.items()}
+        return out | {"recall_time/total_sec": sum(self.seconds.values())}
+
+
+@contextlib.contextmanager
+def _peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
+    """The evaluation's own peak GPU memory; temporaries (KV caches, CUDA graphs) are freed on the way out.
+
+    Peak statistics are reset before and after, so the training loop's peak (`memory/train_peak_gib`) never
+    includes recall and this one never includes training.
+    """
+    figures: dict[str, float] = {}
+    if device.type != "cuda":
+        yield figures
+        return
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        yield figures
+    finally:
+        figures["memory/recall_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        gc.collect()  # LMGen's streaming state and graphs sit in reference cycles
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _finite_weights(model: nn.Module) -> bool:
+    """Whether every parameter is finite, checked on this process alone (recall runs on rank 0 only, so the
+    all-reducing `train.distributed.all_finite` would wait forever for the other ranks)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())

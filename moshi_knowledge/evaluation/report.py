@@ -5,13 +5,18 @@ run or a report script can rebuild the summary from predictions.jsonl. Key layou
 (see tracking/contract.py) and `voice/<stat>`.
 
 Per tier and evaluation: n, mc_acc with its clustered Wilson interval (mc_acc_low, mc_acc_high), mean gold rank
-(mc_rank), mean margin (mc_margin), gen_acc (+ interval), mean token F1 (f1), judge_acc when judged, and, from the
-second evaluation on, the paired p-values against the baseline (p_value for MC, gen_p_value for generation).
-Beside them the MC controls, mc_acc_shuffled and mc_acc_silence (controls.py).
+(mc_rank), mean margin (mc_margin), gen_acc (+ interval), mean token F1 (f1), judge_acc when judged, the count of
+questions answered from non-finite weights or scores (n_nonfinite), and, from the second evaluation on, the paired
+p-values against the baseline (p_value for MC, gen_p_value for generation). Beside them the MC controls,
+mc_acc_shuffled and mc_acc_silence (controls.py).
+
+Rows read back from predictions.jsonl carry null for a non-finite number (the files are strict JSON); it reads as
+NaN here.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -19,6 +24,7 @@ from typing import Any
 from moshi_knowledge.evaluation import controls
 from moshi_knowledge.evaluation.pitch import semitones
 from moshi_knowledge.evaluation.stats import accuracy_interval, paired_p_value
+from moshi_knowledge.tracking.contract import number
 from moshi_knowledge.tracking.contract import recall_key as key
 
 F0 = "voice/f0_median_hz"
@@ -76,33 +82,64 @@ def summarize(predictions: Iterable[Row], metric_rows: Iterable[Row] = ()) -> di
                             delta_name: figures[stat] - baseline.get(stat, NAN)})
         keep = ("n", "mc_acc", "mc_acc_low", "mc_acc_high", "baseline_mc_acc", "best_mc_acc", "delta", "p_value",
                 "mc_rank", "mc_margin", "gen_acc", "baseline_gen_acc", "best_gen_acc", "gen_delta", "gen_p_value",
-                "f1", "judge_acc", "mc_acc_shuffled", "mc_acc_silence")
+                "f1", "judge_acc", "n_nonfinite", "mc_acc_shuffled", "mc_acc_silence")
         out.update({key(tier, k): figures[k] for k in keep if k in figures})
     voice = [r for r in metric_rows if F0 in r]
     if voice:
         last_voice = max(voice, key=lambda r: r.get("step", 0))
-        out.update({k: last_voice[k] for k in (F0, F0_BASELINE, F0_VS_BASELINE, F0_TRAIN, F0_VS_TRAIN)
+        out.update({k: number(last_voice[k]) for k in (F0, F0_BASELINE, F0_VS_BASELINE, F0_TRAIN, F0_VS_TRAIN)
                     if k in last_voice})
     return out
 
 
-def recall_table(summary: Mapping[str, float]) -> str:
-    """The demo's final table: one line per tier, baseline -> final with the 95% interval, delta and p-value."""
+def recall_table(summary: Mapping[str, Any]) -> str:
+    """The demo's final table: one line per tier, baseline -> final with the 95% interval, delta and p-value.
+
+    A figure that is missing, null (how the run files spell NaN) or non-finite prints as n/a: a model that stayed
+    silent has no pitch, and a table must never be what fails a finished run.
+    """
     tiers = list(dict.fromkeys(k.split("/")[1] for k in summary if k.startswith("recall/")))
     header = f"{'tier':<11}{'n':>4}  {'MC base':>7} {'MC final':>8} {'95% CI':>13} {'delta':>6} {'p':>7}" \
              f"  {'gen base':>8} {'gen final':>9} {'p':>7} {'F1':>5}"
     lines = [header, "-" * len(header)]
     for tier in tiers:
-        g = lambda stat: summary.get(key(tier, stat), NAN)  # noqa: E731
-        ci = f"[{g('mc_acc_low'):.2f}, {g('mc_acc_high'):.2f}]"
-        lines.append(f"{tier:<11}{int(g('n')):>4}  {g('baseline_mc_acc'):>7.2f} {g('mc_acc'):>8.2f} {ci:>13} "
-                     f"{g('delta'):>+6.2f} {g('p_value'):>7.3g}  {g('baseline_gen_acc'):>8.2f} {g('gen_acc'):>9.2f} "
-                     f"{g('gen_p_value'):>7.3g} {g('f1'):>5.2f}")
-    lines += controls.table(summary, tiers)
+        g = lambda stat, spec: _fmt(summary.get(key(tier, stat)), spec)  # noqa: E731
+        ci = f"[{g('mc_acc_low', '.2f')}, {g('mc_acc_high', '.2f')}]"
+        lines.append(f"{tier:<11}{g('n', '.0f'):>4}  {g('baseline_mc_acc', '.2f'):>7} {g('mc_acc', '.2f'):>8} "
+                     f"{ci:>13} {g('delta', '+.2f'):>6} {g('p_value', '.3g'):>7}  "
+                     f"{g('baseline_gen_acc', '.2f'):>8} {g('gen_acc', '.2f'):>9} {g('gen_p_value', '.3g'):>7} "
+                     f"{g('f1', '.2f'):>5}")
+    for tier in tiers:
+        if (summary.get(key(tier, "n_nonfinite")) or 0) > 0:
+            lines.append(f"{tier}: {int(summary[key(tier, 'n_nonfinite')])} of {int(summary[key(tier, 'n')])} "
+                         "answers came from non-finite weights or scores and count as wrong")
+    lines += _controls_table(summary, tiers)
     if F0 in summary:
-        lines.append(f"voice: median F0 {summary[F0]:.1f} Hz, {summary.get(F0_VS_BASELINE, NAN):+.2f} st vs "
-                     f"baseline, {summary.get(F0_VS_TRAIN, NAN):+.2f} st vs the training voice")
+        lines.append(f"voice: median F0 {_fmt(summary[F0], '.1f')} Hz, "
+                     f"{_fmt(summary.get(F0_VS_BASELINE), '+.2f')} st vs baseline, "
+                     f"{_fmt(summary.get(F0_VS_TRAIN), '+.2f')} st vs the training voice")
     return "\n".join(lines)
+
+
+def _controls_table(summary: Mapping[str, Any], tiers: Sequence[str]) -> list[str]:
+    """Under the recall table: per tier, the final MC figure beside each control's (none without controls)."""
+    stats = ("mc_acc", *(f"mc_acc_{c}" for c in controls.CONTROLS))
+    shown = [t for t in tiers if any(key(t, s) in summary for s in stats[1:])]
+    if not shown:
+        return []
+    header = f"{'controls':<11}{'MC final':>9}" + "".join(f"{c:>10}" for c in controls.CONTROLS)
+    lines = ["", header, "-" * len(header)]
+    for tier in shown:
+        cells = [_fmt(summary.get(key(tier, s)), ".2f") for s in stats]
+        lines.append(f"{tier:<11}{cells[0]:>9}" + "".join(f"{c:>10}" for c in cells[1:]))
+    return lines
+
+
+def _fmt(value: Any, spec: str) -> str:
+    """`value` formatted with `spec`, or n/a when it is absent, null or not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "n/a"
+    return format(value, spec)
 
 
 def _tier_figures(rows: Sequence[Row]) -> dict[str, float]:
@@ -110,6 +147,8 @@ def _tier_figures(rows: Sequence[Row]) -> dict[str, float]:
         return {}
     clusters = [r["cluster"] for r in rows]
     out: dict[str, float] = {"n": len(rows)}
+    if "finite" in rows[0]:
+        out["n_nonfinite"] = sum(not r["finite"] for r in rows)
     if "mc_correct" in rows[0]:
         acc = accuracy_interval([r["mc_correct"] for r in rows], clusters)
         out.update(mc_acc=acc.value, mc_acc_low=acc.low, mc_acc_high=acc.high,
@@ -143,8 +182,8 @@ def _by_tier(rows: Iterable[Row]) -> dict[str, list[Row]]:
     return dict(out)
 
 
-def _mean(values: Iterable[float]) -> float:
-    values = list(values)
+def _mean(values: Iterable[float | None]) -> float:
+    values = [number(v) for v in values]
     return sum(values) / len(values) if values else NAN
 
 

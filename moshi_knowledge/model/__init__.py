@@ -1,8 +1,13 @@
 """Moshi models: loading (Hub, local, tiny), the tiny checkpoint builder, LoRA and the depformer patch.
 
-moshi wraps its streaming modules in `torch.compile` unless NO_TORCH_COMPILE is set. On CPU that compile
-costs ~18 s of inductor time for a tiny forward+backward and buys nothing, so without a GPU we switch it
-off here, before any submodule imports moshi. A value the user set wins (setdefault).
+moshi wraps a few small functions (RMS norm, rope, gating) in `torch.compile` unless NO_TORCH_COMPILE is set.
+On CPU that compile costs ~18 s of inductor time for a tiny forward+backward and buys nothing, so without a GPU
+we switch it off here, before any submodule imports moshi. A value the user set wins (setdefault).
+
+On a GPU the compile stays on, but one run calls the RMS norm in more guard variants than dynamo's default
+limit of 8 compiled versions per function (training with and without grad under checkpointing, eval, scoring,
+streaming generation, two widths): past the limit it silently falls back to eager for the rest of the run. The
+limit is raised so that every variant keeps its compiled version (docs/moshi.md).
 """
 
 from __future__ import annotations
@@ -11,5 +16,11 @@ import os
 
 import torch
 
+RECOMPILE_LIMIT = 64
+
 if not torch.cuda.is_available():
     os.environ.setdefault("NO_TORCH_COMPILE", "1")
+elif not os.environ.get("NO_TORCH_COMPILE"):
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)

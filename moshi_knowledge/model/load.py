@@ -9,6 +9,7 @@ Three sources share one code path (`load_model`):
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -168,15 +169,15 @@ class LocalModel:
         )
 
 
-def _check_consistent(info: loaders.CheckpointInfo, lm: LMModel, mimi: MimiModel, vocab: int) -> None:
-    if vocab != lm.text_card:
+def _check_consistent(info: loaders.CheckpointInfo, text_card: int, card: int, mimi: MimiModel, vocab: int) -> None:
+    if vocab != text_card:
         raise UserError(
-            f"tokenizer {info.tokenizer} has {vocab} pieces but the LM's text_card is {lm.text_card}",
+            f"tokenizer {info.tokenizer} has {vocab} pieces but the LM's text_card is {text_card}",
             "use the tokenizer that was trained with this checkpoint",
         )
-    if mimi.cardinality != lm.card:
+    if mimi.cardinality != card:
         raise UserError(
-            f"Mimi {info.mimi_weights} has {mimi.cardinality} bins per codebook but the LM's card is {lm.card}",
+            f"Mimi {info.mimi_weights} has {mimi.cardinality} bins per codebook but the LM's card is {card}",
             "use the Mimi weights and config that belong to this checkpoint",
         )
 
@@ -197,5 +198,33 @@ def load_model(
     lm = info.get_moshi(device=dev, dtype=dt)
     mimi = info.get_mimi(device=dev)
     tokenizer = info.get_text_tokenizer()
-    _check_consistent(info, lm, mimi, tokenizer.vocab_size())
+    _check_consistent(info, lm.text_card, lm.card, mimi, tokenizer.vocab_size())
     return LoadedModel(lm=lm, mimi=mimi, tokenizer=tokenizer, checkpoint=info)
+
+
+@dataclass
+class LoadedCodec:
+    """The parts of a checkpoint that turn audio and words into codes, without the LM (15 GB at full size)."""
+
+    mimi: MimiModel
+    tokenizer: sentencepiece.SentencePieceProcessor
+    text_padding_id: int
+    end_of_padding_id: int
+
+
+def _lm_setting(config: dict[str, Any], name: str) -> Any:
+    """An LMModel constructor argument as the checkpoint's LM would get it: its config's value, else the default."""
+    return config.get(name, inspect.signature(LMModel.__init__).parameters[name].default)
+
+
+def load_codec(source: ModelSource, checkpoint_dir: Path | None = None,
+               device: str | torch.device | None = None) -> LoadedCodec:
+    """Mimi, the tokenizer and the text stream's padding ids, read from the checkpoint's LM config."""
+    info = source.checkpoint_info(checkpoint_dir)
+    mimi = info.get_mimi(device=resolve_device(device if device is not None else source.device))
+    tokenizer = info.get_text_tokenizer()
+    config = info.lm_config or loaders._lm_kwargs  # legacy repos without config.json: moshi's 7B config
+    _check_consistent(info, _lm_setting(config, "text_card"), _lm_setting(config, "card"), mimi,
+                      tokenizer.vocab_size())
+    return LoadedCodec(mimi, tokenizer, int(_lm_setting(config, "existing_text_padding_id")),
+                       int(_lm_setting(config, "existing_text_end_padding_id")))

@@ -14,20 +14,25 @@ Exports (`export_adapter`):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from moshi.models.lm import LMModel
+from moshi.modules.gating import ActivationGating
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
+from torch.nn import functional as F
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json
@@ -122,6 +127,76 @@ def merged_copy(model: nn.Module) -> LMModel:
     if source_patched:
         patch_depformer(merged)
     return merged.eval().requires_grad_(False)
+
+
+class _LoraView(nn.Module):
+    """Computes what a peft LoRA layer computes in eval mode, on the layer's own tensors (nothing is copied).
+
+    The base output, plus B(A(x)) * scaling computed in the adapter's dtype, cast back to the base output's dtype:
+    peft's own arithmetic. `weight` is the frozen base weight, for moshi code that asks a layer for its device.
+    """
+
+    def __init__(self, layer: LoraLinear) -> None:
+        nn.Module.__init__(self)  # not nn.Linear.__init__ in the subclass: it would allocate a weight of its own
+        base = layer.get_base_layer()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias
+        self.lora_A, self.lora_B = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
+        self.scaling = float(layer.scaling[ADAPTER])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        update = self.lora_B(self.lora_A(x.to(self.lora_A.weight.dtype))) * self.scaling
+        return (out + update).to(out.dtype)
+
+
+class _LoraViewLinear(_LoraView, nn.Linear):
+    """The same view typed as `nn.Linear`: moshi's streaming attention accepts only that (or its own LoRA type)
+    as a projection. Not for the gating FFN, which reads an `nn.Linear`'s weight directly and skips its forward."""
+
+
+def _view(layer: LoraLinear, parent: nn.Module) -> nn.Module:
+    return _LoraView(layer) if isinstance(parent, ActivationGating) else _LoraViewLinear(layer)
+
+
+def _viewable(model: nn.Module) -> bool:
+    """Plain LoRA layers only: DoRA rescales the merged weight, which this view does not reproduce."""
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    return all(isinstance(m, LoraLinear) and not m.use_dora.get(ADAPTER, False)
+               and list(m.active_adapters) == [ADAPTER] and not m.merged for m in layers)
+
+
+@contextlib.contextmanager
+def generation_lm(model: nn.Module) -> Iterator[LMModel]:
+    """The trained model as a plain LMModel for `LMGen`, for the duration of the block.
+
+    A plain LoRA model lends its own LMModel with every peft layer swapped for a `_LoraView` (no weight is copied:
+    a 7B model would need another 15 GB), and gets its peft layers back on exit. DoRA models generate from
+    a merged copy, which is dropped on exit. A model without adapters is used as it is.
+    """
+    layers = [(name, m) for name, m in base_lm(model).named_modules() if isinstance(m, LoraLayer)]
+    if not layers:
+        yield base_lm(model)
+        return
+    if not _viewable(model):
+        merged = merged_copy(model)
+        try:
+            yield merged
+        finally:
+            del merged
+        return
+    lm = base_lm(model)
+    swapped = []
+    try:
+        for name, layer in layers:
+            parent_name, _, child = name.rpartition(".")
+            parent = lm.get_submodule(parent_name)
+            setattr(parent, child, _view(layer, parent))
+            swapped.append((parent, child, layer))
+        yield lm
+    finally:
+        for parent, child, layer in swapped:
+            setattr(parent, child, layer)
 
 
 def _moshi_lora_tensors(lm: LMModel, rank: int) -> dict[str, torch.Tensor]:

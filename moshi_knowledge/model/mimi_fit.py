@@ -73,7 +73,7 @@ def fit_codebook(residual: torch.Tensor, bins: int, generator: torch.Generator) 
 
 
 def _fit_rvq(rvq: ResidualVectorQuantizer, latent: torch.Tensor, generator: torch.Generator) -> None:
-    residual = rvq.input_proj(latent)[0].T.contiguous()  # [N, codebook_dim]
+    residual = rvq.input_proj(latent)[0].T.contiguous().cpu()  # [N, codebook_dim]; fitted on the CPU, seeded
     for layer in rvq.vq.layers:
         centroids = fit_codebook(residual, rvq.bins, generator)
         residual = residual - centroids[torch.cdist(residual, centroids).argmin(1)]
@@ -87,9 +87,14 @@ def _fit_rvq(rvq: ResidualVectorQuantizer, latent: torch.Tensor, generator: torc
 
 @torch.no_grad()
 def fit_mimi_codebooks(mimi: MimiModel, audio: Sequence[np.ndarray], seed: int) -> int:
-    """Fit every RVQ level of `mimi` to mono 24 kHz float clips; returns the number of frames used."""
+    """Fit every RVQ level of `mimi` to mono 24 kHz float clips; returns the number of frames used.
+
+    The clips are encoded wherever `mimi` is (a full-size Mimi encodes ~9x real time on a CPU core); the fit itself
+    runs on the CPU with a seeded generator, so the same clips give the same codebooks on any device."""
+    device = next(mimi.parameters()).device
     latents = [
-        mimi.encode_to_latent(torch.as_tensor(np.asarray(clip, dtype=np.float32))[None, None], quantize=False)
+        mimi.encode_to_latent(torch.as_tensor(np.asarray(clip, dtype=np.float32))[None, None].to(device),
+                              quantize=False)
         for clip in audio
         if len(clip) > 0
     ]

@@ -1,12 +1,15 @@
 """qa=file: the published Q/A format, a JSON list of {"question": ..., "answer": ...}.
 
 Optional keys per item: "aliases" and "distractors" (lists of strings). Item indices in error messages
-are 0-based, as in the JSON list. A file gives no paraphrases, so that tier stays empty.
+are 0-based, as in the JSON list. A file gives no paraphrases, so that tier stays empty. Each question (compared
+normalised, across both files) is asked once: an exact repeat is dropped with a warning, a repeat with another
+answer is an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 from dataclasses import dataclass
@@ -24,6 +27,8 @@ LIST_KEYS = ("aliases", "distractors")
 FORMAT_HINT = 'a JSON list of {"question": "...", "answer": "..."} objects'
 _YEAR = re.compile(r"\d{3,4}")
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class _RawItem:
@@ -31,6 +36,7 @@ class _RawItem:
     answer: str
     aliases: list[str]
     distractors: list[str] | None  # None: none given, draw them from the other answers
+    where: str  # "qa.train_path=<file> item <i>", for messages
 
 
 def answer_type(answer: str) -> str:
@@ -49,9 +55,9 @@ class FileQA:
 
     def build(self, story: Story) -> QASet:
         train_raw = _read_items(self.train_path, "qa.train_path")
-        if self.eval_path is not None:
-            eval_raw = _read_items(self.eval_path, "qa.eval_path")
-        else:
+        eval_raw = _read_items(self.eval_path, "qa.eval_path") if self.eval_path is not None else []
+        train_raw, eval_raw = _without_repeats(train_raw, eval_raw)
+        if self.eval_path is None:
             train_raw, eval_raw = self._hold_out(train_raw)
         train = [_item(raw, "train", f"train-{i:03d}") for i, raw in enumerate(train_raw)]
         evals = [_item(raw, "eval", f"eval-{i:03d}") for i, raw in enumerate(eval_raw)]
@@ -71,6 +77,28 @@ class FileQA:
         held = set(random.Random(self.seed).sample(range(len(items)), self.n_eval))
         train = [q for i, q in enumerate(items) if i not in held]
         return train, [q for i, q in enumerate(items) if i in held]
+
+
+def _without_repeats(train: list[_RawItem], evals: list[_RawItem]) -> tuple[list[_RawItem], list[_RawItem]]:
+    """Each normalised question once, train first. A repeat with the same normalised answer is dropped (a question
+    in both tiers would score a trained fact as held out); one with another answer is an error, since recall could
+    be scored against either."""
+    first: dict[str, _RawItem] = {}
+    kept: tuple[list[_RawItem], list[_RawItem]] = ([], [])
+    for items, out in zip((train, evals), kept):
+        for item in items:
+            seen = first.setdefault(normalise(item.question), item)
+            if seen is item:
+                out.append(item)
+            elif normalise(seen.answer) == normalise(item.answer):
+                log.warning("%s repeats the question and answer of %s; keeping only the first", item.where, seen.where)
+            else:
+                raise UserError(
+                    f"{seen.where} and {item.where} ask the same question {item.question!r} with different "
+                    f"answers {seen.answer!r} and {item.answer!r}",
+                    fix="keep one of the two items (list other right answers in its 'aliases'), or reword one",
+                )
+    return kept
 
 
 def _item(raw: _RawItem, tier: Tier, qid: str) -> QAItem:
@@ -152,7 +180,7 @@ def _parse_item(obj: Any, where: str) -> _RawItem:
     distractors = lists["distractors"]
     if distractors is not None:
         _check_distractors(distractors, obj["answer"], where)
-    return _RawItem(obj["question"].strip(), obj["answer"].strip(), lists["aliases"] or [], distractors)
+    return _RawItem(obj["question"].strip(), obj["answer"].strip(), lists["aliases"] or [], distractors, where)
 
 
 def _check_string(value: Any, where: str) -> None:

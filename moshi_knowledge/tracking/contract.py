@@ -21,6 +21,8 @@ and recall rows share one axis. `summary.json` holds the final figures of the ru
     recall/<tier>/delta           mc_acc - baseline_mc_acc (summary)
     recall/<tier>/p_value         paired test of final against baseline on the same questions (summary)
     recall/<tier>/n               number of questions scored (summary)
+    recall/<tier>/n_nonfinite     questions answered from non-finite weights or scores, all counted wrong (recall
+                                  rows and summary); a run whose final recall has any ends as "diverged"
     recall/<tier>/mc_acc_shuffled mc_acc with each question's audio scored against another question's candidates
                                   (a control: near chance unless the answer comes from something but the question)
     recall/<tier>/mc_acc_silence  mc_acc with the question's audio replaced by silence (a control, as above)
@@ -57,13 +59,18 @@ RECALL_STATS = (
     "mc_acc", "mc_acc_low", "mc_acc_high", "best_mc_acc", "baseline_mc_acc", "delta", "p_value", "n",
     # also written by the recall evaluation (evaluation/report.py)
     "mc_rank", "mc_margin", "gen_acc", "gen_acc_low", "gen_acc_high", "baseline_gen_acc", "best_gen_acc",
-    "gen_delta", "gen_p_value", "f1", "judge_acc", "mc_acc_shuffled", "mc_acc_silence",
+    "gen_delta", "gen_p_value", "f1", "judge_acc", "n_nonfinite", "mc_acc_shuffled", "mc_acc_silence",
 )
 # Final figures of the loop (train/ and eval/) that a sweep may optimise, besides every recall key.
 LOSS_KEYS = (TRAIN_LOSS, "train/text_loss", "train/audio_loss", EVAL_LOSS, "eval/text_loss", "eval/audio_loss",
              "eval/ppl", "eval/text_ppl")
 OBJECTIVE_MODES = ("max", "min")
 _RECALL_KEY = re.compile(r"^recall/(?P<tier>[^/]+)/mc_acc$")
+
+
+def number(value: Any) -> float:
+    """A contract value as a float: null (the contract's non-finite) and non-numbers read as NaN."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 def recall_key(tier: str, stat: str = "mc_acc") -> str:

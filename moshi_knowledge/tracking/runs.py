@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import yaml
 
 from moshi_knowledge.io_utils import read_json
-from moshi_knowledge.tracking.contract import METRICS_FILE, STATUS, STEP, SUMMARY_FILE
+from moshi_knowledge.tracking.contract import METRICS_FILE, STATUS, STEP, SUMMARY_FILE, number
 from moshi_knowledge.tracking.files import read_metrics
 
 
@@ -28,14 +27,14 @@ class RunRecord:
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of `key`, sorted by step; a step logged twice (a resumed run) keeps its last value."""
         rows = (row for row in self.metrics if key in row and isinstance(row.get(STEP), int))
-        by_step = {row[STEP]: _number(row[key]) for row in rows}
+        by_step = {row[STEP]: number(row[key]) for row in rows}
         steps = sorted(by_step)
         return steps, [by_step[s] for s in steps]
 
     def final(self, key: str) -> float | None:
         """The summary's value of `key`, else the last logged one (NaN for a null); None when never measured."""
         if key in self.summary:
-            return _number(self.summary[key])
+            return number(self.summary[key])
         _, values = self.series(key)
         return values[-1] if values else None
 
@@ -60,11 +59,6 @@ def find_runs(root: Path) -> list[RunRecord]:
     """Every run under `root` (itself included), in path order with job numbers sorted numerically."""
     dirs = {p.parent for p in root.rglob(SUMMARY_FILE) if not _hidden(p.relative_to(root))}
     return [load_run(d) for d in sorted(dirs, key=lambda d: _natural_key(d.relative_to(root)))]
-
-
-def _number(value: Any) -> float:
-    """A contract value as a float: null (the contract's non-finite) and non-numbers read as NaN."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 def _hidden(rel: Path) -> bool:

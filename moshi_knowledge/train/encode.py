@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from moshi_knowledge.dataset.format import read_alignments, read_conversations_index, read_stereo
 from moshi_knowledge.io_utils import atomic_write_json, read_json
-from moshi_knowledge.model.load import LoadedModel
+from moshi_knowledge.model.load import LoadedCodec
 from moshi_knowledge.train.samples import ConversationCodes, turn_spans
 from moshi_knowledge.train.text_stream import text_stream
 
@@ -44,9 +44,9 @@ def mimi_encode(mimi: MimiModel, waves: Sequence[np.ndarray]) -> list[torch.Tens
 
 
 @torch.no_grad()
-def encode_dataset(loaded: LoadedModel, dataset_dir: Path, out: Path) -> None:
+def encode_dataset(codec: LoadedCodec, dataset_dir: Path, out: Path) -> None:
     """Write `<split>/<conversation id>.pt` (ConversationCodes) for every conversation, and `index.json`."""
-    lm, mimi = loaded.lm, loaded.mimi
+    mimi = codec.mimi
     index: dict[str, list[str]] = {"train": [], "eval": []}
     for entry in tqdm(read_conversations_index(dataset_dir / "conversations.json"), desc="tokenize",
                       unit="conv", mininterval=1.0):
@@ -54,8 +54,8 @@ def encode_dataset(loaded: LoadedModel, dataset_dir: Path, out: Path) -> None:
         left, right, _ = read_stereo(wav)
         moshi_codes, user_codes = mimi_encode(mimi, [left, right])
         n_frames = moshi_codes.shape[-1]
-        text = text_stream(read_alignments(wav.with_suffix(".json")), loaded.tokenizer.encode, n_frames,
-                           pad_id=lm.text_padding_token_id, end_pad_id=lm.end_of_text_padding_id)
+        text = text_stream(read_alignments(wav.with_suffix(".json")), codec.tokenizer.encode, n_frames,
+                           pad_id=codec.text_padding_id, end_pad_id=codec.end_of_padding_id)
         codes = torch.cat([text[None], moshi_codes, user_codes])
         conv_id = Path(entry.path).stem
         ConversationCodes(conv_id, codes, turn_spans(entry.turns, n_frames)).save(out / entry.split / f"{conv_id}.pt")

@@ -158,6 +158,7 @@ class _Run:
         self.lr_scale = 1.0
         self.status, self.message = "running", ""
         self.last: dict[str, Any] = {}  # latest figures of each key, for the summary
+        self.peak_gib = 0.0  # training's peak GPU memory; recall resets the statistics around itself
         self.started = time.time()
 
     # ---- one optimizer step -------------------------------------------------------------------------------
@@ -216,11 +217,17 @@ class _Run:
         action = self._update(math.isfinite(figures["loss"]) and math.isfinite(grad_norm))
         useful = sum(conv.shape[1] for row in rows for conv, _ in row)
         seconds = time.time() - start
-        return {f"train/{k}": v for k, v in figures.items()} | {
+        return {f"train/{k}": v for k, v in figures.items()} | self._memory() | {
             "train/lr": lr, "train/grad_norm": grad_norm, "nan_guard/events": self.guard.events,
             "nan_guard/action": action, "train/useful_fraction": useful / (len(rows) * self.seq_frames),
             "train/useful_frames_per_sec": useful / max(seconds, 1e-9), "train/step_sec": seconds,
         }
+
+    def _memory(self) -> dict[str, float]:
+        if self.device.type != "cuda":
+            return {}
+        self.peak_gib = max(self.peak_gib, torch.cuda.max_memory_allocated(self.device) / 2**30)
+        return {"memory/train_peak_gib": self.peak_gib}
 
     # ---- evaluation ---------------------------------------------------------------------------------------
     def _eval_row(self) -> dict[str, Any]:
