@@ -199,6 +199,8 @@ def app_figures(run_dir: Path, data_dir: Path, steps: int) -> dict[str, Any]:
         "useful_frames_per_s": statistics.median(r["train/useful_frames_per_sec"] for r in train) if train else None,
         "useful_fraction": statistics.mean(r["train/useful_fraction"] for r in train) if train else None,
         "step_sec": statistics.median(r["train/step_sec"] for r in train) if train else None,
+        "per_step": [{"step": r["step"], "useful_frames_per_s": r["train/useful_frames_per_sec"],
+                      "step_sec": r["train/step_sec"]} for r in rows if "train/step_sec" in r],
         "recall": {k: v for k, v in summary.items() if k.startswith("recall/")},
     }
 

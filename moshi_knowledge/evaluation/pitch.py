@@ -7,6 +7,7 @@ such a drift visible as a number (in Hz and in semitones).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterable
@@ -27,11 +28,14 @@ _FRAME = 1024  # 64 ms at 16 kHz: more than two periods of the lowest F0
 def median_f0(clips: Iterable[np.ndarray], sample_rate: int) -> float:
     """Median F0 in Hz over the voiced frames of all clips pooled; NaN when none is voiced.
 
-    pYIN runs on the CPU at about 0.1 s per second of audio, so the clips are tracked in parallel processes, one
-    per core (the same numbers as one after the other: each clip is tracked on its own either way).
+    pYIN runs on the CPU at 0.1-0.2 s per second of audio, mostly in a Viterbi pass that holds the GIL, so the
+    clips are tracked in worker processes, one per core. Each clip is tracked on its own either way, so the
+    numbers equal a one-after-the-other run.
     """
     clips = [np.asarray(clip, dtype=np.float32) for clip in clips]
     jobs = min(len(clips), os.cpu_count() or 1)
+    if jobs > 1:
+        _compile_pyin()
     voiced = Parallel(n_jobs=jobs)(delayed(_voiced_f0)(clip, sample_rate) for clip in clips) if clips else []
     pooled = np.concatenate(voiced) if voiced else np.zeros(0)
     return float(np.median(pooled)) if len(pooled) else float("nan")
@@ -42,6 +46,18 @@ def semitones(f0: float, reference: float) -> float:
     if not (f0 > 0 and reference > 0):
         return float("nan")
     return 12.0 * math.log2(f0 / reference)
+
+
+@functools.cache
+def _compile_pyin() -> None:
+    """Compile librosa's numba kernels here, once, before any worker does.
+
+    librosa caches them on disk, and numba writes a kernel's cache files non-atomically: workers compiling at the
+    same time can load each other's halves and crash (SIGSEGV, seen with 16 workers on a fresh install). With the
+    cache written first, workers only read it.
+    """
+    tone = np.sin(2 * np.pi * 120.0 * np.arange(4 * _FRAME) / _TRACK_RATE).astype(np.float32)
+    _voiced_f0(tone, _TRACK_RATE)
 
 
 def _voiced_f0(samples: np.ndarray, sample_rate: int) -> np.ndarray:
