@@ -23,7 +23,7 @@ register()
 
 @hydra.main(version_base="1.3", config_path="pkg://moshi_knowledge.conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
-    """Returns the sweep objective (final recall on `objective.tier`), None for a run that did not complete."""
+    """Returns the sweep objective (the final `objective.metric`), None for a run that did not complete."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         objective = run_experiment(cfg, run_dir)

@@ -16,6 +16,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from moshi_knowledge.dataset.format import META, read_meta
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.judge import judge_from_config
 from moshi_knowledge.evaluation.pitch import training_voice_f0
@@ -25,12 +26,13 @@ from moshi_knowledge.io_utils import atomic_write_text
 from moshi_knowledge.model.depformer_patch import patch_depformer
 from moshi_knowledge.model.lora import apply_lora, count_parameters, export_adapter
 from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
-from moshi_knowledge.tracking import Tracker, objective_value, run_identity_from_hydra
+from moshi_knowledge.tracking import Tracker, check_objective, objective_value, run_identity_from_hydra
 from moshi_knowledge.tracking.contract import COMPLETED, DIVERGED, MESSAGE, METRICS_FILE, STATUS
 from moshi_knowledge.tracking.files import dumps, read_metrics
 from moshi_knowledge.train.distributed import dist_info, init_from_env, is_sharded, parallel_mode
 from moshi_knowledge.train.loop import train
 from moshi_knowledge.train.encode import load_split
+from moshi_knowledge.train.seed import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> float | None:
 
     Under torchrun every rank trains; only rank 0 tracks, evaluates recall and writes the run's files.
     """
+    check_objective(cfg.objective.metric, cfg.objective.mode, list(cfg.eval.tiers))
     entries = run_stages(cfg, run_dir)
     wanted = [s for s in cfg.stages if s in RUN_STAGES]
     if not wanted:
@@ -83,19 +86,20 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> float | None:
         return None
     with Tracker(cfg.logger, run_dir, cfg, run_identity_from_hydra(run_dir.name)) as tracker:
         _train(cfg, entries, run_dir, wanted, device, tracker)
-        return objective_value(tracker.values, cfg.objective.tier)
+        return objective_value(tracker.values, cfg.objective.metric)
 
 
 def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], device: Any,
            tracker: Tracker | None) -> None:
     """Build the (LoRA-wrapped) model, train it with recall hooks, export the adapter, summarise recall."""
     loaded = load_stage_model(cfg, entries["model"].path, device=device)
+    train_cfg = instantiate(cfg.train)
+    seed_everything(train_cfg.seed)  # peft draws lora_A from torch's global generator
     model = apply_lora(loaded.lm, instantiate(cfg.lora))
     patch_depformer(model)
     params = count_parameters(model)
     log.info("trainable parameters: %s of %s", f"{params.trainable:,}", f"{params.total:,}")
     dataset_dir = entries["dataset"].path
-    train_cfg = instantiate(cfg.train)
     sharded = "train" in wanted and parallel_mode(model, dist_info(), train_cfg.distributed) == "fsdp"
     if sharded:
         # An FSDP forward is collective, while recall runs on rank 0 alone (LMGen, per-question batches).
@@ -104,7 +108,7 @@ def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], dev
     hook = None
     if tracker is not None:
         tracker.summary({"params/trainable": params.trainable, "params/total": params.total})
-        if not sharded:
+        if not sharded and "eval" in wanted:
             last_step = train_cfg.max_steps if "train" in wanted else 0
             hook = _recall_hook(cfg, entries, loaded, run_dir, last_step)
     if "train" in wanted:
@@ -117,7 +121,7 @@ def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], dev
         summary = {"status": "completed", "step": 0}
     if tracker is None or hook is None:
         return
-    if "eval" in wanted and hook.last_evaluated != summary["step"]:
+    if hook.last_evaluated != summary["step"]:
         def final_recall() -> None:
             model.eval()  # a run that stopped early (diverged) still gets its final recall
             tracker.log({"step": summary["step"], **(hook(summary["step"], model) or {})})
@@ -145,6 +149,7 @@ def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, las
     questions = load_questions(dataset_dir, eval_cfg.tiers, eval_cfg.max_per_tier, eval_cfg.seed)
     evaluator = RecallEvaluator(questions, loaded.lm, loaded.mimi, loaded.tokenizer,
                                 AnswerSpeech(entries["tts"].path, instantiate(cfg.tts)), eval_cfg,
+                                read_meta(dataset_dir / META),
                                 training_voice_f0(dataset_dir) if eval_cfg.voice else None,
                                 judge_from_config(eval_cfg))
     return RecallHook(evaluator, eval_cfg.recall_every, last_step, run_dir / PREDICTIONS)

@@ -11,13 +11,16 @@ Keys read (written by train/eval through the Tracker; `moshi_knowledge.tracking.
                    recall/<tier>/delta, recall/<tier>/p_value
     metrics.jsonl  step, train/loss, eval/loss (curves; also the fallback for a final value missing from the summary)
 
-A tier is any `<tier>` with a `recall/<tier>/mc_acc` in some run's summary (train, eval, paraphrase).
+A tier is any `<tier>` with a `recall/<tier>/mc_acc` in some run's summary (train, eval, paraphrase). When the runs
+differ only by `seed` or `train.seed` (`sweep=seeds`), an "Across seeds" table gives each tier's final recall (and
+its controls) as mean, standard deviation and 95% t-interval of the mean over the completed runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -73,13 +76,16 @@ def write_report(sweep_dir: Path) -> str:
     table = _table(runs, labels, varying, tiers)
     head = [_status_line(runs)] + ([f"Common overrides: {', '.join(f'`{o}`' for o in common)}"] if common else [])
     sections = [f"# Sweep report: {sweep_dir.resolve().name}", "\n\n".join(head), table]
+    seeds = _seed_section(runs, varying, tiers)
+    if seeds:
+        sections.append(seeds)
     sections.append(_loss_section(runs, labels, varying, sweep_dir))
     sections.append(_heatmap_section(runs, tiers, sweep_dir))
     if (sweep_dir / _OPTUNA_RESULTS).exists():
         text = (sweep_dir / _OPTUNA_RESULTS).read_text(encoding="utf-8")
         sections.append(f"## Optuna result\n\n```yaml\n{text.strip()}\n```")
     atomic_write_text(sweep_dir / REPORT_FILE, "\n\n".join(sections) + "\n")
-    return "\n\n".join(head) + "\n\n" + table
+    return "\n\n".join(head) + "\n\n" + table + (f"\n\n{seeds}" if seeds else "")
 
 
 # ---- table ---------------------------------------------------------------------------------------------------
@@ -149,6 +155,41 @@ def _split_overrides(runs: list[RunRecord]) -> tuple[list[list[str]], list[str]]
     common = set.intersection(*(set(r.overrides) for r in runs)) if len(runs) > 1 else set()
     varying = [[o for o in r.overrides if o not in common] for r in runs]
     return varying, [o for o in runs[0].overrides if o in common]
+
+
+_SEED_KEYS = ("seed", "train.seed")
+
+
+def _seed_section(runs: list[RunRecord], varying: list[list[str]], tiers: list[str]) -> str | None:
+    """For runs that differ only by seed: each tier's final recall over the completed runs, as mean, standard
+    deviation and a 95% t-interval of the mean, so one lucky seed is not read as an effect."""
+    only_seeds = all(o and all(x.lstrip("+").split("=")[0] in _SEED_KEYS for x in o) for o in varying)
+    if len(runs) < 2 or not only_seeds or not tiers:
+        return None
+    lines = ["## Across seeds", "", _row(["tier", "runs", "mean", "sd", "95% CI of the mean"]),
+             _row(["---"] * 5)]
+    for tier in tiers:
+        for stat in ("mc_acc", "mc_acc_shuffled", "mc_acc_silence"):  # the real figure, then its controls
+            values = [v for r in runs if r.status == COMPLETED and (v := r.final(recall_key(tier, stat))) is not None
+                      and math.isfinite(v)]
+            if not values:
+                continue
+            label = tier if stat == "mc_acc" else f"{tier} ({stat.removeprefix('mc_acc_')})"
+            mean, half = _mean_interval(values)
+            sd = statistics.stdev(values) if len(values) > 1 else math.nan
+            lines.append(_row([label, str(len(values)), f"{mean:.3f}", f"{sd:.3f}",
+                               f"[{mean - half:.3f}, {mean + half:.3f}]"]))
+    return "\n".join(lines)
+
+
+def _mean_interval(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and the half-width of its two-sided 95% Student t interval (nan for a single value)."""
+    from scipy.stats import t
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 # ---- plots ---------------------------------------------------------------------------------------------------

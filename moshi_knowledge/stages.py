@@ -100,7 +100,7 @@ STAGES: dict[str, Stage] = {
         Stage("qa", "1", ("story",), ("qa",), _qa),
         Stage("tts", "2", ("qa",), ("tts",), _tts,
               extra_key=lambda cfg, inputs: script_fingerprint(_script(cfg, inputs))),
-        Stage("dataset", "2", ("qa", "tts"), ("layout", "align"), _dataset),
+        Stage("dataset", "3", ("qa", "tts"), ("layout", "align"), _dataset),
         Stage("model", "1", ("story", "qa", "tts"), ("model",), _model, ignore=("model.device", "model.dtype")),
         Stage("tokenize", "1", ("dataset", "model"), (), _tokenize),
     ]

@@ -50,3 +50,19 @@ def test_defaults_are_the_offline_backends() -> None:
     assert cfg.tts._target_.endswith("EspeakTTS")
     assert cfg.layout._target_.endswith("DialogueLayout")
     assert cfg.qa.n_train == 100 and cfg.qa.n_eval == 20 and cfg.qa.paraphrases == 3
+
+
+def test_one_root_seed_reaches_every_seeded_setting() -> None:
+    cfg = compose_cfg(["seed=7"])
+    seeds = {name: cfg[name].seed for name in ("story", "qa", "model", "train", "eval")}
+    assert seeds == dict.fromkeys(seeds, 7)
+
+
+@pytest.mark.parametrize("mode, direction", [("max", "maximize"), ("min", "minimize")])
+def test_optuna_direction_follows_objective_mode(mode: str, direction: str) -> None:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="moshi_knowledge.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["sweep=optuna_recall", f"objective.mode={mode}"],
+                      return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == direction

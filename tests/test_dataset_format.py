@@ -97,7 +97,7 @@ def _build_dataset(root: Path, layout: str = "dialogue") -> None:
     write_manifest(root / TRAIN_MANIFEST, rows["train"])
     write_manifest(root / EVAL_MANIFEST, rows["eval"])
     write_conversations_index(root / CONVERSATIONS, entries)
-    write_meta(root / META, layout)  # type: ignore[arg-type]
+    write_meta(root / META, DatasetMeta(layout, 0.3, 0.4))  # type: ignore[arg-type]
     (root / QUESTIONS).write_text(json.dumps({"questions": questions}), encoding="utf-8")
 
 
@@ -175,10 +175,14 @@ def test_index_and_meta_round_trip(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="split 'train' or 'eval'"):
         write_conversations_index(tmp_path / "bad.json", [{**items[0], "split": "test"}])
     assert not (tmp_path / "bad.json").exists()
-    write_meta(tmp_path / META, "mono_duplicate")
-    assert read_meta(tmp_path / META) == DatasetMeta("mono_duplicate", SAMPLE_RATE)
+    write_meta(tmp_path / META, DatasetMeta("mono_duplicate", 0.3, 0.0))
+    assert read_meta(tmp_path / META) == DatasetMeta("mono_duplicate", 0.3, 0.0, SAMPLE_RATE)
     with pytest.raises(ValueError):
-        write_meta(tmp_path / META, "stereo")  # type: ignore[arg-type]
+        write_meta(tmp_path / META, DatasetMeta("stereo", 0.3, 0.4))  # type: ignore[arg-type]
+    # a dataset written before meta.json carried the layout's timing is refused with the fix
+    (tmp_path / META).write_text(json.dumps({"layout": "dialogue", "sample_rate": SAMPLE_RATE}))
+    with pytest.raises(UserError, match="(?s)gap_sec.*rebuild the dataset"):
+        read_meta(tmp_path / META)
 
 
 # ---- validator ---------------------------------------------------------------------------------------------
@@ -258,7 +262,7 @@ def test_channel_bleed_in_dialogue_layout(dataset: Path) -> None:
     assert any("has sound on the right channel" in p and "(and 1 more like it)" in p for p in problems)
     assert len(problems) == 3
     # the same audio is legitimate in the mono_duplicate layout, which does not separate channels
-    write_meta(dataset / META, "mono_duplicate")
+    write_meta(dataset / META, DatasetMeta("mono_duplicate", 0.3, 0.0))
     assert validate_dataset(dataset) == []
 
 

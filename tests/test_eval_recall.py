@@ -12,7 +12,8 @@ import torch
 from hydra.utils import instantiate
 from peft.tuners.lora import LoraLayer
 
-from moshi_knowledge.dataset.format import CONVERSATIONS, read_alignments, read_conversations_index, read_stereo
+from moshi_knowledge.dataset.format import (CONVERSATIONS, META, read_alignments, read_conversations_index, read_meta,
+                                            read_stereo)
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.evaluation.mc import answer_mask, row_codes
 from moshi_knowledge.evaluation.pitch import training_voice_f0
@@ -53,7 +54,7 @@ def evaluator(setup) -> RecallEvaluator:
     paths, loaded, speech = setup
     questions = load_questions(paths["dataset"], TIERS)
     return RecallEvaluator(questions, loaded.lm, loaded.mimi, loaded.tokenizer, speech, CFG,
-                           train_voice_f0=training_voice_f0(paths["dataset"], 4))
+                           read_meta(paths["dataset"] / META), train_voice_f0=training_voice_f0(paths["dataset"], 4))
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,9 @@ def test_a_scored_row_is_the_training_turn_without_its_answer_audio(setup) -> No
     train_text = text_stream(read_alignments(wav.with_suffix(".json")), loaded.tokenizer.encode,
                              train_left.shape[1], spec.pad_id, spec.end_pad_id)
     question = next(q for q in load_questions(paths["dataset"], ["train"]) if q.id == entry.turns[0].qid)
+    meta = read_meta(paths["dataset"] / META)
     prepared = prepare([question], loaded.mimi, loaded.tokenizer.encode, spec, speech,
-                       Timing(CFG.lead_sec, CFG.gap_sec, CFG.max_answer_sec), candidate_audio=True)[0]
+                       Timing(meta.lead_sec, meta.gap_sec, CFG.max_answer_sec), candidate_audio=True)[0]
     gold, *distractors = prepared.mc.candidates
     row = row_codes(prepared.mc, gold)
     n = row.shape[1]
@@ -174,3 +176,33 @@ def test_recall_on_non_finite_weights_counts_nothing_as_right_and_says_so(evalua
     summary = summarize(stored)
     assert math.isnan(summary["recall/train/mc_margin"]) and summary["recall/train/mc_acc"] == 0.0
     assert "answers came from non-finite weights or scores" in recall_table(summary)
+
+
+@pytest.mark.slow
+def test_recall_prompts_take_the_gap_the_dataset_was_built_with(tiny_cache, tmp_path) -> None:
+    """With layout.gap_sec=0.6 the dataset's meta.json says 0.6, and recall's answer starts 0.6 s after the
+    question, where the training turn's answer started: its gold text stream is the training conversation's."""
+    from conftest import TINY_RUN, compose_cfg
+    from moshi_knowledge.experiment import _recall_hook
+    from moshi_knowledge.stages import load_stage_model, run_stages
+    from moshi_knowledge.train.encode import SAMPLES_PER_FRAME
+    from moshi_knowledge.speech.schema import SAMPLE_RATE
+
+    cfg = compose_cfg([*TINY_RUN, "layout.gap_sec=0.6", "layout.max_turns=1", "eval.tiers=[train]",
+                       f"paths.cache_dir={tiny_cache}", "logger=none", "stages=[dataset,model]"])
+    entries = run_stages(cfg, tmp_path / "run")
+    dataset = entries["dataset"].path
+    meta = read_meta(dataset / META)
+    assert (meta.layout, meta.lead_sec, meta.gap_sec) == ("dialogue", 0.3, 0.6)
+    loaded = load_stage_model(cfg, entries["model"].path, device="cpu")
+    evaluator = _recall_hook(cfg, entries, loaded, tmp_path / "run", 0).evaluator
+    entry = next(e for e in read_conversations_index(dataset / CONVERSATIONS) if e.split == "train")
+    prepared = next(p for p in evaluator.prepared if p.question.id == entry.turns[0].qid)
+    answer_at = round(0.3 * SAMPLE_RATE) + len(prepared.question.samples()) + round(0.6 * SAMPLE_RATE)
+    assert int((prepared.mc.context[MOSHI_AUDIO] == ZERO_TOKEN).nonzero()[:, 1].min()) == answer_at // SAMPLES_PER_FRAME
+    wav = dataset / entry.path
+    spec = StreamSpec.from_lm(loaded.lm)
+    train_text = text_stream(read_alignments(wav.with_suffix(".json")), loaded.tokenizer.encode,
+                             mimi_encode(loaded.mimi, [read_stereo(wav)[0]])[0].shape[1], spec.pad_id, spec.end_pad_id)
+    gold = row_codes(prepared.mc, prepared.mc.candidates[0])[0]
+    assert torch.equal(gold, train_text[:len(gold)])

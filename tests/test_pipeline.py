@@ -136,3 +136,12 @@ def test_a_user_error_in_a_constructor_is_reported_plainly(tmp_path: Path) -> No
     assert done.returncode == 2
     assert "tts.user_voices[0]" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_an_unknown_objective_stops_the_run_before_any_stage(tmp_path: Path) -> None:
+    done = _app(["objective.metric=recall/eval/accuracy", "stages=[story]", f"paths.cache_dir={tmp_path / 'cache'}",
+                 f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2 and "Traceback" not in out
+    assert "objective.metric='recall/eval/accuracy'" in out and "fix: use a key" in out
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "stages.json").exists()

@@ -138,3 +138,20 @@ def test_a_resumed_run_keeps_the_last_value_of_a_repeated_step(tmp_path: Path) -
     (run,) = find_runs(tmp_path)
     assert run.series("train/loss") == ([1, 2], [3.0, 1.5])
     assert run.final("train/loss") == 1.5 and run.final("eval/loss") == 2.3
+
+
+def test_runs_differing_only_by_seed_get_mean_spread_and_interval_per_tier(tmp_path: Path, sweep: Path) -> None:
+    root = tmp_path / "seeds_2025-01-01_10-00-00"
+    for seed, acc in enumerate([0.8, 0.9, 1.0]):
+        _write_run(root / str(seed), ["sweep=seeds", f"seed={seed}"], "completed", [2.0, 1.0],
+                   {"train": acc, "eval": 0.25})
+        summary = json.loads((root / str(seed) / "summary.json").read_text())
+        (root / str(seed) / "summary.json").write_text(json.dumps({**summary, "recall/train/mc_acc_silence": 0.25}))
+    _write_run(root / "3", ["sweep=seeds", "seed=3"], "diverged", [2.0, math.nan], {"train": 0.0})
+    assert main([str(root)]) == 0
+    report = (root / "report.md").read_text()
+    rows = _table_rows(report[report.index("## Across seeds"):])
+    assert rows["train"] == ["train", "3", "0.900", "0.100", "[0.652, 1.148]"]  # t(0.975, 2) = 4.303; diverged out
+    assert rows["eval"][1:4] == ["3", "0.250", "0.000"]
+    assert rows["train (silence)"][1:3] == ["3", "0.250"]
+    assert main([str(sweep)]) == 0 and "Across seeds" not in (sweep / "report.md").read_text()  # a grid: no

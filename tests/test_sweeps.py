@@ -14,6 +14,13 @@ CANARY = "sk-canary-0123456789abcdefghijklmnop"
 QUICK = [*TINY_RUN, "train.max_steps=2", "eval.generate=false", "eval.voice=false", "lora=all", "lora.rank=2"]
 
 
+NO_RECALL = "stages=[story,qa,tts,dataset,model,tokenize,train]"  # train without the eval stage
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def _runs(sweep_dir: Path) -> list[Path]:
     return sorted(p.parent for p in sweep_dir.rglob("summary.json"))
 
@@ -27,6 +34,36 @@ def grid(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                    cwd=root, env={"OPENAI_API_KEY": CANARY, "WANDB_API_KEY": CANARY[::-1]})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return root / "sweep"
+
+
+@pytest.fixture(scope="module")
+def lr_pair(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """`-m train.lr=1e-3,2e-3` on the basic launcher (both jobs in one process), then job 1's config run alone."""
+    root = tmp_path_factory.mktemp("lr_pair")
+    args = [*QUICK, "train.max_steps=3", NO_RECALL, "logger=none", f"paths.cache_dir={tiny_cache}"]
+    sweep = run_app(["-m", *args, "train.lr=1e-3,2e-3", f"hydra.sweep.dir={root / 'sweep'}"], cwd=root)
+    assert sweep.returncode == 0, sweep.stdout[-4000:] + sweep.stderr[-4000:]
+    alone = run_app([*args, "train.lr=2e-3", f"hydra.run.dir={root / 'alone'}"], cwd=root)
+    assert alone.returncode == 0, alone.stdout[-4000:] + alone.stderr[-4000:]
+    return root / "sweep" / "1", root / "alone"
+
+
+@pytest.mark.slow
+def test_a_sweep_job_starts_from_the_same_adapter_and_trains_as_it_does_alone(lr_pair: tuple[Path, Path]) -> None:
+    """The LoRA initialisation is seeded: job 1 does not inherit the random state job 0 left in the process."""
+    job, alone = lr_pair
+    losses = [[(r["step"], r.get("train/loss"), r.get("eval/loss")) for r in _rows(run)] for run in (job, alone)]
+    assert len(losses[0]) >= 4 and losses[0] == losses[1]  # exact equality, step by step
+    adapter = Path("adapter/moshi/lora.safetensors")
+    assert (job / adapter).read_bytes() == (alone / adapter).read_bytes()
+
+
+@pytest.mark.slow
+def test_stages_without_eval_measure_no_recall(lr_pair: tuple[Path, Path]) -> None:
+    for run in lr_pair:
+        assert not (run / "predictions.jsonl").exists()
+        keys = {k for row in _rows(run) for k in row} | set(json.loads((run / "summary.json").read_text()))
+        assert "eval/loss" in keys and not [k for k in keys if k.startswith("recall/")], sorted(keys)
 
 
 @pytest.mark.slow
@@ -79,7 +116,7 @@ def test_no_api_key_reaches_any_file_of_the_sweep(grid: Path) -> None:
 def test_optuna_sweep_with_a_diverging_trial_completes(tiny_cache: Path, tmp_path: Path) -> None:
     done = run_app([*QUICK, "sweep=optuna_recall", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=1",
                     "train.lr=choice(1e-3,100)", "lora.rank=choice(2)", "train.audio_drop=choice(0.5)",
-                    "nan_guard=halt", "logger=none", "objective.tier=train",
+                    "nan_guard=halt", "logger=none", "objective.metric=recall/train/mc_acc",
                     f"paths.cache_dir={tiny_cache}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     statuses = [json.loads((r / "summary.json").read_text())["status"] for r in _runs(tmp_path / "sweep")]

@@ -19,7 +19,7 @@ from conftest import REPO, compose_cfg
 from moshi_knowledge.config_schema import SCHEMAS
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.report import main as report_main
-from moshi_knowledge.tracking import RunIdentity, Tracker, objective_value, run_identity_from_hydra
+from moshi_knowledge.tracking import RunIdentity, Tracker, check_objective, objective_value, run_identity_from_hydra
 from moshi_knowledge.tracking.files import read_metrics
 from moshi_knowledge.tracking.identity import choice_tags, run_name
 from moshi_knowledge.tracking.secrets import is_secret_name, is_secret_override, loggable_config
@@ -68,9 +68,21 @@ def test_a_status_set_by_the_run_is_kept_and_is_not_an_objective(tmp_path: Path)
         tracker.log({"step": 3, "train/loss": 1e9})
         tracker.summary({"status": "diverged", "message": "halted", "recall/eval/mc_acc": 0.5})
     assert tracker.values["status"] == "diverged"
-    assert objective_value(tracker.values, "eval") is None
-    assert objective_value({**tracker.values, "status": "completed"}, "eval") == 0.5
-    assert objective_value({"status": "completed", "recall/eval/mc_acc": None}, "eval") is None
+    assert objective_value(tracker.values, "recall/eval/mc_acc") is None
+    assert objective_value({**tracker.values, "status": "completed"}, "recall/eval/mc_acc") == 0.5
+    assert objective_value({"status": "completed", "recall/eval/mc_acc": None}, "recall/eval/mc_acc") is None
+
+
+def test_objective_is_any_reported_key_with_a_direction() -> None:
+    tiers = ["train", "paraphrase", "eval"]
+    for metric in ("recall/paraphrase/mc_acc", "eval/loss", "recall/train/mc_rank", "recall/eval/delta"):
+        check_objective(metric, "max", tiers)
+    assert objective_value({"status": "completed", "eval/loss": 1.5}, "eval/loss") == 1.5
+    for metric in ("recall/eval/accuracy", "recall/retain/mc_acc", "eval/los", "eval"):
+        with pytest.raises(UserError, match=f"(?s)objective.metric='{metric}'.*eval.tiers"):
+            check_objective(metric, "max", tiers)
+    with pytest.raises(UserError, match="(?s)objective.mode='maximize'.*max or min"):
+        check_objective("eval/loss", "maximize", tiers)
 
 
 def test_rows_need_an_integer_step(tmp_path: Path) -> None:
@@ -265,7 +277,7 @@ defaults:
 paths: {runs_dir: runs}
 lora: {rank: 8}
 train: {lr: 0.001, audio_drop: 0.5, resume: false}
-objective: {tier: eval}
+objective: {metric: recall/eval/mc_acc, mode: max}
 fake: {diverge_job: -1, fail_job: -1}
 """
 
@@ -307,7 +319,7 @@ def app(cfg):
                              "recall/eval/p_value": 0.01})
         elif cfg.nan_guard.policy == "off":
             tracker.summary({"status": "diverged", "message": "trainable weights are non-finite"})
-    return objective_value(tracker.values, cfg.objective.tier)
+    return objective_value(tracker.values, cfg.objective.metric)
 
 app()
 '''
@@ -344,16 +356,19 @@ def _jobs(sweep_dir: Path) -> list[Path]:
 
 @pytest.mark.parametrize("sweep", sorted(p.stem for p in (REPO / "conf" / "sweep").glob("*.yaml")))
 def test_every_swept_key_exists_in_the_real_config(sweep: str) -> None:
-    """A key (`lora.rank`) must be a field of a schema of its group; a group (`nan_guard`) must have each option."""
+    """A key (`lora.rank`) must be a field of a schema of its group; a group (`nan_guard`) must have each option;
+    any other key (`seed`) must be in config.yaml."""
     params = yaml.safe_load((REPO / "conf" / "sweep" / f"{sweep}.yaml").read_text())["hydra"]["sweeper"]["params"]
     for key, values in params.items():
         if "." in key:
             group, name = key.split(".", 1)
             fields = {f for (g, _), schema in SCHEMAS.items() if g == group for f in schema.__dataclass_fields__}
             assert name in fields, f"conf/sweep/{sweep}.yaml sweeps {key}, which no {group} schema has"
-        else:
+        elif (REPO / "conf" / key).is_dir():
             for option in str(values).split(","):
                 assert (REPO / "conf" / key / f"{option}.yaml").exists(), f"{sweep}: {key}={option}"
+        else:  # a root key (`seed`)
+            assert key in compose_cfg(), f"conf/sweep/{sweep}.yaml sweeps {key}, which config.yaml lacks"
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from moshi_knowledge.dataset.format import (
+    META,
+    DatasetMeta,
     write_conversation,
     write_conversations_index,
     write_manifest,
@@ -39,7 +41,7 @@ def build_dataset(qa: QASet, layout: Layout, aligner: Aligner, tts_dir: Path, ou
     for split, split_rows in rows.items():
         write_manifest(out / f"{split}.jsonl", split_rows)
     write_conversations_index(out / "conversations.json", index)
-    write_meta(out / "meta.json", layout.name)
+    write_meta(out / META, DatasetMeta(layout.name, layout.lead_sec, layout.gap_sec))
     _write_questions(qa, tts_dir, out)
     problems = validate_dataset(out)
     if problems:

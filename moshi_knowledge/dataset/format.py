@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -51,7 +51,11 @@ class ConversationEntry:
 
 @dataclass(frozen=True)
 class DatasetMeta:
+    """meta.json: the layout and the silences it put around each turn, which recall prompts must mirror."""
+
     layout: LayoutName
+    lead_sec: float  # silence before a conversation's first turn
+    gap_sec: float  # silence between a question's audio and its answer's
     sample_rate: int = SAMPLE_RATE
 
 
@@ -180,21 +184,25 @@ def _parse_index(items: Any, path: Path) -> list[ConversationEntry]:
     return entries
 
 
-def write_meta(path: Path, layout: LayoutName) -> None:
-    if layout not in get_args(LayoutName):
-        raise ValueError(f"layout {layout!r} is not one of {get_args(LayoutName)}")
-    atomic_write_json(path, {"layout": layout, "sample_rate": SAMPLE_RATE})
+def write_meta(path: Path, meta: DatasetMeta) -> None:
+    if meta.layout not in get_args(LayoutName):
+        raise ValueError(f"layout {meta.layout!r} is not one of {get_args(LayoutName)}")
+    atomic_write_json(path, asdict(meta))
 
 
 def read_meta(path: Path) -> DatasetMeta:
     data = _read_json_file(path)
-    layout = data.get("layout") if isinstance(data, dict) else None
-    if layout not in get_args(LayoutName) or not isinstance(data.get("sample_rate"), int):
+    ok = (isinstance(data, dict) and data.get("layout") in get_args(LayoutName)
+          and isinstance(data.get("sample_rate"), int)
+          and all(_is_number(data.get(k)) and data[k] >= 0 for k in ("lead_sec", "gap_sec")))
+    if not ok:
         raise UserError(
-            f"{path}: expected {{\"layout\": one of {list(get_args(LayoutName))}, \"sample_rate\": int}}, got {data!r}",
-            fix="rewrite the dataset",
+            f"{path}: expected {{\"layout\": one of {list(get_args(LayoutName))}, \"lead_sec\": seconds >= 0, "
+            f"\"gap_sec\": seconds >= 0, \"sample_rate\": int}}, got {data!r}",
+            fix="rebuild the dataset (the dataset stage writes the layout's timing), or add the missing keys",
         )
-    return DatasetMeta(layout=layout, sample_rate=data["sample_rate"])
+    return DatasetMeta(layout=data["layout"], lead_sec=float(data["lead_sec"]), gap_sec=float(data["gap_sec"]),
+                       sample_rate=data["sample_rate"])
 
 
 def _mono_segment(samples: np.ndarray) -> AudioSegment:

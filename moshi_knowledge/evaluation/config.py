@@ -17,9 +17,7 @@ class EvalConfig:
     recall_every: int = 50  # optimizer steps between recall evaluations (also at step 0 and at the end)
     tiers: list[str] = field(default_factory=lambda: ["train", "paraphrase", "eval"])
     max_per_tier: Optional[int] = None  # score a fixed random subset of each tier (None: all questions)
-    seed: int = 0  # subset choice and audio sampling
-    lead_sec: float = 0.3  # silence before the question, as the layout puts before a conversation's first turn
-    gap_sec: float = 0.4  # silence between the question and the answer, as layout.gap_sec
+    seed: int = 0  # subset choice, the shuffled-question control and audio sampling
     mc: bool = True
     candidate_audio: bool = False  # each candidate with its own Moshi-voice audio (default: no answer audio at all)
     mc_batch_size: int = 64  # (question, candidate) rows per forward pass
@@ -43,8 +41,6 @@ class EvalConfig:
             ("recall_every", self.recall_every >= 0, "0 (start and end only) or a positive number of steps"),
             ("tiers", bool(self.tiers), "a non-empty list of tiers, e.g. [train, paraphrase, eval]"),
             ("max_per_tier", self.max_per_tier is None or self.max_per_tier >= 1, "null or at least 1"),
-            ("lead_sec", self.lead_sec >= 0, "a non-negative number of seconds"),
-            ("gap_sec", self.gap_sec >= 0, "a non-negative number of seconds"),
             ("mc_batch_size", self.mc_batch_size >= 1, "at least 1"),
             ("max_answer_sec", self.max_answer_sec > 0, "a positive number of seconds"),
             ("gen_batch_size", self.gen_batch_size >= 1, "at least 1"),

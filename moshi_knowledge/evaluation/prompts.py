@@ -1,9 +1,10 @@
 """From question audio to model inputs: the multiple-choice rows and the generation prompt of each question.
 
 A question is laid out as the dialogue layout lays out a training turn: `lead_sec` of silence, the question
-on the user's (right) channel, `gap_sec` of silence, then Moshi's answer window. Both channels go through
-Mimi as whole waveforms, as the tokenize stage encodes conversations, so the codes around the question match
-training's. Mimi is causal, so zeros appended to batch waveforms of different lengths change no code.
+on the user's (right) channel, `gap_sec` of silence, then Moshi's answer window; both silences are the ones the
+dataset was built with (its meta.json). Both channels go through Mimi as whole waveforms, as the tokenize stage
+encodes conversations, so the codes around the question match training's. Mimi is causal, so zeros appended to
+batch waveforms of different lengths change no code.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class PreparedQuestion:
 
 @dataclass(frozen=True)
 class Timing:
+    """Where a prompt's parts sit: the dataset's lead and gap silences, then the answer window."""
+
     lead_sec: float
     gap_sec: float
     max_answer_sec: float

@@ -16,6 +16,7 @@ import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,8 +24,10 @@ from moshi.models.compression import MimiModel
 from sentencepiece import SentencePieceProcessor
 from torch import nn
 
+from moshi_knowledge.dataset.format import DatasetMeta
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.config import EvalConfig
+from moshi_knowledge.evaluation.controls import Controls
 from moshi_knowledge.evaluation.generate import Generation, contains_answer, generate, token_f1
 from moshi_knowledge.evaluation.judge import Judge
 from moshi_knowledge.evaluation.mc import MCResult, score
@@ -49,15 +52,18 @@ class RecallEvaluator:
 
     def __init__(self, questions: Sequence[EvalQuestion], model: nn.Module, mimi: MimiModel,
                  tokenizer: SentencePieceProcessor, speech: Callable[[str], Utterance], cfg: EvalConfig,
-                 train_voice_f0: float | None = None, judge: Judge | None = None) -> None:
+                 dataset: DatasetMeta, train_voice_f0: float | None = None, judge: Judge | None = None) -> None:
         """`model` only lends its stream conventions (padding ids); `speech` gives candidates' Moshi-voice speech
-        (see questions.AnswerSpeech); `train_voice_f0` is the training Moshi voice's median F0 in Hz."""
+        (see questions.AnswerSpeech); `dataset` (its meta.json) gives the silences training turns had around the
+        question; `train_voice_f0` is the training Moshi voice's median F0 in Hz."""
         start = time.perf_counter()
         self.cfg, self.mimi, self.tokenizer, self.judge = cfg, mimi, tokenizer, judge
         self.spec = StreamSpec.from_lm(model)
-        timing = Timing(cfg.lead_sec, cfg.gap_sec, cfg.max_answer_sec)
-        self.prepared: list[PreparedQuestion] = prepare(questions, mimi, tokenizer.encode, self.spec, speech,
-                                                        timing, cfg.candidate_audio)
+        timing = Timing(dataset.lead_sec, dataset.gap_sec, cfg.max_answer_sec)
+        prepare_all = partial(prepare, mimi=mimi, tokenize=tokenizer.encode, spec=self.spec, speech=speech,
+                              timing=timing, candidate_audio=cfg.candidate_audio)
+        self.prepared: list[PreparedQuestion] = prepare_all(questions)
+        self.controls = Controls(questions, prepare_all, cfg.seed) if cfg.mc else None
         self.train_voice_f0 = train_voice_f0
         self.baseline: EvalResult | None = None
         self.setup_sec = time.perf_counter() - start  # reported with the first evaluation
@@ -77,6 +83,10 @@ class RecallEvaluator:
                 generations = self._generate(model) if self.cfg.generate else None
             weights_finite = _finite_weights(model)
             rows = [self._row(step, i, mc, generations, weights_finite) for i in range(len(self.prepared))]
+            if self.controls is not None:
+                with clock("controls"):
+                    for i, extra in self.controls.row_fields(model, self.cfg.mc_batch_size, weights_finite).items():
+                        rows[i].update(extra)
             metrics = report.step_metrics(rows, self.baseline.predictions if self.baseline else None)
             if self.cfg.voice and generations is not None:
                 with clock("voice"):

@@ -7,7 +7,8 @@ run or a report script can rebuild the summary from predictions.jsonl. Key layou
 Per tier and evaluation: n, mc_acc with its clustered Wilson interval (mc_acc_low, mc_acc_high), mean gold rank
 (mc_rank), mean margin (mc_margin), gen_acc (+ interval), mean token F1 (f1), judge_acc when judged, the count of
 questions answered from non-finite weights or scores (n_nonfinite), and, from the second evaluation on, the paired
-p-values against the baseline (p_value for MC, gen_p_value for generation).
+p-values against the baseline (p_value for MC, gen_p_value for generation). Beside them the MC controls,
+mc_acc_shuffled and mc_acc_silence (controls.py).
 
 Rows read back from predictions.jsonl carry null for a non-finite number (the files are strict JSON); it reads as
 NaN here.
@@ -20,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from moshi_knowledge.evaluation import controls
 from moshi_knowledge.evaluation.pitch import semitones
 from moshi_knowledge.evaluation.stats import accuracy_interval, paired_p_value
 from moshi_knowledge.tracking.contract import number
@@ -80,7 +82,7 @@ def summarize(predictions: Iterable[Row], metric_rows: Iterable[Row] = ()) -> di
                             delta_name: figures[stat] - baseline.get(stat, NAN)})
         keep = ("n", "mc_acc", "mc_acc_low", "mc_acc_high", "baseline_mc_acc", "best_mc_acc", "delta", "p_value",
                 "mc_rank", "mc_margin", "gen_acc", "baseline_gen_acc", "best_gen_acc", "gen_delta", "gen_p_value",
-                "f1", "judge_acc", "n_nonfinite")
+                "f1", "judge_acc", "n_nonfinite", "mc_acc_shuffled", "mc_acc_silence")
         out.update({key(tier, k): figures[k] for k in keep if k in figures})
     voice = [r for r in metric_rows if F0 in r]
     if voice:
@@ -111,11 +113,26 @@ def recall_table(summary: Mapping[str, Any]) -> str:
         if (summary.get(key(tier, "n_nonfinite")) or 0) > 0:
             lines.append(f"{tier}: {int(summary[key(tier, 'n_nonfinite')])} of {int(summary[key(tier, 'n')])} "
                          "answers came from non-finite weights or scores and count as wrong")
+    lines += _controls_table(summary, tiers)
     if F0 in summary:
         lines.append(f"voice: median F0 {_fmt(summary[F0], '.1f')} Hz, "
                      f"{_fmt(summary.get(F0_VS_BASELINE), '+.2f')} st vs baseline, "
                      f"{_fmt(summary.get(F0_VS_TRAIN), '+.2f')} st vs the training voice")
     return "\n".join(lines)
+
+
+def _controls_table(summary: Mapping[str, Any], tiers: Sequence[str]) -> list[str]:
+    """Under the recall table: per tier, the final MC figure beside each control's (none without controls)."""
+    stats = ("mc_acc", *(f"mc_acc_{c}" for c in controls.CONTROLS))
+    shown = [t for t in tiers if any(key(t, s) in summary for s in stats[1:])]
+    if not shown:
+        return []
+    header = f"{'controls':<11}{'MC final':>9}" + "".join(f"{c:>10}" for c in controls.CONTROLS)
+    lines = ["", header, "-" * len(header)]
+    for tier in shown:
+        cells = [_fmt(summary.get(key(tier, s)), ".2f") for s in stats]
+        lines.append(f"{tier:<11}{cells[0]:>9}" + "".join(f"{c:>10}" for c in cells[1:]))
+    return lines
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -139,6 +156,7 @@ def _tier_figures(rows: Sequence[Row]) -> dict[str, float]:
     if "gen_correct" in rows[0]:
         acc = accuracy_interval([r["gen_correct"] for r in rows], clusters)
         out.update(gen_acc=acc.value, gen_acc_low=acc.low, gen_acc_high=acc.high, f1=_mean(r["f1"] for r in rows))
+    out.update(controls.figures(rows))
     judged = [r["judge_correct"] for r in rows if r.get("judge_correct") is not None]
     if judged:
         out["judge_acc"] = sum(judged) / len(judged)

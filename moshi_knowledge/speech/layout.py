@@ -194,6 +194,7 @@ class MonoDuplicateLayout(_PackingLayout):
     def __init__(self, lead_sec: float = 0.3, turn_gap_sec: float = 0.8, max_duration_sec: float = 60.0,
                  max_turns: int | None = 1) -> None:
         super().__init__(lead_sec, turn_gap_sec, max_duration_sec, max_turns)
+        self.gap_sec = 0.0  # one clip: no silence is inserted, the reader's own pause is inside it
 
     def lines(self, qa: QASet) -> list[Line]:
         train, evals = self._turn_keys(qa)

@@ -12,6 +12,9 @@ from moshi_knowledge.speech.schema import Conversation, Line, SpeakerWord, Utter
 
 class Layout(ABC):
     name: ClassVar[str]  # recorded in the dataset's meta.json; validation checks channel separation for "dialogue"
+    # Also recorded in meta.json, so that recall lays out its prompts as training turns were laid out:
+    lead_sec: float  # silence before a conversation's first turn
+    gap_sec: float  # silence between the end of a question's audio and the start of its answer's
 
     @abstractmethod
     def lines(self, qa: QASet) -> list[Line]:

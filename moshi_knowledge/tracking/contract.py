@@ -23,6 +23,9 @@ and recall rows share one axis. `summary.json` holds the final figures of the ru
     recall/<tier>/n               number of questions scored (summary)
     recall/<tier>/n_nonfinite     questions answered from non-finite weights or scores, all counted wrong (recall
                                   rows and summary); a run whose final recall has any ends as "diverged"
+    recall/<tier>/mc_acc_shuffled mc_acc with each question's audio scored against another question's candidates
+                                  (a control: near chance unless the answer comes from something but the question)
+    recall/<tier>/mc_acc_silence  mc_acc with the question's audio replaced by silence (a control, as above)
 
 Both files are strict JSON: a non-finite number (a NaN loss) is written as null. A key that is present with
 null means "non-finite"; a key that is absent means "not measured".
@@ -32,8 +35,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from moshi_knowledge.errors import UserError
 
 STEP = "step"
 STATUS = "status"
@@ -54,8 +59,12 @@ RECALL_STATS = (
     "mc_acc", "mc_acc_low", "mc_acc_high", "best_mc_acc", "baseline_mc_acc", "delta", "p_value", "n",
     # also written by the recall evaluation (evaluation/report.py)
     "mc_rank", "mc_margin", "gen_acc", "gen_acc_low", "gen_acc_high", "baseline_gen_acc", "best_gen_acc",
-    "gen_delta", "gen_p_value", "f1", "judge_acc", "n_nonfinite",
+    "gen_delta", "gen_p_value", "f1", "judge_acc", "n_nonfinite", "mc_acc_shuffled", "mc_acc_silence",
 )
+# Final figures of the loop (train/ and eval/) that a sweep may optimise, besides every recall key.
+LOSS_KEYS = (TRAIN_LOSS, "train/text_loss", "train/audio_loss", EVAL_LOSS, "eval/text_loss", "eval/audio_loss",
+             "eval/ppl", "eval/text_ppl")
+OBJECTIVE_MODES = ("max", "min")
 _RECALL_KEY = re.compile(r"^recall/(?P<tier>[^/]+)/mc_acc$")
 
 
@@ -77,15 +86,28 @@ def recall_tiers(keys: Any) -> list[str]:
     return list(dict.fromkeys(tiers))
 
 
-def objective_value(summary: Mapping[str, Any], tier: str, stat: str = "mc_acc") -> float | None:
-    """The value a sweeper optimises, or None for a run that did not complete or has no finite score.
+def check_objective(metric: str, mode: str, tiers: Sequence[str]) -> None:
+    """Refuse, before any stage runs, an objective the run can never report (a typo would make every trial fail)."""
+    if mode not in OBJECTIVE_MODES:
+        raise UserError(f"objective.mode={mode!r} is not a direction", "set objective.mode to max or min")
+    known = [*LOSS_KEYS, *(recall_key(t, s) for t in tiers for s in RECALL_STATS)]
+    if metric not in known:
+        raise UserError(f"objective.metric={metric!r} is not a figure this run reports",
+                        f"use a key of summary.json: recall/<tier>/<stat> with <tier> in eval.tiers "
+                        f"{list(tiers)} and <stat> one of "
+                        f"{', '.join(RECALL_STATS)}, or one of {', '.join(LOSS_KEYS)}")
+
+
+def objective_value(summary: Mapping[str, Any], metric: str) -> float | None:
+    """The value a sweeper optimises (summary key `metric`), or None for a run that did not complete or has no
+    finite value.
 
     Optuna crashes on NaN but records `None` as a failed trial and carries on (NOTES.md), so a diverged or failed
     run must never hand back a number.
     """
     if summary.get(STATUS) != COMPLETED:
         return None
-    value = summary.get(recall_key(tier, stat))
+    value = summary.get(metric)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return None
     return float(value)

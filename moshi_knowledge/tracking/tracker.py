@@ -3,7 +3,7 @@
     with Tracker(cfg.logger, run_dir, cfg, run_identity_from_hydra()) as tracker:
         tracker.log({"step": 10, "train/loss": 2.3})
         tracker.summary({"recall/eval/mc_acc": 0.8})
-    return objective_value(tracker.values, cfg.objective.tier)   # the sweeper's objective, None unless completed
+    return objective_value(tracker.values, cfg.objective.metric)   # the sweeper's objective, None unless completed
 
 The run's files are written whatever the logger, so a run without W&B, or a killed one, still has its record.
 On leaving the block the run is always closed: status `completed` unless the body set another status

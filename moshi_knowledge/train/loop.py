@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
-import numpy as np
 import torch
 from moshi.modules.transformer import StreamingTransformer
 from torch import nn
@@ -36,6 +34,7 @@ from moshi_knowledge.train.loss import LossSettings, LossSums, loss_sums, step_l
 from moshi_knowledge.train.nan_guard import NanGuard, Snapshot
 from moshi_knowledge.train.optim import build_optimizer, lr_at
 from moshi_knowledge.train.samples import FRAME_RATE, ConversationCodes
+from moshi_knowledge.train.seed import seed_everything
 
 OnEval = Callable[[int, nn.Module], Optional[Mapping[str, Any]]]
 
@@ -266,9 +265,7 @@ class _Run:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        torch.manual_seed(cfg.seed + self.info.rank)
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
+        seed_everything(cfg.seed, self.info.rank)
         self.model.train()
         if cfg.resume:
             self._resume()

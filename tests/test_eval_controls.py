@@ -1,0 +1,76 @@
+"""The multiple-choice controls: shuffled questions and silent questions, scored beside every real evaluation."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_RUN, run_app
+from moshi_knowledge.dataset.format import write_mono_wav
+from moshi_knowledge.evaluation.controls import SilentQuestion, derangement, shuffled_pairs
+from moshi_knowledge.evaluation.questions import EvalQuestion
+
+
+def _question(i: int, tier: str, audio: Path) -> EvalQuestion:
+    return EvalQuestion(id=f"{tier}-{i}", tier=tier, text=f"q{i}", audio=audio, gold=f"a{i}",
+                        distractors=[f"d{i}"], source_id=None)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 20])
+def test_derangement_moves_every_item(n: int) -> None:
+    for seed in range(5):
+        perm = derangement(n, random.Random(seed))
+        assert sorted(perm) == list(range(n)) and all(perm[i] != i for i in range(n))
+
+
+def test_shuffled_pairs_stay_within_a_tier_and_follow_the_seed(tmp_path: Path) -> None:
+    questions = [*(_question(i, "train", tmp_path) for i in range(12)), _question(0, "eval", tmp_path),
+                 *(_question(i, "paraphrase", tmp_path) for i in range(5))]
+    pairs = shuffled_pairs(questions, seed=0)
+    assert sorted(i for i, _ in pairs) == [i for i, q in enumerate(questions) if q.tier != "eval"]  # eval: alone
+    assert all(i != j and questions[i].tier == questions[j].tier for i, j in pairs)
+    assert sorted(j for _, j in pairs) == sorted(i for i, _ in pairs)  # every question's candidates used once
+    assert shuffled_pairs(questions, seed=0) == pairs and shuffled_pairs(questions, seed=1) != pairs
+
+
+def test_a_silent_question_is_silence_of_the_question_length(tmp_path: Path) -> None:
+    audio = tmp_path / "q.wav"
+    write_mono_wav(np.random.default_rng(0).uniform(-0.5, 0.5, 12_345).astype(np.float32), audio)
+    question = _question(0, "train", audio)
+    silent = SilentQuestion(**{k: getattr(question, k) for k in question.__dataclass_fields__})
+    assert np.abs(question.samples()).max() > 0.1
+    assert silent.samples().shape == question.samples().shape and not silent.samples().any()
+    assert silent.candidates == question.candidates
+
+
+@pytest.mark.slow
+def test_trained_recall_rises_while_the_controls_stay_near_chance(tiny_cache: Path, tmp_path: Path) -> None:
+    """The tiny model fully finetuned on one Q/A per conversation learns its training questions (as the demo);
+    asked another question's choices, or nothing at all, it cannot pick the gold answer better than chance."""
+    run = tmp_path / "run"
+    done = run_app([*TINY_RUN, "experiment=demo", "train.max_steps=40", "train.batch_size=4", "train.warmup_steps=5",
+                    "train.eval_every=0", "train.ckpt_every=0", "eval.recall_every=0", "eval.generate=false",
+                    "eval.voice=false", "logger=none", f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run}"],
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["recall/train/baseline_mc_acc"] <= 0.5 and summary["recall/train/mc_acc"] >= 0.75
+    for control in ("shuffled", "silence"):  # chance is 0.25 (4 candidates); 8 questions
+        assert summary[f"recall/train/mc_acc_{control}"] <= 0.5, summary
+        for tier in ("paraphrase", "eval"):
+            assert f"recall/{tier}/mc_acc_{control}" in summary
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    final = [r for r in rows if r["step"] == 40]
+    tiers = {r["qid"]: r["tier"] for r in final}
+    for row in final:
+        assert isinstance(row["mc_correct_silence"], bool)
+        if row["tier"] != "eval" or sum(t == "eval" for t in tiers.values()) > 1:
+            assert row["shuffled_qid"] != row["qid"] and tiers[row["shuffled_qid"]] == row["tier"]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics if "recall/train/mc_acc_shuffled" in r] == [0, 40]
+    table = done.stdout[done.stdout.index("controls"):]
+    assert "shuffled" in table and "silence" in table and any(line.startswith("train") for line in table.splitlines())
