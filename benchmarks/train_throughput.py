@@ -65,7 +65,7 @@ SEED = 0
 GIB = 2**30
 MEMORY_BUDGET_GIB = 40.0
 TARGET_USEFUL_FPS = 5000.0
-ANCHOR_USEFUL_FPS = 164.0  # NOTES.md: the published recipe on the seed's shape, one H200
+ANCHOR_USEFUL_FPS = 164.0  # docs/anchors.md: the published recipe on the seed's shape, one H200
 REFERENCE_WORLD = 2  # the 1-GPU loss-curve reference matches a DDP run over this many GPUs
 DDP_BATCH_PER_GPU = 8
 FSDP_BATCH_PER_GPU = {True: 8, False: 4}  # by "the GPU has > 100 GiB": fp32 weights, grads and AdamW take 62 GiB
@@ -398,7 +398,7 @@ def write_single(out: Path, result: dict[str, Any], scale: Scale) -> None:
         f"Target on the seed's shape: >= {TARGET_USEFUL_FPS:,.0f} useful frames/s at <= {MEMORY_BUDGET_GIB:g} GiB: "
         f"{'met' if target.get('met') else 'not met'} by {target.get('best_variant')} "
         f"({_fmt(target.get('best_useful_frames_per_s'))}/s); the recipe's layout measured "
-        f"{_fmt(target.get('recipe_anchor_measured_useful_frames_per_s'))}/s here (NOTES anchor: "
+        f"{_fmt(target.get('recipe_anchor_measured_useful_frames_per_s'))}/s here (anchor in docs/anchors.md: "
         f"{ANCHOR_USEFUL_FPS:g}).", ""])
     atomic_write_json(out / f"train_throughput{scale.suffix}.json", result)
     atomic_write_text(out / f"train_throughput{scale.suffix}.md", text)

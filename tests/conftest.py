@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from moshi_knowledge.config_schema import register
 
-os.environ.setdefault("NO_TORCH_COMPILE", "1")  # moshi on CPU: skip inductor (NOTES.md)
+os.environ.setdefault("NO_TORCH_COMPILE", "1")  # moshi on CPU: skip inductor (docs/moshi.md)
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 

@@ -2,7 +2,7 @@
 
 The world: 24 questions, each a random stretch of user audio codes, each answered by two invented words on
 Moshi's text stream (placed by the training text-stream builder) with answer audio that identifies the answer,
-as real speech does. Distractors are other questions' gold answers (NOTES.md, "Distractors").
+as real speech does. Distractors are other questions' gold answers (docs/moshi.md).
 """
 
 from __future__ import annotations

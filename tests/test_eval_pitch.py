@@ -23,7 +23,7 @@ def tts() -> EspeakTTS:
 def test_median_f0_ranks_low_and_high_espeak_pitch(tts: EspeakTTS) -> None:
     low = median_f0([tts.synthesize(TEXT, Voice("en", 170, 20)).samples], SAMPLE_RATE)
     high = median_f0([tts.synthesize(TEXT, Voice("en", 170, 90)).samples], SAMPLE_RATE)
-    assert 60 < low < 110 < high < 200  # NOTES.md: about 80 Hz at pitch 20, 153 Hz at pitch 90
+    assert 60 < low < 110 < high < 200  # docs/tools.md: about 80 Hz at pitch 20, 153 Hz at pitch 90
     assert semitones(high, low) > 7  # well over half an octave apart
 
 

@@ -9,7 +9,7 @@ import dataclasses
 import os
 import random
 
-os.environ.setdefault("NO_TORCH_COMPILE", "1")  # before moshi is imported (NOTES: inductor costs ~18 s)
+os.environ.setdefault("NO_TORCH_COMPILE", "1")  # before moshi is imported (docs/moshi.md: inductor costs ~18 s)
 
 import pytest
 import sentencepiece as spm
@@ -37,7 +37,7 @@ PAD, END_PAD = 3, 0
 
 
 def tiny_lm(seed: int = 0) -> LMModel:
-    """NOTES' tiny LM that keeps every feature (17 streams, delays, depformer), made smaller still."""
+    """The tiny LM of docs/moshi.md that keeps every feature (17 streams, delays, depformer), made smaller still."""
     kwargs = dict(loaders._lm_kwargs)
     kwargs.update(dim=64, num_heads=4, num_layers=2, text_card=TEXT_CARD, card=CARD, context=500, depformer_dim=32,
                   depformer_num_heads=2, depformer_num_layers=1, depformer_dim_feedforward=64)

@@ -7,7 +7,7 @@ of the candidate's text tokens, teacher-forced, so long and short answers compet
 
 Fairness: over the answer window Moshi's audio is the zero token (-1) unless a candidate brings its *own*
 audio; no candidate is ever scored next to the gold answer's audio, which would give the answer away
-(NOTES.md, "Train/eval mismatch"). Only the text logits are needed, so rows go through `lm.forward_text`
+(docs/moshi.md, "Training and scoring must see the same inputs"). Only the text logits are needed, so rows go through `lm.forward_text`
 (no depformer), all candidates of many questions in one batch.
 """
 

@@ -4,7 +4,7 @@
 `x[:, t:t+1]`, a strided view of the [B*T, 8, C] depformer activations. When the weight needs no grad (the base model
 under LoRA, a model frozen for eval) `torch.matmul` will not fold that view into one 2-D GEMM: it
 broadcasts the weight and runs a batched matrix-vector product over all B*T rows (65% of GPU time in a 7B LoRA
-step, NOTES.md). Handing each module a contiguous copy of the same values makes it one GEMM.
+step, docs/anchors.md). Handing each module a contiguous copy of the same values makes it one GEMM.
 
 Outputs: with trainable weights matmul already copies and folds, so the patch is bit-identical; with frozen
 weights the GEMM sums in another order than the bmm, so results agree to rounding (~1e-6 in fp32). `LMGen` feeds

@@ -1,7 +1,7 @@
 """espeak-ng through ctypes (library and data from the espeakng-loader wheel): offline speech with word times.
 
 Word times come from the engine's own phoneme events, so they are exact for the audio it returns; no aligner
-model is needed. Facts this relies on (see NOTES.md): 22,050 Hz int16 output, a 40-byte espeak_EVENT,
+model is needed. Facts this relies on (docs/tools.md): 22,050 Hz int16 output, a 40-byte espeak_EVENT,
 1-based character positions, several WORD events for one number, one event for some word pairs ("for the").
 """
 

@@ -102,7 +102,7 @@ def objective_value(summary: Mapping[str, Any], metric: str) -> float | None:
     """The value a sweeper optimises (summary key `metric`), or None for a run that did not complete or has no
     finite value.
 
-    Optuna crashes on NaN but records `None` as a failed trial and carries on (NOTES.md), so a diverged or failed
+    Optuna crashes on NaN but records `None` as a failed trial and carries on (docs/tools.md), so a diverged or failed
     run must never hand back a number.
     """
     if summary.get(STATUS) != COMPLETED:

@@ -94,7 +94,7 @@ class WandbSink:
         import wandb
 
         try:
-            # mode= is passed explicitly: WANDB_MODE is read only at a process's first init (NOTES.md).
+            # mode= is passed explicitly: WANDB_MODE is read only at a process's first init (docs/tools.md).
             # reinit="finish_previous": the default would hand a multirun's job 2 the run of job 1.
             self._run = wandb.init(
                 project=self.project,

@@ -27,7 +27,7 @@ class TrainConfig:
     text_weight: float = 1.0  # loss = text_weight * text CE + audio CE
     text_padding_weight: float = 0.5  # weight of pad / end-of-padding text targets
     first_codebook_weight_multiplier: float = 1.0
-    # fraction of answer turns whose Moshi audio becomes the zero token (NOTES: train/eval mismatch)
+    # fraction of answer turns whose Moshi audio becomes the zero token (docs/moshi.md: training and scoring)
     audio_drop: float = 0.5
     eval_every: int = 50  # 0: evaluate only at the end
     eval_at_start: bool = True  # one evaluation before the first step: the base model's figures

@@ -77,7 +77,7 @@ def drop_answer_audio(sample: ConversationCodes, fraction: float, rng: random.Ra
     """Codes where, in about `fraction` of the answer turns, Moshi's audio is the zero token.
 
     Why: a model that always hears its own answer audio learns to read answer words off it, and then fails
-    when the audio is absent at evaluation time (NOTES: train/eval mismatch). The text stays.
+    when the audio is absent at evaluation time (docs/moshi.md: training and scoring). The text stays.
     """
     codes = sample.codes
     dropped = [t.answer for t in sample.turns if rng.random() < fraction]
