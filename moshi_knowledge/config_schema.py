@@ -42,6 +42,7 @@ class FactsQASchema:
     n_train: int = 100
     n_eval: int = 20
     paraphrases: int = 3
+    retain: bool = True  # also ask the general-knowledge retain tier (qa/retain.py), never trained
 
 
 @dataclass
@@ -51,6 +52,7 @@ class FileQASchema:
     eval_path: Optional[str] = None
     n_eval: int = 20
     seed: int = 0
+    retain: bool = True  # also ask the general-knowledge retain tier (qa/retain.py), never trained
 
 
 @dataclass
@@ -155,6 +157,7 @@ class LLMQASchema:
     max_retries: int = 5
     backoff_s: float = 2.0
     cache_dir: Optional[str] = None
+    retain: bool = True  # also ask the general-knowledge retain tier (qa/retain.py), never trained
 
 
 @dataclass

@@ -11,9 +11,12 @@ Keys read (written by train/eval through the Tracker; `moshi_knowledge.tracking.
                    recall/<tier>/delta, recall/<tier>/p_value
     metrics.jsonl  step, train/loss, eval/loss (curves; also the fallback for a final value missing from the summary)
 
-A tier is any `<tier>` with a `recall/<tier>/mc_acc` in some run's summary (train, eval, paraphrase). When the runs
-differ only by `seed` or `train.seed` (`sweep=seeds`), an "Across seeds" table gives each tier's final recall (and
-its controls) as mean, standard deviation and 95% t-interval of the mean over the completed runs.
+A tier is any `<tier>` with a `recall/<tier>/mc_acc` in some run's summary (train, eval, paraphrase, retain). When
+the runs differ only by `seed` or `train.seed` (`sweep=seeds`), an "Across seeds" table gives each tier's final
+recall (and its controls) as mean, standard deviation and 95% t-interval of the mean over the completed runs. When
+two or more configs were each run with the same seeds (`-m lora.rank=8,16 seed=0,1,2`), a "Configs compared across
+seeds" table gives, per tier and pair of configs, the mean difference of final recall over the shared seeds with a
+paired t-test.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def write_report(sweep_dir: Path) -> str:
     table = _table(runs, labels, varying, tiers)
     head = [_status_line(runs)] + ([f"Common overrides: {', '.join(f'`{o}`' for o in common)}"] if common else [])
     sections = [f"# Sweep report: {sweep_dir.resolve().name}", "\n\n".join(head), table]
-    seeds = _seed_section(runs, varying, tiers)
+    seeds = _seed_section(runs, varying, tiers) or _paired_section(runs, varying, tiers)
     if seeds:
         sections.append(seeds)
     sections.append(_loss_section(runs, labels, varying, sweep_dir))
@@ -163,7 +166,7 @@ _SEED_KEYS = ("seed", "train.seed")
 def _seed_section(runs: list[RunRecord], varying: list[list[str]], tiers: list[str]) -> str | None:
     """For runs that differ only by seed: each tier's final recall over the completed runs, as mean, standard
     deviation and a 95% t-interval of the mean, so one lucky seed is not read as an effect."""
-    only_seeds = all(o and all(x.lstrip("+").split("=")[0] in _SEED_KEYS for x in o) for o in varying)
+    only_seeds = all(o and all(_is_seed(x) for x in o) for o in varying)
     if len(runs) < 2 or not only_seeds or not tiers:
         return None
     lines = ["## Across seeds", "", _row(["tier", "runs", "mean", "sd", "95% CI of the mean"]),
@@ -180,6 +183,66 @@ def _seed_section(runs: list[RunRecord], varying: list[list[str]], tiers: list[s
             lines.append(_row([label, str(len(values)), f"{mean:.3f}", f"{sd:.3f}",
                                f"[{mean - half:.3f}, {mean + half:.3f}]"]))
     return "\n".join(lines)
+
+
+ALPHA = 0.05  # a paired difference with p below this names the better config
+
+
+def _paired_section(runs: list[RunRecord], varying: list[list[str]], tiers: list[str]) -> str | None:
+    """For configs each run with the same seeds: per tier and pair of configs, the mean difference of final recall
+    over the seeds both completed, with a paired t-test across those seeds and a verdict.
+
+    Pairing by seed removes what a seed does to both configs alike (data order, initialisation). A t-test rather
+    than Wilcoxon's signed-rank test: with 5 seeds or fewer the signed-rank test cannot reach p < 0.05 at all.
+    Each pair is tested on its own (no correction for comparing many pairs). A rerun of one config and seed
+    replaces the earlier run.
+    """
+    by_config: dict[str, dict[str, RunRecord]] = {}
+    for run, overrides in zip(runs, varying):
+        seed = " ".join(o for o in overrides if _is_seed(o))
+        config = " ".join(o for o in overrides if not _is_seed(o)) or "(common overrides only)"
+        if seed:
+            by_config.setdefault(config, {})[seed] = run
+    rows = [row for tier in tiers for a, b in _pairs(list(by_config)) if (row := _paired_row(
+        tier, a, b, by_config[a], by_config[b])) is not None]
+    if not rows:
+        return None
+    head = ["tier", "config A", "config B", "seeds", "mean B − A", "95% CI", "p (paired t)", "verdict"]
+    return "\n".join(["## Configs compared across seeds", "", _row(head), _row(["---"] * len(head)), *rows])
+
+
+def _is_seed(override: str) -> bool:
+    return override.lstrip("+~").split("=")[0] in _SEED_KEYS
+
+
+def _pairs(configs: list[str]) -> list[tuple[str, str]]:
+    return [(a, b) for i, a in enumerate(configs) for b in configs[i + 1:]]
+
+
+def _paired_row(tier: str, name_a: str, name_b: str, a: dict[str, RunRecord], b: dict[str, RunRecord]) -> str | None:
+    """One table row, or None when fewer than two seeds have a finite final recall in both configs."""
+    from scipy.stats import ttest_rel
+
+    pairs = [(va, vb) for seed in a if seed in b
+             if (va := _completed_recall(a[seed], tier)) is not None and (vb := _completed_recall(b[seed], tier))
+             is not None]
+    if len(pairs) < 2:
+        return None
+    diffs = [vb - va for va, vb in pairs]
+    mean, half = _mean_interval(diffs)
+    if statistics.pstdev(diffs) == 0:  # identical differences: t is undefined (or infinite)
+        p = 1.0 if mean == 0 else 0.0
+    else:
+        p = float(ttest_rel([vb for _, vb in pairs], [va for va, _ in pairs]).pvalue)
+    verdict = (f"indistinguishable (p ≥ {ALPHA})" if p >= ALPHA
+               else f"{'B' if mean > 0 else 'A'} better")
+    return _row([tier, name_a, name_b, str(len(pairs)), f"{mean:+.3f}", f"[{mean - half:+.3f}, {mean + half:+.3f}]",
+                 f"{p:.3g}", verdict])
+
+
+def _completed_recall(run: RunRecord, tier: str) -> float | None:
+    value = run.final(recall_key(tier)) if run.status == COMPLETED else None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _mean_interval(values: Sequence[float]) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""Configs load from a non-editable install, not only from the source tree."""
+"""Configs and the retain questions load from a non-editable install, not only from the source tree."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ PROBE = """
 import moshi_knowledge, sys
 from hydra import compose, initialize_config_module
 from moshi_knowledge.config_schema import register
+from moshi_knowledge.qa.retain import retain_items
 register()
 with initialize_config_module(config_module="moshi_knowledge.conf", version_base="1.3"):
     cfg = compose(config_name="config", overrides=["experiment=demo", "layout=mono_duplicate"])
 print(moshi_knowledge.__file__)
 print(cfg.layout._target_)
+print(len(retain_items()))
 """
 
 
@@ -40,3 +42,4 @@ def test_configs_load_from_a_wheel_install(tmp_path: Path) -> None:
     ).stdout.split()
     assert Path(out[0]).is_relative_to(target), out  # the installed copy, not the source tree
     assert out[1].endswith("MonoDuplicateLayout")
+    assert out[2] == "30"  # the retain tier's questions ship as package data

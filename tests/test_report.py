@@ -155,3 +155,39 @@ def test_runs_differing_only_by_seed_get_mean_spread_and_interval_per_tier(tmp_p
     assert rows["eval"][1:4] == ["3", "0.250", "0.000"]
     assert rows["train (silence)"][1:3] == ["3", "0.250"]
     assert main([str(sweep)]) == 0 and "Across seeds" not in (sweep / "report.md").read_text()  # a grid: no
+
+
+def _config_seed_sweep(root: Path, recalls: dict[str, list[float]]) -> None:
+    """Runs of each `lora.rank` config with seeds 0, 1, 2, ...; `recalls[rank][seed]` is the final train recall."""
+    job = 0
+    for rank, values in recalls.items():
+        for seed, acc in enumerate(values):
+            _write_run(root / str(job), ["sweep=seeds", f"lora.rank={rank}", f"seed={seed}"], "completed", [2.0, 1.0],
+                       {"train": acc, "eval": 0.25 + 0.01 * seed})
+            job += 1
+
+
+def test_two_configs_on_the_same_seeds_get_a_paired_verdict_per_tier(tmp_path: Path) -> None:
+    # rank 16 beats rank 8 on every seed by 0.09-0.11 although the seeds spread the recall far more than that
+    _config_seed_sweep(tmp_path, {"8": [0.50, 0.70, 0.90, 0.60], "16": [0.60, 0.79, 1.00, 0.71]})
+    assert main([str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    section = report[report.index("## Configs compared across seeds"):]
+    rows = {r[0]: r for r in _table_rows(section).values() if r[0] != "tier"}
+    assert rows["train"][1:5] == ["lora.rank=8", "lora.rank=16", "4", "+0.100"]
+    assert float(rows["train"][6]) < 0.001 and rows["train"][7] == "B better"
+    assert rows["eval"][4] == "+0.000" and rows["eval"][6] == "1" and rows["eval"][7].startswith("indistinguishable")
+    assert "Across seeds" not in report
+
+
+def test_a_difference_within_the_seed_noise_is_indistinguishable(tmp_path: Path) -> None:
+    _config_seed_sweep(tmp_path, {"8": [0.50, 0.70, 0.90], "16": [0.62, 0.61, 0.95]})  # +0.12, -0.09, +0.05
+    # a third config whose one run diverged: no seed with recall in both, so no pair with it is tested
+    _write_run(tmp_path / "9", ["sweep=seeds", "lora.rank=32", "seed=2"], "diverged", [2.0, math.nan])
+    assert main([str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    rows = [r for r in _table_rows(report[report.index("## Configs compared across seeds"):]).values()]
+    train = next(r for r in rows if r[0] == "train")
+    assert train[3:5] == ["3", "+0.027"] and float(train[6]) > 0.5 and train[7] == "indistinguishable (p ≥ 0.05)"
+    assert not any("lora.rank=32" in r for r in rows)
+

@@ -2,8 +2,8 @@
 
 Candidates need speech even when no answer audio is fed: their words go on the text stream at the times
 Moshi's voice would say them, exactly as training places answer words, so a candidate is scored in the layout
-the model was trained on. Gold answers and the distractors (other questions' gold answers) were all spoken by
-the tts stage; anything else is synthesized in Moshi's voice on first use.
+the model was trained on. Gold answers, the distractors (other questions' gold answers) and the retain tier's own
+distractors were all spoken by the tts stage; anything else is synthesized in Moshi's voice on first use.
 """
 
 from __future__ import annotations

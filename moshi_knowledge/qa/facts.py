@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.qa.retain import with_retain
 from moshi_knowledge.qa.schema import QAItem, QASet
 from moshi_knowledge.world.prose import capitalize, label
 from moshi_knowledge.world.schema import Entity, Fact, Story, World
@@ -251,7 +252,8 @@ class _EvalPlan:
 class FactsQA:
     """qa=facts: train/paraphrase/eval questions from the world's facts (needs story=procedural)."""
 
-    def __init__(self, seed: int, n_train: int = 100, n_eval: int = 20, paraphrases: int = 3) -> None:
+    def __init__(self, seed: int, n_train: int = 100, n_eval: int = 20, paraphrases: int = 3,
+                 retain: bool = True) -> None:
         most = min(len(t) for t in QUESTIONS.values()) - 1
         if not 1 <= paraphrases <= most:
             raise UserError(f"qa.paraphrases is {paraphrases}; qa=facts has templates for 1 to {most}",
@@ -263,6 +265,7 @@ class FactsQA:
         self.n_train = n_train
         self.n_eval = n_eval
         self.paraphrases = paraphrases
+        self.retain = retain
 
     def build(self, story: Story) -> QASet:
         world = story.world
@@ -287,7 +290,7 @@ class FactsQA:
             item.distractors = _distractors(world, item, answers, rng)
         for source, item in zip(train, para):
             item.distractors = list(source.distractors)
-        return QASet(train=train, eval=evals, paraphrase=para)
+        return with_retain(QASet(train=train, eval=evals, paraphrase=para), self.retain)
 
     def _train_facts(self, world: World, supports: list[tuple[Fact, ...]], rng: random.Random) -> list[Fact]:
         """The eval supports' facts, filled up with random others, in random order."""

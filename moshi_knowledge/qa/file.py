@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.qa.retain import with_retain
 from moshi_knowledge.qa.schema import QAItem, QASet, Tier
 from moshi_knowledge.text_norm import normalise
 from moshi_knowledge.world.schema import Story
@@ -47,11 +48,13 @@ def answer_type(answer: str) -> str:
 class FileQA:
     """Builds the train and eval tiers from the user's files; the story is not needed (the file holds the facts)."""
 
-    def __init__(self, train_path: str, eval_path: str | None = None, n_eval: int = 20, seed: int = 0) -> None:
+    def __init__(self, train_path: str, eval_path: str | None = None, n_eval: int = 20, seed: int = 0,
+                 retain: bool = True) -> None:
         self.train_path = train_path
         self.eval_path = eval_path
         self.n_eval = n_eval
         self.seed = seed
+        self.retain = retain
 
     def build(self, story: Story) -> QASet:
         train_raw = _read_items(self.train_path, "qa.train_path")
@@ -62,7 +65,7 @@ class FileQA:
         train = [_item(raw, "train", f"train-{i:03d}") for i, raw in enumerate(train_raw)]
         evals = [_item(raw, "eval", f"eval-{i:03d}") for i, raw in enumerate(eval_raw)]
         _fill_distractors([*train, *evals], self.seed)
-        return QASet(train=train, eval=evals)
+        return with_retain(QASet(train=train, eval=evals), self.retain)
 
     def _hold_out(self, items: list[_RawItem]) -> tuple[list[_RawItem], list[_RawItem]]:
         """A seeded choice of `n_eval` items becomes the eval tier; both tiers keep the file's order."""

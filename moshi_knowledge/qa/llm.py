@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.llm import BadOutput, LLMClient, Message
 from moshi_knowledge.text_norm import normalise
+from moshi_knowledge.qa.retain import with_retain
 from moshi_knowledge.qa.schema import QAItem, QASet
 from moshi_knowledge.world.schema import Story
 
@@ -250,12 +251,14 @@ class LLMQA:
         max_retries: int = 5,
         backoff_s: float = 2.0,
         cache_dir: str | None = None,
+        retain: bool = True,
     ) -> None:
         label = f"qa={self.provider}"
         if n_train < 1 or n_eval < 0 or paraphrases < 0 or max_attempts < 1:
             raise UserError(f"{label}: need n_train >= 1, n_eval >= 0, paraphrases >= 0, max_attempts >= 1 "
                             f"(got {n_train}, {n_eval}, {paraphrases}, {max_attempts})", "fix the qa.* values")
         self.label = label
+        self.retain = retain
         self.eval_model = eval_model or model
         self.n_train, self.paraphrases, self.n_eval, self.max_attempts = n_train, paraphrases, n_eval, max_attempts
         self.client = LLMClient(self.provider, "qa", model=model, temperature=temperature, base_url=base_url,
@@ -275,7 +278,7 @@ class LLMQA:
                 "eval questions", eval_prompt(train, self.n_eval), EvalQuestionsOut,
                 lambda r: eval_problems(r, train, held_out, self.n_eval), self.eval_model)
             evals = eval_items(questions, self.n_eval)
-        return QASet(train=train, eval=evals, paraphrase=held_out)
+        return with_retain(QASet(train=train, eval=evals, paraphrase=held_out), self.retain)
 
     def _ask_until_valid(
         self, what: str, prompt: str, schema: type[Reply], check: Callable[[Reply], list[str]], model: str

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from moshi_knowledge.io_utils import atomic_write_json, read_json
 
-Tier = Literal["train", "eval", "paraphrase"]
+Tier = Literal["train", "eval", "paraphrase", "retain"]
 
 
 class QAItem(BaseModel):
@@ -43,6 +43,7 @@ class QASet(BaseModel):
     train: list[QAItem] = Field(min_length=1)
     eval: list[QAItem] = Field(default_factory=list)
     paraphrase: list[QAItem] = Field(default_factory=list)
+    retain: list[QAItem] = Field(default_factory=list)  # general knowledge, never trained (qa/retain.py)
 
     @model_validator(mode="after")
     def _consistent(self) -> "QASet":
@@ -50,7 +51,7 @@ class QASet(BaseModel):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"duplicate question ids: {dupes}")
-        for tier in ("train", "eval", "paraphrase"):
+        for tier in ("train", "eval", "paraphrase", "retain"):
             for q in getattr(self, tier):
                 if q.tier != tier:
                     raise ValueError(f"item {q.id} has tier {q.tier!r} but is listed under {tier!r}")
@@ -61,7 +62,7 @@ class QASet(BaseModel):
         return self
 
     def all_items(self) -> list[QAItem]:
-        return [*self.train, *self.eval, *self.paraphrase]
+        return [*self.train, *self.eval, *self.paraphrase, *self.retain]
 
     def save(self, out_dir: Path) -> None:
         atomic_write_json(out_dir / "qa.json", self.model_dump())

@@ -15,10 +15,11 @@ def answer_line_id(qid: str) -> str:
 
 
 def question_lines(qa: QASet) -> list[Line]:
-    """Every phrasing of every train/eval question in rotating user voices; paraphrases in the held-out voice."""
+    """Every phrasing of every train/eval/retain question in rotating user voices (retain last, so the other
+    tiers keep their voices); paraphrases in the held-out voice."""
     lines: list[Line] = []
     turn = 0
-    for item in [*qa.train, *qa.eval]:
+    for item in [*qa.train, *qa.eval, *qa.retain]:
         for k, text in enumerate(item.phrasings):
             lines.append(Line(question_line_id(item.id, k), text, "user", voice_index=turn))
             turn += 1
@@ -27,5 +28,14 @@ def question_lines(qa: QASet) -> list[Line]:
     return lines
 
 
+def retain_distractor_line_id(k: int) -> str:
+    return f"a-retain-alt-{k:03d}"
+
+
 def answer_lines(qa: QASet) -> list[Line]:
-    return [Line(answer_line_id(item.id), item.answer, "moshi") for item in [*qa.train, *qa.eval]]
+    """Every gold answer in Moshi's voice, plus each retain distractor that no gold answer says: other tiers draw
+    distractors from golds, the retain tier has its own, and every candidate needs Moshi-voice speech for scoring."""
+    lines = [Line(answer_line_id(item.id), item.answer, "moshi") for item in [*qa.train, *qa.eval, *qa.retain]]
+    spoken = {line.text for line in lines}
+    extra = dict.fromkeys(d for item in qa.retain for d in item.distractors if d not in spoken)
+    return lines + [Line(retain_distractor_line_id(k), text, "moshi") for k, text in enumerate(extra)]

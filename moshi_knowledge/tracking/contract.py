@@ -12,8 +12,8 @@ and recall rows share one axis. `summary.json` holds the final figures of the ru
     eval/loss                     eval loss on the fixed eval set (metrics rows; final value in the summary)
     nan_guard/events              cumulative count of NaN-guard events (metrics rows and summary)
     train/useful_frames_per_sec   throughput (metrics rows; last value in the summary)
-    recall/<tier>/mc_acc          multiple-choice accuracy on a tier (train | eval | paraphrase); recall rows in
-                                  metrics, final value in the summary
+    recall/<tier>/mc_acc          multiple-choice accuracy on a tier (train | eval | paraphrase | retain); recall
+                                  rows in metrics, final value in the summary
     recall/<tier>/mc_acc_low      lower end of the 95% Wilson interval of the final mc_acc (summary)
     recall/<tier>/mc_acc_high     upper end of that interval (summary)
     recall/<tier>/best_mc_acc     best mc_acc over the run's evaluations (summary)
