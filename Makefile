@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo lint test benchmark clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m moshi_knowledge experiment=demo hydra.run.dir=runs/demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check moshi_knowledge tests benchmarks
+
+test: lint
 	$(PY) -m pytest
 
 benchmark: $(STAMP)

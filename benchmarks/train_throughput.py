@@ -55,10 +55,9 @@ from moshi_knowledge.model.depformer_patch import patch_depformer
 from moshi_knowledge.model.lora import LoraSpec, apply_lora
 from moshi_knowledge.train.batches import StreamSpec
 from moshi_knowledge.train.config import TrainConfig
-from moshi_knowledge.train.distributed import init_from_env
-from moshi_knowledge.train.nan_guard import NanGuard
-from moshi_knowledge.train.distributed import barrier, dist_info
+from moshi_knowledge.train.distributed import barrier, dist_info, init_from_env
 from moshi_knowledge.train.loop import _Run, _Silent  # the loop's step, without its eval and checkpoint writes
+from moshi_knowledge.train.nan_guard import NanGuard
 from moshi_knowledge.train.samples import FRAME_RATE, ConversationCodes, TurnSpan
 
 SEED = 0
@@ -582,7 +581,8 @@ def write_fsdp(out: Path, result: dict[str, Any], scale: Scale) -> None:
     if ckpt.get("saved_at_step"):
         lines += [
             f"Sharded checkpoint (DCP, one shard file per rank) at step {ckpt['saved_at_step']}: "
-            f"{ckpt['checkpoint_gib']:.1f} GiB, saved in {ckpt['save_s']:.1f} s, loaded back in {ckpt['load_s']:.1f} s. "
+            f"{ckpt['checkpoint_gib']:.1f} GiB, saved in {ckpt['save_s']:.1f} s, "
+            f"loaded back in {ckpt['load_s']:.1f} s. "
             f"Resumed from step {ckpt['resumed_from_step']}: first step's loss equal to the uninterrupted run's: "
             f"{ckpt['first_step_equal']}; max relative difference {_fmt(ckpt['max_rel_diff'], 8)} (tolerance "
             f"{ckpt['tolerance']:g}): {'match' if ckpt['match'] else 'MISMATCH'}.", "",

@@ -30,8 +30,8 @@ from moshi_knowledge.tracking import Tracker, check_objective, objective_value, 
 from moshi_knowledge.tracking.contract import COMPLETED, DIVERGED, MESSAGE, METRICS_FILE, STATUS
 from moshi_knowledge.tracking.files import dumps, read_metrics
 from moshi_knowledge.train.distributed import dist_info, init_from_env, is_sharded, parallel_mode
-from moshi_knowledge.train.loop import train
 from moshi_knowledge.train.encode import load_split
+from moshi_knowledge.train.loop import train
 from moshi_knowledge.train.seed import seed_everything
 
 log = logging.getLogger(__name__)

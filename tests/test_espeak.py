@@ -10,9 +10,9 @@ import threading
 import librosa
 import numpy as np
 import pytest
-from conftest import REPO
 from omegaconf import OmegaConf
 
+from conftest import REPO
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.speech.espeak import EspeakTTS
 from moshi_knowledge.speech.schema import SAMPLE_RATE, Utterance, Voice

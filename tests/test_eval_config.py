@@ -31,7 +31,8 @@ def test_composed_eval_group_builds_the_config(tmp_path) -> None:
         compose_cfg([group, "eval.recall_evry=3"])
 
 
-@pytest.mark.parametrize("kwargs, field", [({"judge": "claude"}, "eval.judge"), ({"max_answer_sec": 0}, "max_answer_sec"),
+@pytest.mark.parametrize("kwargs, field", [({"judge": "claude"}, "eval.judge"),
+                                           ({"max_answer_sec": 0}, "max_answer_sec"),
                                            ({"generate": False}, "eval.voice"), ({"tiers": []}, "eval.tiers")])
 def test_bad_values_are_user_errors(kwargs: dict, field: str) -> None:
     with pytest.raises(UserError, match=field):

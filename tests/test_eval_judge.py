@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from llm_stub_server import StubLLMServer
 
+from llm_stub_server import StubLLMServer
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.evaluation.judge import judge_from_config
 

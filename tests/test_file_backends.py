@@ -259,5 +259,6 @@ def test_file_qa_merges_an_exact_repeat_with_a_warning(tmp_path: Path, caplog: p
     assert [q.question for q in qa.train].count("Which river runs past Quillby?") == 1 and len(qa.train) == 4
     assert [q.question for q in qa.eval] == ["Who rules Varn?"]  # a trained question is not held out
     warnings = [r.getMessage() for r in caplog.records]
-    assert f"qa.train_path={train} item 4 repeats the question and answer of qa.train_path={train} item 0" in warnings[0]
+    repeat = f"qa.train_path={train} item 4 repeats the question and answer of qa.train_path={train} item 0"
+    assert repeat in warnings[0]
     assert f"qa.eval_path={evals} item 0 repeats" in warnings[1] and len(warnings) == 2

@@ -1,4 +1,4 @@
-"""The full-scale rehearsal (benchmarks/full_scale.py): its tokenizer padding, and its whole path on a tiny checkpoint."""
+"""The full-scale rehearsal (benchmarks/full_scale.py): its tokenizer padding, and its path on a tiny checkpoint."""
 
 from __future__ import annotations
 

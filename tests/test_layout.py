@@ -10,8 +10,7 @@ from moshi_knowledge.qa.schema import QAItem, QASet
 from moshi_knowledge.speech.align import TTSAligner
 from moshi_knowledge.speech.espeak import EspeakTTS
 from moshi_knowledge.speech.layout import DialogueLayout, MonoDuplicateLayout, qa_line_id
-from moshi_knowledge.speech.schema import (MOSHI_SPEAKER, SAMPLE_RATE, USER_SPEAKER, Conversation, SpeakerWord,
-                                           Utterance)
+from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SAMPLE_RATE, USER_SPEAKER, Conversation, SpeakerWord, Utterance
 from moshi_knowledge.speech.script import answer_lines, question_lines
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
-from llm_stub_server import Reply, StubLLMServer
 
+from llm_stub_server import Reply, StubLLMServer
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.qa.llm import (
     EvalQuestionOut,

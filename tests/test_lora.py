@@ -105,7 +105,8 @@ def test_presets_target_the_expected_linears(lm, targets: str, expected: set[str
 
 
 @pytest.mark.parametrize(
-    "spec", [LoraSpec("attn_mlp"), LoraSpec("all", use_rslora=True, train_embeddings=True), LoraSpec("all", use_dora=True)]
+    "spec",
+    [LoraSpec("attn_mlp"), LoraSpec("all", use_rslora=True, train_embeddings=True), LoraSpec("all", use_dora=True)],
 )
 def test_loss_at_init_equals_the_base_loss(lm, codes, spec: LoraSpec) -> None:
     # frozen like under peft: torch.matmul picks its kernel by requires_grad, which moves results by ~1e-6

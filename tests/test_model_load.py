@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from safetensors import SafetensorError
 from scipy.signal import lfilter
 
 from conftest import compose_cfg
@@ -187,5 +188,5 @@ def test_the_codec_loads_without_the_lm(folder, loaded, tmp_path) -> None:
     wave = torch.from_numpy(speechlike(5, 2.0))[None, None]
     with torch.no_grad():
         assert torch.equal(codec.mimi.encode(wave), loaded.mimi.encode(wave))
-    with pytest.raises(Exception):
+    with pytest.raises(SafetensorError):
         load_model(source, device="cpu")

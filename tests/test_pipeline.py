@@ -85,7 +85,8 @@ def test_two_app_processes_on_one_cache_both_succeed(tmp_path: Path) -> None:
     assert [r["key"] for r in records[0]] == [r["key"] for r in records[1]]
     built = [sum(r["computed"] for r in rec) for rec in records]
     assert sum(built) == 4  # every stage built exactly once across the two processes
-    assert (tmp_path / "r0" / "dataset" / "train.jsonl").read_text() == (tmp_path / "r1" / "dataset" / "train.jsonl").read_text()
+    manifests = [(tmp_path / run / "dataset" / "train.jsonl").read_text() for run in ("r0", "r1")]
+    assert manifests[0] == manifests[1]
 
 
 @pytest.mark.slow

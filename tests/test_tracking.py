@@ -33,7 +33,8 @@ def _summary(run_dir: Path) -> dict:
 
 
 def _offline_run_ids(run_dir: Path) -> set[str]:
-    """Run ids of the offline W&B runs stored in run_dir (directory names end in the id; docs/tools.md: no .wandb reader)."""
+    """Run ids of the offline W&B runs stored in run_dir (directory names end in the id; no .wandb reader exists,
+    docs/tools.md)."""
     dirs = list((run_dir / "wandb").glob("offline-run-*"))
     assert all(any(d.glob("run-*.wandb")) for d in dirs), dirs
     return {d.name.rsplit("-", 1)[1] for d in dirs}

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_train_data import tiny_lm
-from test_train_loop import EVAL, TRAIN, config, run, trainable
 
 from moshi_knowledge.tracking.files import read_metrics
 from moshi_knowledge.train.loop import train
 from moshi_knowledge.train.nan_guard import NanGuard
+from test_train_data import tiny_lm
+from test_train_loop import EVAL, TRAIN, config, run, trainable
 
 SETTINGS = dict(max_steps=4, batch_size=4, grad_accum=2, eval_every=2, ckpt_every=2, distributed="ddp")
 

@@ -15,15 +15,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_train_data import tiny_lm
-from test_train_loop import EVAL, TRAIN, config, run, trainable
 
 from moshi_knowledge.tracking.files import read_metrics
-from moshi_knowledge.train.loop import train
-from moshi_knowledge.train.nan_guard import NanGuard
 from moshi_knowledge.train.checkpoint import SHARDED, load_checkpoint
 from moshi_knowledge.train.distributed import DistInfo, is_sharded
+from moshi_knowledge.train.loop import train
+from moshi_knowledge.train.nan_guard import NanGuard
 from moshi_knowledge.train.optim import build_optimizer
+from test_train_data import tiny_lm
+from test_train_loop import EVAL, TRAIN, config, run, trainable
 
 STEPS = 4
 SETTINGS = dict(max_steps=STEPS, batch_size=4, grad_accum=2, eval_every=2, ckpt_every=STEPS // 2, distributed="auto")

@@ -9,21 +9,19 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
 import pytest
 import torch
-from test_train_data import PAD, spoken_qa, tiny_lm
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import read_json
 from moshi_knowledge.tracking.files import read_metrics
-from moshi_knowledge.train.batches import StreamSpec, eval_batches
-from moshi_knowledge.train.config import TrainConfig
-from moshi_knowledge.train.loop import evaluate, train
-from moshi_knowledge.train.nan_guard import NanGuard
 from moshi_knowledge.train.attention import segment_attention
-from moshi_knowledge.train.batches import collate
+from moshi_knowledge.train.batches import StreamSpec, collate, eval_batches
 from moshi_knowledge.train.checkpoint import checkpoint_dirs
-from moshi_knowledge.train.loop import forward_sums, set_gradient_checkpointing
+from moshi_knowledge.train.config import TrainConfig
+from moshi_knowledge.train.loop import evaluate, forward_sums, set_gradient_checkpointing, train
 from moshi_knowledge.train.loss import LossSettings
+from moshi_knowledge.train.nan_guard import NanGuard
 from moshi_knowledge.train.optim import lr_at
+from test_train_data import PAD, spoken_qa, tiny_lm
 
 torch.set_num_threads(1)
 

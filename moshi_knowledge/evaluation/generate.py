@@ -6,8 +6,8 @@ monologue) is read over the answer window that follows the question, padding dro
 Text is greedy (top-k 1) so the answer is deterministic; Moshi's audio is sampled as in a live chat, since
 greedy audio is degenerate and the voice-drift measure needs speech.
 
-Frame bookkeeping (docs/moshi.md, streaming frames): the first user frame fed is consumed by the initial token, so frames go
-in as [u0, u0, u1, ...]; from step 1 on, step s returns frame s-1 of text and Moshi's audio.
+Frame bookkeeping (docs/moshi.md, streaming frames): the first user frame fed is consumed by the initial token, so
+frames go in as [u0, u0, u1, ...]; from step 1 on, step s returns frame s-1 of text and Moshi's audio.
 """
 
 from __future__ import annotations

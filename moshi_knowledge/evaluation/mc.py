@@ -5,10 +5,10 @@ user channel, then the candidate's words on Moshi's text stream at their spoken 
 end-of-padding before each word, exactly as training builds the stream). The score is the mean log-probability
 of the candidate's text tokens, teacher-forced, so long and short answers compete fairly.
 
-Fairness: over the answer window Moshi's audio is the zero token (-1) unless a candidate brings its *own*
-audio; no candidate is ever scored next to the gold answer's audio, which would give the answer away
-(docs/moshi.md, "Training and scoring must see the same inputs"). Only the text logits are needed, so rows go through `lm.forward_text`
-(no depformer), all candidates of many questions in one batch.
+Fairness: over the answer window Moshi's audio is the zero token (-1) unless a candidate brings its *own* audio; no
+candidate is ever scored next to the gold answer's audio, which would give the answer away (docs/moshi.md, "Training
+and scoring must see the same inputs"). Only the text logits are needed, so rows go through `lm.forward_text` (no
+depformer), all candidates of many questions in one batch.
 """
 
 from __future__ import annotations

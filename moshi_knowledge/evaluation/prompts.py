@@ -27,7 +27,6 @@ from moshi_knowledge.train.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, US
 from moshi_knowledge.train.text_stream import Tokenize, text_stream
 
 
-
 @dataclass
 class PreparedQuestion:
     question: EvalQuestion

@@ -103,7 +103,7 @@ def recall_table(summary: Mapping[str, Any]) -> str:
              f"  {'gen base':>8} {'gen final':>9} {'p':>7} {'F1':>5}"
     lines = [header, "-" * len(header)]
     for tier in tiers:
-        g = lambda stat, spec: _fmt(summary.get(key(tier, stat)), spec)  # noqa: E731
+        g = lambda stat, spec, tier=tier: _fmt(summary.get(key(tier, stat)), spec)  # noqa: E731
         ci = f"[{g('mc_acc_low', '.2f')}, {g('mc_acc_high', '.2f')}]"
         lines.append(f"{tier:<11}{g('n', '.0f'):>4}  {g('baseline_mc_acc', '.2f'):>7} {g('mc_acc', '.2f'):>8} "
                      f"{ci:>13} {g('delta', '+.2f'):>6} {g('p_value', '.3g'):>7}  "

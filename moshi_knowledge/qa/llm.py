@@ -18,9 +18,9 @@ from pydantic import BaseModel, Field
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.llm import BadOutput, LLMClient, Message
-from moshi_knowledge.text_norm import normalise
 from moshi_knowledge.qa.retain import with_retain
 from moshi_knowledge.qa.schema import QAItem, QASet
+from moshi_knowledge.text_norm import normalise
 from moshi_knowledge.world.schema import Story
 
 N_DISTRACTORS = 3

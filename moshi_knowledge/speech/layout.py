@@ -20,8 +20,16 @@ import numpy as np
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.qa.schema import QAItem, QASet
 from moshi_knowledge.speech.layout_base import Layout
-from moshi_knowledge.speech.schema import (MOSHI_SPEAKER, SAMPLE_RATE, USER_SPEAKER, Conversation, Line,
-                                           SpeakerWord, Turn, Utterance)
+from moshi_knowledge.speech.schema import (
+    MOSHI_SPEAKER,
+    SAMPLE_RATE,
+    USER_SPEAKER,
+    Conversation,
+    Line,
+    SpeakerWord,
+    Turn,
+    Utterance,
+)
 from moshi_knowledge.speech.script import answer_line_id, question_line_id
 
 
@@ -100,7 +108,8 @@ class _PackingLayout(Layout):
         return [self._render(group, f"{split}-{i:04d}", split) for i, group in enumerate(self._groups(blocks))]
 
     def _groups(self, blocks: list[_Block]) -> Iterator[list[_Block]]:
-        """Greedy in order: a turn that would push the conversation past max_duration_sec (or max_turns) starts a new one."""
+        """Greedy in order: a turn that would push the conversation past max_duration_sec (or max_turns) starts a new
+        one."""
         ends = 2 * _samples(self.lead_sec)
         gap, limit = _samples(self.turn_gap_sec), int(self.max_duration_sec * SAMPLE_RATE)
         group: list[_Block] = []

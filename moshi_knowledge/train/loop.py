@@ -28,8 +28,16 @@ from moshi_knowledge.train.attention import segment_attention
 from moshi_knowledge.train.batches import Batch, PackedRow, StreamSpec, TrainStream, collate, eval_batches
 from moshi_knowledge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from moshi_knowledge.train.config import TrainConfig
-from moshi_knowledge.train.distributed import (all_finite, all_reduce_sum, clip_grad_norm, dist_info, is_sharded,
-                                                no_sync, shard, wrap_model)
+from moshi_knowledge.train.distributed import (
+    all_finite,
+    all_reduce_sum,
+    clip_grad_norm,
+    dist_info,
+    is_sharded,
+    no_sync,
+    shard,
+    wrap_model,
+)
 from moshi_knowledge.train.loss import LossSettings, LossSums, loss_sums, step_loss, target_weights
 from moshi_knowledge.train.nan_guard import NanGuard, Snapshot
 from moshi_knowledge.train.optim import build_optimizer, lr_at

@@ -154,7 +154,7 @@ class _Builder:
         birth = start - rng.randint(18, 40)
         rulers: list[_Life] = []
         is_child = False
-        for i in range(n):
+        for _ in range(n):
             until = min(start + rng.randint(8, 30), birth + 80)
             life = self._person("ruler", (start, until))
             life.birth = birth
