@@ -161,10 +161,6 @@ def app_args(overrides: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "moshi_knowledge", "experiment=moshiko_h200", "logger=none", *overrides]
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 # ---- figures ---------------------------------------------------------------------------------------------------
 def _max(rows: Sequence[dict[str, Any]], key: str) -> Optional[float]:
     values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
@@ -184,7 +180,9 @@ def _stage_seconds(*run_dirs: Path) -> dict[str, float]:
 
 def app_figures(run_dir: Path, data_dir: Path, steps: int) -> dict[str, Any]:
     """Stage times, recall points, memory and steady-state speed, from the run directories' own files."""
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    from moshi_knowledge.tracking.files import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
     train = [r for r in rows if "train/useful_frames_per_sec" in r and r["step"] > WARMUP_STEPS]
     recall = [{"step": r["step"], **{k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("recall_time/")},
                "peak_gib": r.get("memory/recall_peak_gib")} for r in rows if "recall_time/total_sec" in r]

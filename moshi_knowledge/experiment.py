@@ -7,7 +7,6 @@ to W&B. A diverged run ends normally with its status, so a sweep carries on.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +66,7 @@ class RecallHook:
     def rows(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_metrics(self.path)
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> float | None:

@@ -20,7 +20,7 @@ from moshi_knowledge.config_schema import SCHEMAS
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.report import main as report_main
 from moshi_knowledge.tracking import RunIdentity, Tracker, check_objective, objective_value, run_identity_from_hydra
-from moshi_knowledge.tracking.files import read_metrics
+from moshi_knowledge.tracking.files import MetricsFile, read_metrics
 from moshi_knowledge.tracking.identity import choice_tags, run_name
 from moshi_knowledge.tracking.secrets import is_secret_name, is_secret_override, loggable_config
 from moshi_knowledge.tracking.sinks import WandbSink
@@ -427,3 +427,15 @@ def test_optuna_sweep_survives_a_diverged_and_a_failed_trial(tiny_app: Path) -> 
     assert report_main([str(sweep_dir)]) == 0
     report = (sweep_dir / "report.md").read_text()
     assert "3 runs: 1 completed, 1 diverged, 1 failed" in report and "## Optuna result" in report
+
+
+def test_rows_holding_unicode_line_separators_read_back_whole(tmp_path: Path) -> None:
+    """A tiny model's generated text can hold U+2028 or U+0085, which JSON leaves unescaped and which
+    `str.splitlines` treats as line ends (seen: the demo's recall failed to read its own predictions.jsonl)."""
+    rows = [{"step": 0, "generated": "a\u2028b\x85c\u2029d\x1ce"}, {"step": 1, "generated": "plain"}]
+    metrics = MetricsFile(tmp_path / "predictions.jsonl")
+    for row in rows:
+        metrics.append(row)
+    metrics.close()
+    assert len((tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()) > len(rows)
+    assert read_metrics(tmp_path / "predictions.jsonl") == rows

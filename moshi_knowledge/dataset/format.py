@@ -126,7 +126,7 @@ def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
 def read_manifest(path: Path) -> list[dict[str, Any]]:
     """Rows of a jsonl manifest; a malformed line raises UserError naming the file and line."""
     rows = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:

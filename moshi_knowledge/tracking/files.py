@@ -80,11 +80,16 @@ class SummaryFile:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Rows of a metrics.jsonl; a torn last line (the process was killed mid-write) is skipped with a warning."""
+    """Rows of a JSON-lines file (metrics.jsonl, predictions.jsonl); a torn last line (the process was killed
+    mid-write) is skipped with a warning.
+
+    Lines end at "\n" only: `str.splitlines` also splits at U+2028, U+0085 and other separators, which
+    `ensure_ascii=False` leaves unescaped inside strings, such as the text a model generated.
+    """
     if not path.exists():
         return []
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:
