@@ -28,6 +28,7 @@ from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
 from moshi_knowledge.tracking import Tracker, check_objective, objective_value, run_identity_from_hydra
 from moshi_knowledge.tracking.contract import COMPLETED, DIVERGED, MESSAGE, METRICS_FILE, STATUS
 from moshi_knowledge.tracking.files import dumps, read_metrics
+from moshi_knowledge.tracking.secrets import redact
 from moshi_knowledge.train.distributed import dist_info, init_from_env, is_sharded, parallel_mode
 from moshi_knowledge.train.encode import load_split
 from moshi_knowledge.train.loop import train
@@ -139,7 +140,7 @@ def _after_training(tracker: Tracker | None, name: str, step: Callable[[], None]
         log.exception("%s failed after training; the run's results are kept", name)
         if tracker is not None:
             errors = list(tracker.values.get(FINISH_ERRORS) or [])
-            tracker.summary({FINISH_ERRORS: [*errors, f"{name}: {type(err).__name__}: {err}"]})
+            tracker.summary({FINISH_ERRORS: [*errors, redact(f"{name}: {type(err).__name__}: {err}")]})
 
 
 def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, last_step: int) -> RecallHook:
