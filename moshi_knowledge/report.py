@@ -166,7 +166,8 @@ _SEED_KEYS = ("seed", "train.seed")
 def _seed_section(runs: list[RunRecord], varying: list[list[str]], tiers: list[str]) -> str | None:
     """For runs that differ only by seed: each tier's final recall over the completed runs, as mean, standard
     deviation and a 95% t-interval of the mean, so one lucky seed is not read as an effect."""
-    only_seeds = all(o and all(_is_seed(x) for x in o) for o in varying)
+    # a run without a seed override is the config's default seed (a first run, then more seeds added beside it)
+    only_seeds = any(varying) and all(_is_seed(x) for o in varying for x in o)
     if len(runs) < 2 or not only_seeds or not tiers:
         return None
     lines = ["## Across seeds", "", _row(["tier", "runs", "mean", "sd", "95% CI of the mean"]),

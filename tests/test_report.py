@@ -157,6 +157,16 @@ def test_runs_differing_only_by_seed_get_mean_spread_and_interval_per_tier(tmp_p
     assert main([str(sweep)]) == 0 and "Across seeds" not in (sweep / "report.md").read_text()  # a grid: no
 
 
+def test_a_run_on_the_default_seed_counts_beside_runs_given_a_seed(tmp_path: Path) -> None:
+    """A first run (no seed override), and then seed=1 run beside it: two seeds of one config."""
+    root = tmp_path / "demo_seeds"
+    _write_run(root / "0", ["experiment=demo"], "completed", [2.0, 1.0], {"train": 1.0})
+    _write_run(root / "1", ["experiment=demo", "seed=1"], "completed", [2.0, 1.0], {"train": 0.8})
+    assert main([str(root)]) == 0
+    report = (root / "report.md").read_text()
+    assert _table_rows(report[report.index("## Across seeds"):])["train"][1:3] == ["2", "0.900"]
+
+
 def _config_seed_sweep(root: Path, recalls: dict[str, list[float]]) -> None:
     """Runs of each `lora.rank` config with seeds 0, 1, 2, ...; `recalls[rank][seed]` is the final train recall."""
     job = 0
