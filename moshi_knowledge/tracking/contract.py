@@ -26,6 +26,12 @@ and recall rows share one axis. `summary.json` holds the final figures of the ru
     recall/<tier>/mc_acc_shuffled mc_acc with each question's audio scored against another question's candidates
                                   (a control: near chance unless the answer comes from something but the question)
     recall/<tier>/mc_acc_silence  mc_acc with the question's audio replaced by silence (a control, as above)
+    recall_time/<part>_sec        seconds of one recall evaluation's parts: mc, gen, controls, voice, total, and
+                                  setup with the first (recall rows)
+    memory/train_peak_gib         training's peak GPU memory allocated so far (train rows, GPU only)
+    memory/recall_peak_gib        one recall evaluation's peak GPU memory allocated (recall rows, GPU only)
+    finish_errors                 the steps after training that failed, with their errors; the run keeps its
+                                  status and figures (summary)
 
 Both files are strict JSON: a non-finite number (a NaN loss) is written as null. A key that is present with
 null means "non-finite"; a key that is absent means "not measured".
