@@ -186,4 +186,5 @@ def _peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
 def _finite_weights(model: nn.Module) -> bool:
     """Whether every parameter is finite, checked on this process alone (recall runs on rank 0 only, so the
     all-reducing `train.distributed.all_finite` would wait forever for the other ranks)."""
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    checks = [torch.isfinite(p).all() for p in model.parameters()]
+    return bool(torch.stack(checks).all()) if checks else True  # one device sync, not one per tensor
