@@ -199,6 +199,24 @@ def test_scores_are_batch_independent(world: World, train_questions, trained: LM
     assert trained.training is False
 
 
+@pytest.mark.parametrize("answer_audio", ["masked", "own"])
+def test_shared_prefix_scores_equal_whole_rows(world: World, train_questions, trained: LMModel,
+                                               answer_audio: str) -> None:
+    """Each question's prefix runs once and its KV cache is repeated per candidate: the scores must be those of
+    every candidate's whole row run alone (with its own audio, the rows part earlier: a shorter shared prefix)."""
+    questions = world.mc_questions(train_questions[:7], answer_audio)
+    shared = score(trained, questions, batch_size=10)  # uneven groups: 2-3 questions per pass
+    for q, result in zip(questions, shared):
+        for candidate, got, n in zip(q.candidates, result.scores, result.n_tokens):
+            codes = row_codes(q, candidate)
+            with torch.no_grad():
+                log_probs = text_log_probs(trained, codes[None])[0]
+            mask = _word_frames(codes[0]) & (codes[0] != ZERO_TOKEN)
+            assert n == int(mask.sum())
+            assert got == pytest.approx(float(log_probs[mask].mean()), abs=1e-4)
+    assert len({round(r.scores[0], 3) for r in shared}) > 1, "questions are not all scored alike"
+
+
 def _prompts(world: World, questions: list[torch.Tensor]) -> list[Prompt]:
     return [Prompt(world.user(q)[0], LEAD + q.shape[1]) for q in questions]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
-from torch import nn
+from moshi.models.lm import LMModel
 
 from moshi_knowledge.evaluation.mc import score
 from moshi_knowledge.evaluation.prompts import PreparedQuestion
@@ -80,16 +80,16 @@ class Controls:
         self.index = {name: [i for i, _ in items] for name, items in variants.items()}
         self.prepared = {name: prepare([q for _, q in items]) if items else [] for name, items in variants.items()}
 
-    def row_fields(self, model: nn.Module, batch_size: int, weights_finite: bool) -> dict[int, dict[str, Any]]:
-        """Question index -> the control fields of its prediction row, for `model` as it is now (with non-finite
-        weights, or scores, gold never counts as picked: as for the real questions)."""
+    def row_fields(self, lm: LMModel, batch_size: int, weights_finite: bool) -> dict[int, dict[str, Any]]:
+        """Question index -> the control fields of its prediction row, for `lm` (a plain LMModel, see mc.score) as
+        it is now (with non-finite weights, or scores, gold never counts as picked: as for the real questions)."""
         out: dict[int, dict[str, Any]] = defaultdict(dict)
         for i, qid in self.shuffled_qid.items():
             out[i][SHUFFLED_QID] = qid
         for name, prepared in self.prepared.items():
             if not prepared:
                 continue
-            for i, result in zip(self.index[name], score(model, [p.mc for p in prepared], batch_size)):
+            for i, result in zip(self.index[name], score(lm, [p.mc for p in prepared], batch_size)):
                 out[i][correct_field(name)] = weights_finite and result.correct
         return dict(out)
 

@@ -70,16 +70,18 @@ def _generate_batch(lm: LMModel, prompts: Sequence[Prompt], answer_frames: int, 
     ends = [p.answer_start + answer_frames for p in prompts]
     n_frames = max(ends)
     user = torch.stack([_extend(p.user_codes[:n_user], n_frames) for p in prompts]).to(lm.device)  # [B, 8, T]
-    text = torch.full((len(prompts), n_frames), pad_id, dtype=torch.long)
-    audio = torch.full((len(prompts), lm.dep_q, n_frames), ZERO_TOKEN, dtype=torch.long)
+    # Outputs stay on the device until the end: a copy to the CPU at every step would wait for the GPU each time.
+    text = torch.full((len(prompts), n_frames), pad_id, dtype=torch.long, device=lm.device)
+    audio = torch.full((len(prompts), lm.dep_q, n_frames), ZERO_TOKEN, dtype=torch.long, device=lm.device)
     gen = LMGen(lm, use_sampling=True, temp=temp, top_k=top_k, temp_text=1.0, top_k_text=1)
     with attention_span(lm, n_frames + 1), gen.streaming(len(prompts)):
         for step in range(n_frames + 1):
             frame = user[:, :, max(step - 1, 0):max(step - 1, 0) + 1]
             out = gen.step(frame)
             if out is not None:
-                text[:, step - 1] = out[:, 0, 0].cpu()
-                audio[:, :, step - 1] = out[:, 1:1 + lm.dep_q, 0].cpu()
+                text[:, step - 1] = out[:, 0, 0]
+                audio[:, :, step - 1] = out[:, 1:1 + lm.dep_q, 0]
+    text, audio = text.cpu(), audio.cpu()
     results = []
     for b, p in enumerate(prompts):
         window = text[b, p.answer_start:ends[b]].clone()

@@ -5,6 +5,11 @@ user channel, then the candidate's words on Moshi's text stream at their spoken 
 end-of-padding before each word, exactly as training builds the stream). The score is the mean log-probability
 of the candidate's text tokens, teacher-forced, so long and short answers compete fairly.
 
+Speed: a question's candidates differ only from their answer window on, so the part of their rows before that
+(lead, question, gap: most of each row) goes through the transformer once per question, in moshi's streaming
+mode; its KV cache is then given one row per candidate and only the candidates' own frames are run. The LM is
+causal, so the scores are those of whole rows, up to rounding (tests/test_eval_mc.py compares both).
+
 Fairness: over the answer window Moshi's audio is the zero token (-1) unless a candidate brings its *own* audio; no
 candidate is ever scored next to the gold answer's audio, which would give the answer away (docs/moshi.md, "Training
 and scoring must see the same inputs"). Only the text logits are needed, so rows go through `lm.forward_text` (no
@@ -14,14 +19,16 @@ depformer), all candidates of many questions in one batch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
 
 import torch
+from moshi.models.lm import LMModel
 from moshi.models.lm_utils import _delay_sequence
-from torch import nn
+from moshi.modules.streaming import StreamingModule
+from moshi.modules.transformer import RingKVCache
 
-from moshi_knowledge.train.batches import find_lm
+from moshi_knowledge.evaluation.generate import attention_span
 from moshi_knowledge.train.samples import MOSHI_AUDIO, N_STREAMS, ZERO_TOKEN
 
 
@@ -97,51 +104,139 @@ def answer_mask(tokens: torch.Tensor, pad_id: int, end_pad_id: int) -> torch.Ten
     return (tokens != pad_id) & (tokens != end_pad_id) & (tokens != ZERO_TOKEN)
 
 
-def text_log_probs(model: nn.Module, codes: torch.Tensor) -> torch.Tensor:
-    """log p(codes[:, 0, t] | everything the LM may see at t), [B, T], via the text-only fast path (differentiable).
+def delayed_inputs(lm: LMModel, codes: torch.Tensor) -> torch.Tensor:
+    """What LMModel.forward feeds its transformer for `codes` [B, 17, T]: the initial token, then the delayed codes.
 
-    Same inputs as LMModel.forward (initial token, then the delayed codes), but only the main transformer and
-    the text head run. Text has delay 0, so its logits need no un-delaying: position t predicts codes[:, 0, t].
+    Text has delay 0, so output position t predicts codes[:, 0, t].
     """
-    lm = find_lm(model)
-    batch = codes.shape[0]
-    initial = lm._get_initial_token().expand(batch, -1, -1)
-    delayed = torch.cat([initial, _delay_sequence(lm.delays, codes, initial)], dim=2)
-    _, logits = lm.forward_text(delayed[:, :, :-1])
-    log_probs = torch.log_softmax(logits[:, 0].float(), dim=-1)
-    targets = codes[:, 0].clamp(min=0)  # -1 (zero token) frames are gathered harmlessly and masked by the caller
-    return log_probs.gather(-1, targets[..., None])[..., 0]
+    initial = lm._get_initial_token().expand(codes.shape[0], -1, -1)
+    return torch.cat([initial, _delay_sequence(lm.delays, codes, initial)], dim=2)[:, :, :-1]
+
+
+def text_log_probs(lm: LMModel, codes: torch.Tensor) -> torch.Tensor:
+    """log p(codes[:, 0, t] | everything the LM may see at t), [B, T], from whole rows via the text-only fast
+    path (only the main transformer and the text head run)."""
+    _, logits = lm.forward_text(delayed_inputs(lm, codes.to(lm.device)))
+    return _gather_targets(logits, codes.to(lm.device))
 
 
 @torch.no_grad()
-def score(model: nn.Module, questions: Sequence[MCQuestion], batch_size: int = 64) -> list[MCResult]:
-    """Score every candidate of every question, `batch_size` rows per forward pass."""
-    lm = find_lm(model)
+def score(lm: LMModel, questions: Sequence[MCQuestion], batch_size: int = 64) -> list[MCResult]:
+    """Score every candidate of every question, about `batch_size` candidate rows per forward pass.
+
+    `lm` is a plain LMModel: moshi's streaming attention refuses peft's layers (model.lora.generation_lm lends
+    one). Questions are batched in order of their shared prefix's length, so a batch wastes little on the
+    frames by which its shortest prefix falls short of the others'.
+    """
     pad_id, end_pad_id = int(lm.text_padding_token_id), int(lm.end_of_text_padding_id)
-    pairs = [(qi, ci) for qi, q in enumerate(questions) for ci in range(len(q.candidates))]
-    sums = [[0.0] * len(q.candidates) for q in questions]
-    counts = [[0] * len(q.candidates) for q in questions]
-    was_training = model.training
-    model.eval()
+    rows = [[row_codes(q, c) for c in q.candidates] for q in questions]
+    inputs = [delayed_inputs(lm, _stack_padded(r)) for r in rows]
+    prefix = [_shared_prefix(x) for x in inputs]
+    order = sorted(range(len(questions)), key=lambda i: prefix[i])
+    log_probs: list[list[torch.Tensor]] = [[] for _ in questions]
+    was_training = lm.training
+    lm.eval()
     try:
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
-            rows = [row_codes(questions[qi], questions[qi].candidates[ci]) for qi, ci in chunk]
-            codes = _stack_padded(rows).to(lm.device)
-            log_probs = text_log_probs(lm, codes).cpu()
-            for b, (qi, ci) in enumerate(chunk):
-                mask = answer_mask(rows[b][0], pad_id, end_pad_id)
-                sums[qi][ci] = float(log_probs[b, :len(mask)][mask].sum())
-                counts[qi][ci] = int(mask.sum())
+        for group in _groups(order, [len(q.candidates) for q in questions], batch_size):
+            for i, lp in zip(group, _score_group(lm, [rows[i] for i in group], [inputs[i] for i in group],
+                                                 min(prefix[i] for i in group))):
+                log_probs[i] = lp
     finally:
-        model.train(was_training)
+        lm.train(was_training)
     results = []
-    for q, s, n in zip(questions, sums, counts):
-        empty = [c.text for c, k in zip(q.candidates, n) if k == 0]
+    for q, r, lps in zip(questions, rows, log_probs):
+        masks = [answer_mask(codes[0], pad_id, end_pad_id) for codes in r]
+        counts = [int(m.sum()) for m in masks]
+        empty = [c.text for c, k in zip(q.candidates, counts) if k == 0]
         if empty:
             raise ValueError(f"question {q.qid}: candidates {empty} have no text tokens inside the row")
-        results.append(MCResult(q.qid, [total / k for total, k in zip(s, n)], n))
+        results.append(MCResult(q.qid, [float(lp[:len(m)][m].sum()) / k for lp, m, k in zip(lps, masks, counts)],
+                                counts))
     return results
+
+
+def _shared_prefix(inputs: torch.Tensor) -> int:
+    """How many leading input frames all candidates of a question share (at least 0, at most all but one)."""
+    differs = (inputs != inputs[:1]).any(dim=(0, 1)).nonzero()
+    return min(int(differs[0]) if len(differs) else inputs.shape[2], inputs.shape[2] - 1)
+
+
+def _groups(order: Sequence[int], sizes: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Consecutive questions of `order` whose candidates add up to at most `batch_size` rows (one at least)."""
+    group: list[int] = []
+    rows = 0
+    for i in order:
+        if group and rows + sizes[i] > batch_size:
+            yield group
+            group, rows = [], 0
+        group.append(i)
+        rows += sizes[i]
+    if group:
+        yield group
+
+
+def _score_group(lm: LMModel, rows: Sequence[Sequence[torch.Tensor]], inputs: Sequence[torch.Tensor],
+                 shared: int) -> list[list[torch.Tensor]]:
+    """Per question, per candidate: the log-probabilities of its row's text tokens, [T_c] on the CPU.
+
+    The first `shared` input frames are the same for every candidate of every question here: they run once per
+    question, then the streaming state is repeated per candidate and the rest of every row runs.
+    """
+    owner = torch.tensor([q for q, r in enumerate(rows) for _ in r], device=lm.device)
+    codes = _stack_padded([c for r in rows for c in r]).to(lm.device)
+    rest = _stack_inputs([x[:, :, shared:] for x in inputs])
+    with attention_span(lm, shared + rest.shape[2]), lm.transformer.streaming(len(rows)):
+        pieces = []
+        if shared:
+            first = torch.stack([x[0, :, :shared] for x in inputs]).to(lm.device)
+            _, logits = lm.forward_text(first)
+            pieces.append(_gather_targets(logits[owner], codes[:, :, :shared]))
+        _repeat_rows(lm.transformer, owner)
+        _, logits = lm.forward_text(rest.to(lm.device))
+        pieces.append(_gather_targets(logits, codes[:, :, shared:]))
+    log_probs = torch.cat(pieces, dim=1).cpu()
+    out, k = [], 0
+    for r in rows:
+        out.append([log_probs[k + j, :c.shape[1]] for j, c in enumerate(r)])
+        k += len(r)
+    return out
+
+
+def _repeat_rows(module: StreamingModule, index: torch.Tensor) -> None:
+    """Make row b of every streaming state under `module` a copy of its row `index[b]` (KV caches included).
+
+    Written against moshi 0.2's states: dataclasses of per-row tensors, a RingKVCache (rows in its dim 1) and
+    the exec mask every state has.
+    """
+    for state in module.get_streaming_state().values():
+        rows = state.batch_size
+        for f in fields(state):
+            value = getattr(state, f.name)
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == rows:
+                setattr(state, f.name, value[index])
+            elif isinstance(value, RingKVCache):
+                value.cache = value.cache[:, index]
+                if value.end_offset.shape[0] == rows:
+                    value.end_offset = value.end_offset[index]
+        state.exec_mask = state.exec_mask[index]
+        state.batch_size = len(index)
+
+
+def _gather_targets(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """[B, T]: the log-probability the text logits [B, 1, T, V] give codes[:, 0] (-1 frames read harmlessly)."""
+    log_probs = torch.log_softmax(logits[:, 0].float(), dim=-1)
+    return log_probs.gather(-1, codes[:, 0].clamp(min=0)[..., None])[..., 0]
+
+
+def _stack_inputs(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[sum B, 17, T_max] from per-question [B, 17, T] inputs; frames past a row's end are the zero token."""
+    length = max(x.shape[2] for x in inputs)
+    out = torch.full((sum(x.shape[0] for x in inputs), N_STREAMS, length), ZERO_TOKEN, dtype=torch.long)
+    k = 0
+    for x in inputs:
+        out[k:k + x.shape[0], :, :x.shape[2]] = x
+        k += x.shape[0]
+    return out
 
 
 def _stack_padded(rows: Sequence[torch.Tensor]) -> torch.Tensor:

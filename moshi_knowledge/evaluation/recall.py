@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from moshi.models.compression import MimiModel
+from moshi.models.lm import LMModel
 from sentencepiece import SentencePieceProcessor
 from torch import nn
 
@@ -70,22 +71,23 @@ class RecallEvaluator:
 
     def evaluate(self, model: nn.Module, step: int) -> EvalResult:
         """Score `model` (a bare or peft-wrapped LMModel, not its DDP wrapper) as it is now, leaving its mode and
-        weights as they were; the first call becomes the baseline.
+        weights as they were; the first call becomes the baseline. Scoring and generation both use moshi's
+        streaming attention, which refuses peft's layers: they see the model through `generation_lm`.
 
         The metric row also holds the seconds each part took (`recall_time/*`) and, on a GPU, the evaluation's
         peak memory (`memory/recall_peak_gib`)."""
         device = next(model.parameters()).device
         clock = _Stopwatch(device)
-        with _peak_memory(device) as peak:
+        with _peak_memory(device) as peak, generation_lm(model) as lm:
             with clock("mc"):
-                mc = score(model, [p.mc for p in self.prepared], self.cfg.mc_batch_size) if self.cfg.mc else None
+                mc = score(lm, [p.mc for p in self.prepared], self.cfg.mc_batch_size) if self.cfg.mc else None
             with clock("gen"):
-                generations = self._generate(model) if self.cfg.generate else None
+                generations = self._generate(lm) if self.cfg.generate else None
             weights_finite = _finite_weights(model)
             rows = [self._row(step, i, mc, generations, weights_finite) for i in range(len(self.prepared))]
             if self.controls is not None:
                 with clock("controls"):
-                    for i, extra in self.controls.row_fields(model, self.cfg.mc_batch_size, weights_finite).items():
+                    for i, extra in self.controls.row_fields(lm, self.cfg.mc_batch_size, weights_finite).items():
                         rows[i].update(extra)
             metrics = report.step_metrics(rows, self.baseline.predictions if self.baseline else None)
             if self.cfg.voice and generations is not None:
@@ -99,11 +101,9 @@ class RecallEvaluator:
             self.baseline = result
         return result
 
-    def _generate(self, model: nn.Module) -> list[Generation]:
-        """LMGen refuses peft's layers, so a LoRA model generates through a plain-Linear view of itself."""
-        with generation_lm(model) as lm:
-            return generate(lm, [p.prompt for p in self.prepared], round(self.cfg.max_answer_sec * FRAME_RATE),
-                            self.cfg.gen_batch_size, self.cfg.audio_temp, self.cfg.audio_top_k, self.cfg.seed)
+    def _generate(self, lm: LMModel) -> list[Generation]:
+        return generate(lm, [p.prompt for p in self.prepared], round(self.cfg.max_answer_sec * FRAME_RATE),
+                        self.cfg.gen_batch_size, self.cfg.audio_temp, self.cfg.audio_top_k, self.cfg.seed)
 
     def _row(self, step: int, i: int, mc: list[MCResult] | None, generations: list[Generation] | None,
              weights_finite: bool) -> dict:
