@@ -157,6 +157,24 @@ def test_lora_model_is_scored_and_generates_through_a_view_of_itself(evaluator: 
     assert all(any(line.startswith(tier) for line in table.splitlines()) for tier in TIERS)
 
 
+def test_recall_compiles_nothing_that_training_would_reuse(evaluator: RecallEvaluator, setup) -> None:
+    """Recall's many shapes must not reach dynamo (it would turn training's kernels dynamic): a compiled module
+    that recall calls is run eagerly inside it and compiled outside."""
+    lm = copy.deepcopy(setup[1].lm)
+    graphs = []
+
+    def counting(gm: torch.fx.GraphModule, _inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    lm.out_norm.forward = torch.compile(lm.out_norm.forward, backend=counting)
+    first = evaluator.evaluate(lm, 1)
+    assert graphs == [] and first.predictions
+    lm.out_norm(torch.zeros(1, 3, lm.dim))
+    assert len(graphs) == 1, "outside recall the same module does compile"
+
+
 @pytest.mark.slow
 def test_recall_on_non_finite_weights_counts_nothing_as_right_and_says_so(evaluator: RecallEvaluator,
                                                                           baseline, setup) -> None:

@@ -78,7 +78,7 @@ class RecallEvaluator:
         peak memory (`memory/recall_peak_gib`)."""
         device = next(model.parameters()).device
         clock = _Stopwatch(device)
-        with _peak_memory(device) as peak, generation_lm(model) as lm:
+        with _peak_memory(device) as peak, uncompiled(), generation_lm(model) as lm:
             with clock("mc"):
                 mc = score(lm, [p.mc for p in self.prepared], self.cfg.mc_batch_size) if self.cfg.mc else None
             with clock("gen"):
@@ -135,6 +135,19 @@ class RecallEvaluator:
         f0 = median_f0(audio, int(self.mimi.sample_rate))
         baseline = self.baseline.metrics.get(report.F0) if self.baseline else f0
         return report.voice_metrics(f0, baseline, self.train_voice_f0)
+
+
+@contextlib.contextmanager
+def uncompiled() -> Iterator[None]:
+    """Run moshi's `torch.compile`d functions eagerly inside the block, and compile nothing new.
+
+    Training's compiled kernels must not learn recall's shapes: dynamo marks a dimension dynamic once it has
+    seen two sizes, so compiling recall's (many batch and sequence sizes) before the first training step made
+    training run on dynamic-shape kernels, 7% slower than the benchmark's static ones on the H200
+    (benchmarks/results/full_scale.md). Eager recall also spends no compile time at its first point.
+    """
+    with torch.compiler.set_stance("force_eager"):
+        yield
 
 
 class _Stopwatch:
