@@ -109,7 +109,7 @@ def delayed_inputs(lm: LMModel, codes: torch.Tensor) -> torch.Tensor:
 
     Text has delay 0, so output position t predicts codes[:, 0, t].
     """
-    initial = lm._get_initial_token().expand(codes.shape[0], -1, -1)
+    initial = lm._get_initial_token().to(codes.device).expand(codes.shape[0], -1, -1)
     return torch.cat([initial, _delay_sequence(lm.delays, codes, initial)], dim=2)[:, :, :-1]
 
 
