@@ -35,6 +35,7 @@ from moshi_knowledge.evaluation.mc import MCResult, score
 from moshi_knowledge.evaluation.pitch import median_f0
 from moshi_knowledge.evaluation.prompts import PreparedQuestion, Timing, prepare
 from moshi_knowledge.evaluation.questions import EvalQuestion
+from moshi_knowledge.model import uncompiled
 from moshi_knowledge.model.lora import generation_lm
 from moshi_knowledge.speech.schema import Utterance
 from moshi_knowledge.train.batches import StreamSpec
@@ -135,19 +136,6 @@ class RecallEvaluator:
         f0 = median_f0(audio, int(self.mimi.sample_rate))
         baseline = self.baseline.metrics.get(report.F0) if self.baseline else f0
         return report.voice_metrics(f0, baseline, self.train_voice_f0)
-
-
-@contextlib.contextmanager
-def uncompiled() -> Iterator[None]:
-    """Run moshi's `torch.compile`d functions eagerly inside the block, and compile nothing new.
-
-    Training's compiled kernels must not learn recall's shapes: dynamo marks a dimension dynamic once it has
-    seen two sizes, so compiling recall's (many batch and sequence sizes) before the first training step made
-    training run on dynamic-shape kernels, 7% slower than the benchmark's static ones on the H200
-    (benchmarks/results/full_scale.md). Eager recall also spends no compile time at its first point.
-    """
-    with torch.compiler.set_stance("force_eager"):
-        yield
 
 
 class _Stopwatch:

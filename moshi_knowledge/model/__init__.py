@@ -8,11 +8,19 @@ On a GPU the compile stays on, but one run calls the RMS norm in more guard vari
 limit of 8 compiled versions per function (training with and without grad under checkpointing, eval, scoring,
 streaming generation, two widths): past the limit it silently falls back to eager for the rest of the run. The
 limit is raised so that every variant keeps its compiled version (docs/moshi.md).
+
+Only training compiles. Dynamo marks a dimension dynamic once one function has seen it at two sizes, and the
+LM's RMS norm and rope are the same functions as Mimi's and recall's: compiling Mimi's shapes (tokenize,
+recall prompts, the voice measure) or recall's many batch and sequence lengths before the first training step
+put training on dynamic-shape kernels, 7% slower than the benchmark's static ones on the H200
+(benchmarks/results/full_scale.md). So Mimi and recall run inside `uncompiled()`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -24,3 +32,10 @@ elif not os.environ.get("NO_TORCH_COMPILE"):
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+
+
+@contextlib.contextmanager
+def uncompiled() -> Iterator[None]:
+    """Run `torch.compile`d functions eagerly inside the block, compiling nothing new (see the module's doc)."""
+    with torch.compiler.set_stance("force_eager"):
+        yield

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from moshi_knowledge.dataset.format import read_alignments, read_conversations_index, read_stereo
 from moshi_knowledge.io_utils import atomic_write_json, read_json
+from moshi_knowledge.model import uncompiled
 from moshi_knowledge.model.load import LoadedCodec
 from moshi_knowledge.train.samples import ConversationCodes, turn_spans
 from moshi_knowledge.train.text_stream import text_stream
@@ -38,7 +39,8 @@ def mimi_encode(mimi: MimiModel, waves: Sequence[np.ndarray]) -> list[torch.Tens
         batch = torch.zeros(len(chunk), 1, max(len(w) for w in chunk))
         for b, w in enumerate(chunk):
             batch[b, 0, :len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-        codes = mimi.encode(batch.to(device)).cpu().long()
+        with uncompiled():  # Mimi's shapes must not reach the LM's compiled kernels (moshi_knowledge.model)
+            codes = mimi.encode(batch.to(device)).cpu().long()
         out += [codes[b, :, :math.ceil(len(w) / SAMPLES_PER_FRAME)] for b, w in enumerate(chunk)]
     return out
 
