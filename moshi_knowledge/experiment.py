@@ -26,7 +26,7 @@ from moshi_knowledge.model.depformer_patch import patch_depformer
 from moshi_knowledge.model.lora import apply_lora, count_parameters, export_adapter
 from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
 from moshi_knowledge.tracking import Tracker, check_objective, objective_value, run_identity_from_hydra
-from moshi_knowledge.tracking.contract import COMPLETED, DIVERGED, MESSAGE, METRICS_FILE, STATUS
+from moshi_knowledge.tracking.contract import COMPLETED, DIVERGED, INTERRUPTED, MESSAGE, METRICS_FILE, STATUS
 from moshi_knowledge.tracking.files import dumps, read_metrics
 from moshi_knowledge.tracking.secrets import redact
 from moshi_knowledge.train.distributed import dist_info, init_from_env, is_sharded, parallel_mode
@@ -116,12 +116,13 @@ def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], dev
         summary = train(model, load_split(codes, "train"), load_split(codes, "eval"), train_cfg,
                         instantiate(cfg.nan_guard), run_dir, tracker=tracker, on_eval=hook,
                         inject_nonfinite_at=list(cfg.debug.inject_nonfinite_at))
-        _after_training(tracker, "export", lambda: _export(model, loaded.base_config, run_dir, tracker))
+        if summary["status"] != INTERRUPTED:  # a preempted job has seconds left: its checkpoint is what counts
+            _after_training(tracker, "export", lambda: _export(model, loaded.base_config, run_dir, tracker))
     else:
         summary = {"status": "completed", "step": 0}
     if tracker is None or hook is None:
         return
-    if hook.last_evaluated != summary["step"]:
+    if hook.last_evaluated != summary["step"] and summary["status"] != INTERRUPTED:
         def final_recall() -> None:
             model.eval()  # a run that stopped early (diverged) still gets its final recall
             tracker.log({"step": summary["step"], **(hook(summary["step"], model) or {})})

@@ -172,6 +172,32 @@ def test_a_run_whose_body_raises_is_finished_and_the_next_is_distinct(tmp_path: 
     assert _offline_run_ids(tmp_path / "b") == {nxt.run_id}
 
 
+def test_an_interrupted_run_is_marked_preempting_in_wandb(tmp_path: Path, monkeypatch) -> None:
+    """What a requeued SLURM job needs: W&B shows the run as preempted, not finished, and it can be resumed."""
+    calls: list[tuple[str, object]] = []
+    run_cls = wandb.sdk.wandb_run.Run
+    mark, finish = run_cls.mark_preempting, run_cls.finish
+
+    def recording_mark(self):
+        calls.append(("mark_preempting", None))
+        return mark(self)
+
+    def recording_finish(self, exit_code=None, **kwargs):
+        calls.append(("finish", exit_code))
+        return finish(self, exit_code=exit_code, **kwargs)
+
+    monkeypatch.setattr(run_cls, "mark_preempting", recording_mark)
+    monkeypatch.setattr(run_cls, "finish", recording_finish)
+    for status, expected in (("interrupted", [("mark_preempting", None), ("finish", 1)]),
+                             ("completed", [("finish", 0)])):
+        calls.clear()
+        with Tracker(WANDB_OFFLINE, tmp_path / status) as tracker:
+            tracker.log({"step": 1, "train/loss": 1.0})
+            tracker.summary({"status": status})
+        assert calls == expected, status
+        assert _summary(tmp_path / status)["status"] == status
+
+
 def test_tables_audio_and_artifacts_reach_the_offline_run(tmp_path: Path) -> None:
     import soundfile as sf
 

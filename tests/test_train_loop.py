@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
@@ -220,6 +221,31 @@ def test_resume_continues_exactly(tmp_path) -> None:
         for key in ("train/loss", "train/text_loss", "train/audio_loss", "eval/loss", "train/lr"):
             if key in a:
                 assert b[key] == pytest.approx(a[key], abs=1e-6), (a["step"], key)
+    for (name, a), b in zip(trainable(straight).items(), trainable(resumed).values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_the_run_interrupted_with_a_checkpoint_that_resumes_exactly(tmp_path, signum) -> None:
+    """What SLURM does before preemption: a real signal to this process in the middle of a run."""
+    _, straight_rows, straight = run(tmp_path / "straight", max_steps=6)
+    before = signal.getsignal(signum)
+
+    def signal_at_4(step, model):
+        if step == 4:
+            os.kill(os.getpid(), signum)
+
+    summary = train(tiny_lm(), TRAIN, EVAL, config(max_steps=6), NanGuard("skip"), tmp_path / "run",
+                    on_eval=signal_at_4)
+    assert summary["status"] == "interrupted" == read_json(tmp_path / "run/summary.json")["status"]
+    assert summary["step"] == 5 and signum.name in summary["message"]
+    # step 3 by ckpt_every=3, step 5 (not due) because the run was stopped there
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_00000003", "step_00000005"]
+    assert signal.getsignal(signum) is before, "the previous handler is back"
+
+    resumed_summary, rows, resumed = run(tmp_path / "run", max_steps=6, resume=True)
+    assert resumed_summary["status"] == "completed"
+    assert [r["step"] for r in rows] == [r["step"] for r in straight_rows]
     for (name, a), b in zip(trainable(straight).items(), trainable(resumed).values()):
         assert torch.allclose(a, b, atol=1e-6), name
 

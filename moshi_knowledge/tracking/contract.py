@@ -4,8 +4,9 @@
 and recall rows share one axis. `summary.json` holds the final figures of the run. The exact names:
 
     step                          int, optimizer step (every metrics row; also the final step in the summary)
-    status                        "running" | "completed" | "diverged" | "failed" (summary); "running" stays in
-                                  the summary of a run that was killed
+    status                        "running" | "completed" | "diverged" | "failed" | "interrupted" (summary):
+                                  "interrupted" after SIGTERM or SIGINT (a checkpoint was saved; resume it);
+                                  "running" stays in the summary of a run that was killed outright
     message                       why a run diverged or failed, e.g. "RuntimeError: ..." (summary)
     wandb/id                      the W&B run id, kept by the Tracker so a resumed run continues it (summary)
     train/loss                    training loss (metrics rows; final value in the summary)
@@ -57,6 +58,7 @@ RUNNING = "running"
 COMPLETED = "completed"
 DIVERGED = "diverged"
 FAILED = "failed"
+INTERRUPTED = "interrupted"
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.tracking.contract import STEP
+from moshi_knowledge.tracking.contract import COMPLETED, DIVERGED, INTERRUPTED, STEP
 from moshi_knowledge.tracking.files import dumps
 from moshi_knowledge.tracking.identity import RunIdentity
 
@@ -36,7 +36,8 @@ class Sink(Protocol):
 
     def artifact(self, path: Path, name: str, kind: str) -> None: ...
 
-    def finish(self, failed: bool) -> None: ...
+    def finish(self, status: str) -> None:
+        """Close the run; `status` is summary.json's final status (contract.STATUS)."""
 
 
 class NullSink:
@@ -63,7 +64,7 @@ class NullSink:
     def artifact(self, path: Path, name: str, kind: str) -> None:
         pass
 
-    def finish(self, failed: bool) -> None:
+    def finish(self, status: str) -> None:
         pass
 
 
@@ -151,9 +152,13 @@ class WandbSink:
             art.add_file(str(path))
         self._run.log_artifact(art)
 
-    def finish(self, failed: bool) -> None:
+    def finish(self, status: str) -> None:
+        """W&B's states: a completed or diverged run finished (exit code 0), a failed one failed, and an
+        interrupted one preempted (marked before it exits, as W&B asks of jobs that will be requeued)."""
         if self._run is not None:
-            self._run.finish(exit_code=1 if failed else 0)
+            if status == INTERRUPTED:
+                self._run.mark_preempting()
+            self._run.finish(exit_code=0 if status in (COMPLETED, DIVERGED) else 1)
             self._run = None
 
     def _log_media(self, name: str, media: Any, step: int | None) -> None:

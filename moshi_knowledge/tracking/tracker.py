@@ -139,7 +139,7 @@ class Tracker:
             self._sink.summary({k: final[k] for k in (STATUS, MESSAGE) if k in final})
         finally:
             self._open_metrics().close()
-            self._sink.finish(failed=exc is not None)
+            self._sink.finish(FAILED if exc is not None else summary.values.get(STATUS, COMPLETED))
 
     def _open_metrics(self) -> MetricsFile:
         if self._metrics is None:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.tracking import RunIdentity, Tracker
+from moshi_knowledge.tracking.contract import INTERRUPTED
 from moshi_knowledge.train.attention import segment_attention
 from moshi_knowledge.train.batches import Batch, PackedRow, StreamSpec, TrainStream, collate, eval_batches
 from moshi_knowledge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -43,6 +44,7 @@ from moshi_knowledge.train.nan_guard import NanGuard, Snapshot
 from moshi_knowledge.train.optim import build_optimizer, lr_at
 from moshi_knowledge.train.samples import FRAME_RATE, ConversationCodes
 from moshi_knowledge.train.seed import seed_everything
+from moshi_knowledge.train.stop_signals import StopSignals
 
 OnEval = Callable[[int, nn.Module], Optional[Mapping[str, Any]]]
 
@@ -283,20 +285,29 @@ class _Run:
             self._log(self._eval_row())
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", mininterval=2.0,
                    disable=not self.info.is_main)
-        while self.step < cfg.max_steps and self.status == "running":
-            row = self._train_step(inject=self.step + 1 in self.inject)
-            if self.status != "running":
-                self._log(row)
-                break
-            last = self.step == cfg.max_steps
-            if last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0):
-                row.update(self._eval_row())
-            if last or self.step % cfg.log_every == 0 or any(k.startswith("eval/") for k in row):
-                self._log(row)
-            if last or (cfg.ckpt_every > 0 and self.step % cfg.ckpt_every == 0):
-                self._save()
-            bar.update(1)
-            bar.set_postfix(loss=f"{self.last.get('train/loss', math.nan):.3f}", refresh=False)
+        with StopSignals() as stop:
+            while self.step < cfg.max_steps and self.status == "running":
+                row = self._train_step(inject=self.step + 1 in self.inject)
+                if self.status != "running":
+                    self._log(row)
+                    break
+                if stop.requested(self.device):
+                    self._log(row)
+                    self._save()
+                    self.status = INTERRUPTED
+                    by = stop.received.name if stop.received else "a signal to another rank"
+                    self.message = (f"stopped by {by} after step {self.step}; its checkpoint is saved and "
+                                    "train.resume=true continues the run")
+                    break
+                last = self.step == cfg.max_steps
+                if last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0):
+                    row.update(self._eval_row())
+                if last or self.step % cfg.log_every == 0 or any(k.startswith("eval/") for k in row):
+                    self._log(row)
+                if last or (cfg.ckpt_every > 0 and self.step % cfg.ckpt_every == 0):
+                    self._save()
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.last.get('train/loss', math.nan):.3f}", refresh=False)
         bar.close()
         if self.status == "running":
             finite = all_finite(self.params.values())
