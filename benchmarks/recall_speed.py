@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from train_throughput import FULL, SMOKE, build_model
 
 from moshi_knowledge.evaluation.generate import Prompt, generate
 from moshi_knowledge.evaluation.mc import Candidate, MCQuestion, score
@@ -30,6 +29,7 @@ from moshi_knowledge.model import uncompiled
 from moshi_knowledge.model.lora import LoraSpec, generation_lm
 from moshi_knowledge.train.batches import StreamSpec
 from moshi_knowledge.train.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, USER_AUDIO, ZERO_TOKEN
+from train_throughput import FULL, SMOKE, build_model
 
 LORA = LoraSpec(targets="all", rank=64, alpha=128.0)  # experiment=moshiko_h200
 N_QUESTIONS, N_CANDIDATES, ANSWER_SEC = 220, 4, 4.0
