@@ -24,6 +24,7 @@ from moshi.models.compression import MimiModel
 from moshi.models.lm import LMModel
 from sentencepiece import SentencePieceProcessor
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from moshi_knowledge.dataset.format import DatasetMeta
 from moshi_knowledge.evaluation import report
@@ -40,6 +41,11 @@ from moshi_knowledge.model.lora import generation_lm
 from moshi_knowledge.speech.schema import Utterance
 from moshi_knowledge.train.batches import StreamSpec
 from moshi_knowledge.train.samples import FRAME_RATE
+
+# Every attention kernel but cuDNN's. On the H200 cuDNN's (torch's first choice there) ran generation's one-frame
+# steps at 3x the time their KV-cache reads need (20% of generation's GPU time), and it builds a kernel for each new
+# shape: the likely cause of a first recall point 7x slower than the next (benchmarks/results/recall_speed.md).
+RECALL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -79,7 +85,7 @@ class RecallEvaluator:
         peak memory (`memory/recall_peak_gib`)."""
         device = next(model.parameters()).device
         clock = _Stopwatch(device)
-        with _peak_memory(device) as peak, uncompiled(), generation_lm(model) as lm:
+        with _peak_memory(device) as peak, uncompiled(), sdpa_kernel(RECALL_ATTENTION), generation_lm(model) as lm:
             with clock("mc"):
                 mc = score(lm, [p.mc for p in self.prepared], self.cfg.mc_batch_size) if self.cfg.mc else None
             with clock("gen"):

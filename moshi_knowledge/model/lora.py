@@ -130,10 +130,12 @@ def merged_copy(model: nn.Module) -> LMModel:
 
 
 class _LoraView(nn.Module):
-    """Computes what a peft LoRA layer computes in eval mode, on the layer's own tensors (nothing is copied).
+    """Computes what a peft LoRA layer computes, on the layer's own tensors (nothing is copied).
 
-    The base output, plus B(A(x)) * scaling computed in the adapter's dtype, cast back to the base output's dtype:
-    peft's own arithmetic. `weight` is the frozen base weight, for moshi code that asks a layer for its device.
+    The base output plus B(A(x)) * scaling, in the input's dtype: what training computes under bf16 autocast.
+    (peft's eval mode would run the adapter in its fp32 master weights: on the H200 those small fp32 matrix
+    products took 16% of generation's GPU time, benchmarks/results/recall_speed.md.) `weight` is the frozen base
+    weight, for moshi code that asks a layer for its device.
     """
 
     def __init__(self, layer: LoraLinear) -> None:
@@ -145,9 +147,8 @@ class _LoraView(nn.Module):
         self.scaling = float(layer.scaling[ADAPTER])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
-        update = self.lora_B(self.lora_A(x.to(self.lora_A.weight.dtype))) * self.scaling
-        return (out + update).to(out.dtype)
+        down = F.linear(x, self.lora_A.weight.to(x.dtype))
+        return F.linear(x, self.weight, self.bias) + F.linear(down, self.lora_B.weight.to(x.dtype)) * self.scaling
 
 
 class _LoraViewLinear(_LoraView, nn.Linear):
