@@ -23,6 +23,7 @@ from moshi_knowledge.evaluation.questions import AnswerSpeech, load_questions
 from moshi_knowledge.evaluation.recall import EvalResult, RecallEvaluator
 from moshi_knowledge.io_utils import atomic_write_text
 from moshi_knowledge.model.depformer_patch import patch_depformer
+from moshi_knowledge.model.load import LoadedModel
 from moshi_knowledge.model.lora import apply_lora, count_parameters, export_adapter
 from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
 from moshi_knowledge.tracking import Tracker, check_objective, objective_value, run_identity_from_hydra
@@ -117,7 +118,7 @@ def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], dev
                         instantiate(cfg.nan_guard), run_dir, tracker=tracker, on_eval=hook,
                         inject_nonfinite_at=list(cfg.debug.inject_nonfinite_at))
         if summary["status"] != INTERRUPTED:  # a preempted job has seconds left: its checkpoint is what counts
-            _after_training(tracker, "export", lambda: _export(model, loaded.base_config, run_dir, tracker))
+            _after_training(tracker, "export", lambda: _export(model, loaded, run_dir, tracker))
     else:
         summary = {"status": "completed", "step": 0}
     if tracker is None or hook is None:
@@ -156,12 +157,12 @@ def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, las
     return RecallHook(evaluator, eval_cfg.recall_every, last_step, run_dir / PREDICTIONS)
 
 
-def _export(model: Any, base_config: dict, run_dir: Path, tracker: Tracker | None) -> None:
+def _export(model: Any, loaded: LoadedModel, run_dir: Path, tracker: Tracker | None) -> None:
     """Rank 0 writes the adapter (peft + moshi formats). A model sharded by FSDP is not gathered here: its
     trained weights are in the sharded checkpoint under checkpoints/."""
     if tracker is None or is_sharded(model):
         return
-    export = export_adapter(model, run_dir / "adapter", base_config)
+    export = export_adapter(model, run_dir / "adapter", loaded.base_config, loaded.checkpoint.mimi_config)
     log.info("adapter written to %s (%s)", run_dir / "adapter", export.kind)
     if tracker.log_adapter:
         tracker.artifact(run_dir / "adapter", "adapter")

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from moshi.models import loaders
 from moshi.models.lm import LMGen, LMModel
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
@@ -209,7 +210,7 @@ def test_moshi_loader_accepts_the_lora_export_with_the_same_outputs(tiny, lm, co
     _perturb(model)
     expected = _logits(model, codes)
     assert (expected - _logits(loaded.lm, codes)).abs().max() > 0.1  # the adapter matters at this tolerance
-    export = export_adapter(model, tmp_path / "adapter", loaded.base_config)
+    export = export_adapter(model, tmp_path / "adapter", loaded.base_config, loaded.checkpoint.mimi_config)
     assert export.kind == "lora" and export.moshi_weights.name == "lora.safetensors"
     info = _reload_with_moshi(folder, export).checkpoint_info()
     assert info.lm_config["lora"] is True and info.lm_config["lora_rank"] == 4
@@ -225,10 +226,35 @@ def test_full_and_dora_export_merged_weights_moshi_loads(tiny, lm, codes, spec, 
     folder, loaded = tiny
     model = apply_lora(lm, spec)
     _perturb(model)
-    export = export_adapter(model, tmp_path / "adapter", loaded.base_config)
+    export = export_adapter(model, tmp_path / "adapter", loaded.base_config, loaded.checkpoint.mimi_config)
     assert export.kind == "merged" and (export.peft_dir is not None) == isinstance(spec, LoraSpec)
     moshi_lm = load_model(_reload_with_moshi(folder, export)).lm
     torch.testing.assert_close(_logits(moshi_lm, codes), _logits(model, codes), **CLOSE)
+
+
+@pytest.mark.parametrize("spec", [LoraSpec("all", rank=4), FullFinetune()])
+def test_moshi_server_loads_every_export_offline_from_local_paths(tiny, lm, codes, spec, tmp_path,
+                                                                  monkeypatch) -> None:
+    """moshi.server's own loading call (strings from its command line, no Mimi config argument) on an export of a
+    base with its own Mimi config: it must never reach the Hub, and it gives the trained model's outputs."""
+    folder, loaded = tiny
+    model = apply_lora(lm, spec)
+    _perturb(model)
+    export = export_adapter(model, tmp_path / "adapter", loaded.base_config, loaded.checkpoint.mimi_config)
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"moshi asked the Hub for {args} {kwargs}")
+
+    monkeypatch.setattr(loaders, "hf_hub_download", no_hub)
+    lora = str(export.moshi_weights) if export.kind == "lora" else None
+    weights = str(export.moshi_weights) if export.kind == "merged" else str(folder / "model.safetensors")
+    info = loaders.CheckpointInfo.from_hf_repo(loaders.DEFAULT_REPO, weights, str(folder / "mimi.safetensors"),
+                                               str(folder / "tokenizer.model"), lora_weights=lora,
+                                               config_path=str(export.moshi_config))
+    assert info.mimi_config == loaded.checkpoint.mimi_config
+    mimi = info.get_mimi(device="cpu")
+    assert mimi.sample_rate == loaded.mimi.sample_rate
+    torch.testing.assert_close(_logits(info.get_moshi(dtype=torch.float32), codes), _logits(model, codes), **CLOSE)
 
 
 def test_config_schemas_match_the_runtime_classes() -> None:

@@ -24,6 +24,15 @@ from moshi.models.lm import LMModel
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import read_json
 
+MIMI_CONFIG_KEY = "mimi_config_name"  # config.json's name of a non-default Mimi's config file
+LOCAL_FILE = "file://"  # moshi's hf_get reads a name with this prefix as a local path, never from the Hub
+
+
+def local_file(folder: Path, name: str) -> Path:
+    """Where a file named in a checkpoint's config.json lies: an absolute `file://` path, or inside `folder`."""
+    return Path(name.removeprefix(LOCAL_FILE)) if name.startswith(LOCAL_FILE) else Path(folder) / name
+
+
 # config.json keys that name the other files of a checkpoint folder (moshi's `from_hf_repo` reads the same keys)
 FILE_KEYS = {
     "moshi_weights": ("moshi_name", loaders.MOSHI_NAME),
@@ -129,11 +138,11 @@ class LocalModel:
             raise UserError(f"{folder}: no config.json, so this is not a checkpoint folder", "rebuild it (model stage)")
         config = read_json(config_path)
         files = {field: str(Path(folder) / config.get(key, default)) for field, (key, default) in FILE_KEYS.items()}
-        mimi_config = config.get("mimi_config_name")
+        mimi_config = config.get(MIMI_CONFIG_KEY)
         return cls(
             **files,
             config_path=str(config_path),
-            mimi_config_path=None if mimi_config is None else str(Path(folder) / mimi_config),
+            mimi_config_path=None if mimi_config is None else str(local_file(folder, mimi_config)),
             **kwargs,
         )
 
@@ -156,7 +165,8 @@ class LocalModel:
                     "set model.config_path to the config.json exported beside lora.safetensors",
                 )
             return loaders.CheckpointInfo(paths["moshi_weights"], paths["mimi_weights"], paths["tokenizer"])
-        if mimi_config is None and "mimi_config_name" in read_json(paths["config_path"]):
+        named = read_json(paths["config_path"]).get(MIMI_CONFIG_KEY)
+        if mimi_config is None and named is not None and not str(named).startswith(LOCAL_FILE):
             # moshi would fetch the named Mimi config from the Hub; a local load must name the file itself
             raise UserError(
                 f"model.config_path={paths['config_path']} names a Mimi config (mimi_config_name) but "

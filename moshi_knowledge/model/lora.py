@@ -37,6 +37,7 @@ from torch.nn import functional as F
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json
 from moshi_knowledge.model.depformer_patch import is_patched, patch_depformer
+from moshi_knowledge.model.load import LOCAL_FILE, MIMI_CONFIG_KEY
 
 ADAPTER = "default"  # peft's adapter name; we only ever train one
 _LAYER = r"(transformer|depformer)\.layers\.\d+\."
@@ -252,12 +253,22 @@ class AdapterExport:
     peft_dir: Path | None
 
 
-def export_adapter(model: nn.Module, out_dir: Path, base_config: dict[str, Any]) -> AdapterExport:
+def export_adapter(model: nn.Module, out_dir: Path, base_config: dict[str, Any],
+                   mimi_config: dict[str, Any] | None = None) -> AdapterExport:
     """Write the trained adapter (see module doc). `base_config` is the base checkpoint's LM config
-    (`LoadedModel.base_config`); moshi's config.json must repeat it because `--config-path` replaces it."""
+    (`LoadedModel.base_config`); moshi's config.json must repeat it because `--config-path` replaces it.
+
+    A base whose Mimi is not moshi's default names its Mimi config (`mimi_config_name`), which moshi.server would
+    fetch from the Hub (it takes no path for it). The export writes `mimi_config` (the base's, parsed) beside
+    its config.json and names it by absolute `file://` path, the one form moshi resolves locally: the server
+    then starts offline, on local files only (move the run directory and re-export to keep it so).
+    """
     out_dir = Path(out_dir)
     (out_dir / "moshi").mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in base_config.items() if k not in _LORA_KEYS}
+    config = {k: v for k, v in base_config.items() if k not in _LORA_KEYS and k != MIMI_CONFIG_KEY}
+    if mimi_config is not None:
+        mimi_path = atomic_write_json(out_dir / "moshi" / "mimi_config.json", mimi_config)
+        config[MIMI_CONFIG_KEY] = LOCAL_FILE + str(mimi_path.resolve())
     peft_dir = None
     if isinstance(model, PeftModel):
         peft_dir = out_dir / "peft"
