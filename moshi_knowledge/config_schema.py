@@ -281,6 +281,7 @@ class LoraSchema:
     use_rslora: bool = False
     use_dora: bool = False
     train_embeddings: bool = False
+    export_merged: bool = False
 
 
 @dataclass

@@ -96,7 +96,8 @@ def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], dev
     loaded = load_stage_model(cfg, entries["model"].path, device=device)
     train_cfg = instantiate(cfg.train)
     seed_everything(train_cfg.seed)  # peft draws lora_A from torch's global generator
-    model = apply_lora(loaded.lm, instantiate(cfg.lora))
+    spec = instantiate(cfg.lora)
+    model = apply_lora(loaded.lm, spec)
     patch_depformer(model)
     params = count_parameters(model)
     log.info("trainable parameters: %s of %s", f"{params.trainable:,}", f"{params.total:,}")
@@ -118,7 +119,8 @@ def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], dev
                         instantiate(cfg.nan_guard), run_dir, tracker=tracker, on_eval=hook,
                         inject_nonfinite_at=list(cfg.debug.inject_nonfinite_at))
         if summary["status"] != INTERRUPTED:  # a preempted job has seconds left: its checkpoint is what counts
-            _after_training(tracker, "export", lambda: _export(model, loaded, run_dir, tracker))
+            _after_training(tracker, "export", lambda: _export(model, loaded, run_dir, tracker,
+                                                               getattr(spec, "export_merged", False)))
     else:
         summary = {"status": "completed", "step": 0}
     if tracker is None or hook is None:
@@ -157,12 +159,13 @@ def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, las
     return RecallHook(evaluator, eval_cfg.recall_every, last_step, run_dir / PREDICTIONS)
 
 
-def _export(model: Any, loaded: LoadedModel, run_dir: Path, tracker: Tracker | None) -> None:
+def _export(model: Any, loaded: LoadedModel, run_dir: Path, tracker: Tracker | None, also_merged: bool) -> None:
     """Rank 0 writes the adapter (peft + moshi formats). A model sharded by FSDP is not gathered here: its
     trained weights are in the sharded checkpoint under checkpoints/."""
     if tracker is None or is_sharded(model):
         return
-    export = export_adapter(model, run_dir / "adapter", loaded.base_config, loaded.checkpoint.mimi_config)
+    export = export_adapter(model, run_dir / "adapter", loaded.base_config, loaded.checkpoint.mimi_config,
+                            also_merged)
     log.info("adapter written to %s (%s)", run_dir / "adapter", export.kind)
     if tracker.log_adapter:
         tracker.artifact(run_dir / "adapter", "adapter")

@@ -240,7 +240,8 @@ def test_moshi_server_loads_every_export_offline_from_local_paths(tiny, lm, code
     folder, loaded = tiny
     model = apply_lora(lm, spec)
     _perturb(model)
-    export = export_adapter(model, tmp_path / "adapter", loaded.base_config, loaded.checkpoint.mimi_config)
+    export = export_adapter(model, tmp_path / "adapter", loaded.base_config, loaded.checkpoint.mimi_config,
+                            also_merged=True)
 
     def no_hub(*args, **kwargs):
         raise AssertionError(f"moshi asked the Hub for {args} {kwargs}")
@@ -254,7 +255,17 @@ def test_moshi_server_loads_every_export_offline_from_local_paths(tiny, lm, code
     assert info.mimi_config == loaded.checkpoint.mimi_config
     mimi = info.get_mimi(device="cpu")
     assert mimi.sample_rate == loaded.mimi.sample_rate
-    torch.testing.assert_close(_logits(info.get_moshi(dtype=torch.float32), codes), _logits(model, codes), **CLOSE)
+    expected = _logits(model, codes)
+    torch.testing.assert_close(_logits(info.get_moshi(dtype=torch.float32), codes), expected, **CLOSE)
+    if export.kind == "lora":  # lora.export_merged: the merged folder serves the same model
+        merged = export.merged_weights
+        info = loaders.CheckpointInfo.from_hf_repo(loaders.DEFAULT_REPO, str(merged), str(folder / "mimi.safetensors"),
+                                                   str(folder / "tokenizer.model"),
+                                                   config_path=str(merged.parent / "config.json"))
+        assert "lora" not in info.lm_config
+        torch.testing.assert_close(_logits(info.get_moshi(dtype=torch.float32), codes), expected, **CLOSE)
+    else:
+        assert export.merged_weights is None
 
 
 def test_config_schemas_match_the_runtime_classes() -> None:

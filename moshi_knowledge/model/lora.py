@@ -10,6 +10,8 @@ Exports (`export_adapter`):
   export holds peft's A/B under moshi's key names and zero A/B for every Linear peft did not target.
 - DoRA and full finetuning have no exact rank-r moshi form: `moshi/model.safetensors` holds merged weights, served
   with `--moshi-weight moshi/model.safetensors --config-path moshi/config.json` (DoRA also writes `peft/`).
+- `lora.export_merged=true` also writes a LoRA run's merged weights in that form, in `merged/`, for consumers
+  that load only full checkpoints (moshi_mlx, other runtimes).
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ _LORA_KEYS = ("lora", "lora_rank", "lora_scaling")
 
 @dataclass
 class LoraSpec:
-    """lora=attn|mlp|attn_mlp|all. `train_embeddings` also trains every token embedding in full."""
+    """lora=attn|mlp|attn_mlp|all. `train_embeddings` also trains every token embedding in full;
+    `export_merged` also exports the base with the adapter merged in (see export_adapter)."""
 
     targets: str = "attn_mlp"
     rank: int = 16
@@ -65,6 +68,7 @@ class LoraSpec:
     use_rslora: bool = False
     use_dora: bool = False
     train_embeddings: bool = False
+    export_merged: bool = False
 
 
 @dataclass
@@ -251,39 +255,56 @@ class AdapterExport:
     moshi_weights: Path
     moshi_config: Path
     peft_dir: Path | None
+    merged_weights: Path | None = None  # merged/model.safetensors of a LoRA export with also_merged
 
 
 def export_adapter(model: nn.Module, out_dir: Path, base_config: dict[str, Any],
-                   mimi_config: dict[str, Any] | None = None) -> AdapterExport:
+                   mimi_config: dict[str, Any] | None = None, also_merged: bool = False) -> AdapterExport:
     """Write the trained adapter (see module doc). `base_config` is the base checkpoint's LM config
     (`LoadedModel.base_config`); moshi's config.json must repeat it because `--config-path` replaces it.
+    `also_merged`: a LoRA export also gets `merged/` (merged weights and their config).
 
     A base whose Mimi is not moshi's default names its Mimi config (`mimi_config_name`), which moshi.server would
     fetch from the Hub (it takes no path for it). The export writes `mimi_config` (the base's, parsed) beside
-    its config.json and names it by absolute `file://` path, the one form moshi resolves locally: the server
+    each config.json and names it by absolute `file://` path, the one form moshi resolves locally: the server
     then starts offline, on local files only (move the run directory and re-export to keep it so).
     """
     out_dir = Path(out_dir)
-    (out_dir / "moshi").mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in base_config.items() if k not in _LORA_KEYS and k != MIMI_CONFIG_KEY}
-    if mimi_config is not None:
-        mimi_path = atomic_write_json(out_dir / "moshi" / "mimi_config.json", mimi_config)
-        config[MIMI_CONFIG_KEY] = LOCAL_FILE + str(mimi_path.resolve())
     peft_dir = None
     if isinstance(model, PeftModel):
         peft_dir = out_dir / "peft"
+        peft_dir.parent.mkdir(parents=True, exist_ok=True)
         _save_peft(model, peft_dir)
     lora_cfg = model.peft_config[ADAPTER] if isinstance(model, PeftModel) else None
+    merged = None
     if lora_cfg is not None and not lora_cfg.use_dora:
         lm = base_lm(model)
-        weights = atomic_write_bytes(
-            out_dir / "moshi" / "lora.safetensors", safetensors_bytes(_moshi_lora_tensors(lm, lora_cfg.r))
-        )
+        tensors = _moshi_lora_tensors(lm, lora_cfg.r)
         config |= {"lora": True, "lora_rank": lora_cfg.r, "lora_scaling": _lora_scaling(lm)}
+        weights, config_path = _write_moshi(out_dir / "moshi", "lora.safetensors", tensors, config, mimi_config)
         kind = "lora"
+        if also_merged:
+            merged, _ = _write_moshi(out_dir / "merged", "model.safetensors", _merged_state(model),
+                                     {k: v for k, v in config.items() if k not in _LORA_KEYS}, mimi_config)
     else:
-        state = {k: v.contiguous().cpu() for k, v in merged_copy(model).state_dict().items()}
-        weights = atomic_write_bytes(out_dir / "moshi" / "model.safetensors", safetensors_bytes(state))
+        weights, config_path = _write_moshi(out_dir / "moshi", "model.safetensors", _merged_state(model), config,
+                                            mimi_config)
         kind = "merged"
-    config_path = atomic_write_json(out_dir / "moshi" / "config.json", config)
-    return AdapterExport(kind=kind, moshi_weights=weights, moshi_config=config_path, peft_dir=peft_dir)
+    return AdapterExport(kind=kind, moshi_weights=weights, moshi_config=config_path, peft_dir=peft_dir,
+                         merged_weights=merged)
+
+
+def _merged_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.contiguous().cpu() for k, v in merged_copy(model).state_dict().items()}
+
+
+def _write_moshi(folder: Path, weights_name: str, tensors: dict[str, torch.Tensor], config: dict[str, Any],
+                 mimi_config: dict[str, Any] | None) -> tuple[Path, Path]:
+    """One moshi-format folder: weights, config.json and (for a non-default Mimi) the Mimi config it names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = atomic_write_bytes(folder / weights_name, safetensors_bytes(tensors))
+    if mimi_config is not None:
+        mimi_path = atomic_write_json(folder / "mimi_config.json", mimi_config)
+        config = config | {MIMI_CONFIG_KEY: LOCAL_FILE + str(mimi_path.resolve())}
+    return weights, atomic_write_json(folder / "config.json", config)
