@@ -50,7 +50,7 @@ class TrainConfig:
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("grad_accum", self.grad_accum >= 1, "at least 1"),
             ("seq_sec", self.seq_sec > 0, "a positive number of seconds"),
-            ("lr", self.lr > 0, "a positive learning rate, e.g. 1e-4"),
+            ("lr", self.lr >= 0, "a positive learning rate, e.g. 1e-4 (0: weights never change)"),
             ("warmup_steps", self.warmup_steps >= 0, "0 or a positive number of steps"),
             ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "a fraction in [0, 1]"),
             ("weight_decay", self.weight_decay >= 0, "0 or a positive number"),
