@@ -275,6 +275,7 @@ TINY_CONFIG = """
 defaults:
   - logger: none
   - nan_guard: skip
+  - lora: all
   - _self_
   - sweep: null
   - launcher: basic
@@ -336,7 +337,7 @@ app()
 def tiny_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_app")
     conf = root / "conf"
-    for group in ("sweep", "launcher", "logger"):
+    for group in ("sweep", "launcher", "logger", "lora"):
         (conf / group).mkdir(parents=True)
         for src in (REPO / "conf" / group).glob("*.yaml"):
             (conf / group / src.name).write_text(src.read_text())
