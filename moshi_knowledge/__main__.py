@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from moshi_knowledge.config_schema import register
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.llm.keys import load_env_file
 from moshi_knowledge.tracking.secrets import is_secret_override
 
 log = logging.getLogger("moshi_knowledge")
@@ -86,6 +87,7 @@ def main() -> None:
         from moshi_knowledge.report import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
+    load_env_file()  # before the check: a .env key pasted into an override is then recognised as a secret
     _refuse_secret_overrides(sys.argv[1:])
     _JOB_STARTED.clear()
     try:

@@ -74,7 +74,15 @@ def test_api_key_override_is_refused_before_hydra_writes(tmp_path):
         output = proc.stdout + proc.stderr
         assert proc.returncode == 2, output
         assert key not in output and "never a setting" in output
-    written = [p for p in tmp_path.rglob("*") if p.is_file() and key in p.read_text(errors="replace")]
+    # a key from ./.env pasted under an innocent name is recognised by its value
+    (tmp_path / ".env").write_text(f'OPENAI_API_KEY="{key}"  # my key\n')
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    proc = subprocess.run([sys.executable, "-m", "moshi_knowledge", "story=openai", f"story.premise=tell {key}",
+                           "logger=none", f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "story.premise" in proc.stderr and key not in proc.stdout + proc.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".env"
+               and key in p.read_text(errors="replace")]
     assert written == []
     assert not run_dir.exists()
 
