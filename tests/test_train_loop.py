@@ -238,13 +238,18 @@ def _drop_optimizer(ckpt) -> None:
     (ckpt / "optimizer.pt").unlink()
 
 
+def _truncate_rng(ckpt) -> None:
+    (ckpt / "rng_rank0.pt").write_bytes((ckpt / "rng_rank0.pt").read_bytes()[:64])
+
+
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
     _, rows, model = run(tmp_path_factory.mktemp("straight"), max_steps=6, ckpt_every=2)
     return rows, trainable(model)
 
 
-@pytest.mark.parametrize("damage", [_truncate_weights, _garble_state, _drop_optimizer], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("damage", [_truncate_weights, _garble_state, _drop_optimizer, _truncate_rng],
+                         ids=lambda f: f.__name__)
 def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path, caplog, straight_run, damage) -> None:
     """The newest checkpoint damaged after it was written: resume warns, names it, and continues exactly from the
     one before."""

@@ -111,7 +111,7 @@ def save_checkpoint(run_dir: str | Path, step: int, params: Mapping[str, torch.n
     if info.is_main:
         atomic_write_json(tmp / "state.json", {"step": step, **state})
         if not (tmp / SHARDED).is_dir():
-            _read(tmp)  # verify after write: a checkpoint that cannot be read back is never published
+            _read(tmp, info.rank)  # verify after write: a checkpoint that cannot be read back is never published
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -150,16 +150,19 @@ class _Saved:
     state: dict
     trainable: dict[str, torch.Tensor]
     optimizer: dict
+    rng: Optional[dict]  # this rank's RNG states (None: a rank that saved none)
 
 
-def _read(path: Path) -> _Saved:
+def _read(path: Path, rank: int) -> _Saved:
     """Every file of an unsharded checkpoint, read before anything is applied, so a damaged one changes nothing."""
     try:
         state = read_json(path / "state.json")
         if not isinstance(state, dict) or "step" not in state:
             raise ValueError("state.json has no step")
+        rng = path / f"rng_rank{rank}.pt"
         return _Saved(state, torch.load(path / "trainable.pt", map_location="cpu", weights_only=True),
-                      torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+                      torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
+                      torch.load(rng, weights_only=False) if rng.exists() else None)  # ours: Python/numpy tuples
     except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         # JSONDecodeError is a ValueError; torch's "PytorchStreamReader failed reading zip archive" a RuntimeError
         raise DamagedCheckpoint(f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
@@ -173,22 +176,22 @@ def load_checkpoint(path: Path, params: Mapping[str, torch.nn.Parameter], optimi
     Collective for a sharded checkpoint, which needs `model` (any world size, sharded or not, can load it)."""
     if (path / SHARDED).is_dir():
         _load_sharded(path, params, optimizer, model)
-        state = read_json(path / "state.json")
-    elif model is not None and is_sharded(model):
+        rng = path / f"rng_rank{info.rank}.pt"
+        if rng.exists():
+            _set_rng_state(torch.load(rng, weights_only=False))  # our own file: holds Python/numpy RNG tuples
+        return read_json(path / "state.json")
+    if model is not None and is_sharded(model):
         raise UserError(f"checkpoint {path} was written by an unsharded (single-process or DDP) run, and this run "
                         "shards the model with FSDP", "resume it with train.distributed=ddp, or start afresh")
-    else:
-        saved = _read(path)
-        _mismatch(path, set(saved.trainable), params)
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(saved.trainable[name])
-        optimizer.load_state_dict(saved.optimizer)
-        state = saved.state
-    rng = path / f"rng_rank{info.rank}.pt"
-    if rng.exists():
-        _set_rng_state(torch.load(rng, weights_only=False))  # our own file: holds Python/numpy RNG tuples
-    return state
+    saved = _read(path, info.rank)
+    _mismatch(path, set(saved.trainable), params)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved.trainable[name])
+    optimizer.load_state_dict(saved.optimizer)
+    if saved.rng is not None:
+        _set_rng_state(saved.rng)
+    return saved.state
 
 
 def resume_latest(run_dir: str | Path, params: Mapping[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
