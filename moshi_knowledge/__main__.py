@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import hydra
@@ -14,16 +15,24 @@ from omegaconf import DictConfig
 
 from moshi_knowledge.config_schema import register
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.experiment import run_experiment
+from moshi_knowledge.llm.keys import load_env_file
+from moshi_knowledge.tracking.secrets import is_secret_override
 
 log = logging.getLogger("moshi_knowledge")
 
 register()
 
+# Set when Hydra hands a composed config to `app`: an exit 1 before that is Hydra refusing the command line.
+_JOB_STARTED = threading.Event()
+
 
 @hydra.main(version_base="1.3", config_path="pkg://moshi_knowledge.conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
     """Returns the sweep objective (the final `objective.metric`), None for a run that did not complete."""
+    _JOB_STARTED.set()
+    # torch and the pipeline load here, not at import: shell completion and --help compose configs only
+    from moshi_knowledge.experiment import run_experiment
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         objective = run_experiment(cfg, run_dir)
@@ -60,13 +69,34 @@ def _user_error(exc: BaseException) -> UserError | None:
     return exc
 
 
+def _refuse_secret_overrides(args: list[str]) -> None:
+    """An API key on the command line would be saved by Hydra in the run's .hydra/ files before any code of ours
+    runs: refuse it first, without echoing it."""
+    for arg in args:
+        if "=" in arg and not arg.startswith("-") and is_secret_override(arg):
+            setting = arg.split("=", 1)[0].lstrip("+~")
+            print(f"error: {setting}: a key or token is never a setting; the command line was refused before "
+                  "anything was written", file=sys.stderr)
+            print("  fix: export it (OPENAI_API_KEY, GEMINI_API_KEY, ...) or put it in ./.env", file=sys.stderr)
+            sys.exit(2)
+
+
 def main() -> None:
     """`moshi-knowledge report SWEEP_DIR` renders a sweep report; anything else is the Hydra app."""
     if sys.argv[1:2] == ["report"]:
         from moshi_knowledge.report import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
-    app()
+    load_env_file()  # before the check: a .env key pasted into an override is then recognised as a secret
+    _refuse_secret_overrides(sys.argv[1:])
+    _JOB_STARTED.clear()
+    try:
+        app()
+    except SystemExit as stop:
+        # Hydra prints its composition error (unknown key, bad override, missing option) and exits 1: a user error
+        if stop.code == 1 and not _JOB_STARTED.is_set():
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

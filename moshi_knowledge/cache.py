@@ -1,8 +1,9 @@
 """Content-addressed stage cache: keys, locks and atomic publish. The only code that knows about caching.
 
 A stage's key hashes its name, version, resolved config and its inputs' keys. Its output is built in a
-temp dir and renamed into place, so a killed stage leaves nothing that looks complete; a file lock makes
-a second process computing the same key wait and then reuse the result.
+temp dir and renamed into place, so a killed stage leaves nothing that looks complete (its temp dir is removed by
+the next build of that stage on the host, under the lock); a file lock makes a second process computing the same
+key wait and then reuse the result.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from filelock import FileLock
 
 from moshi_knowledge.io_utils import atomic_write_json
 
+TMP_PREFIX = ".tmp-"  # .tmp-<key>-<host>-<pid>-<random>: a build in progress, or debris of a killed one
 MARKER = ".stage.json"  # written last inside the temp dir; its presence in a final dir means complete
 FULL_HASH_LIMIT = 64 << 20  # files up to this size (stories, Q/A files, tiny checkpoints) are hashed whole
 SAMPLE_BLOCK = 1 << 20
@@ -83,6 +86,36 @@ def cache_key(stage: str, version: str, config: Any, input_keys: dict[str, str],
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _temp_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) of the process that made a temp dir; None for a name in another format (left alone)."""
+    try:
+        head, pid, _ = name[len(TMP_PREFIX):].rsplit("-", 2)
+        _, host = head.split("-", 1)
+        return host, int(pid)
+    except ValueError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_dead_temps(stage_dir: Path) -> None:
+    """Remove the temp dirs that killed builds of this host left behind. Called under a key's lock; a temp dir of a
+    live process, or of another host (a shared cache), is another build in progress and stays."""
+    host = socket.gethostname()
+    for tmp in stage_dir.glob(f"{TMP_PREFIX}*"):
+        owner = _temp_owner(tmp.name)
+        if owner is not None and owner[0] == host and not _alive(owner[1]):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     stage: str
@@ -105,7 +138,8 @@ def build_or_reuse(
             return CacheEntry(stage, key, final, computed=False)
         if final.exists():  # a directory without its marker is debris of a killed run
             shutil.rmtree(final)
-        tmp = stage_dir / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        _remove_dead_temps(stage_dir)
+        tmp = stage_dir / f"{TMP_PREFIX}{key}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             build(tmp)

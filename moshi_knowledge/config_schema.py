@@ -7,10 +7,11 @@ Each group option's YAML lists its schema first in its defaults (e.g. `defaults:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Annotated, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+from pydantic import BaseModel, ConfigDict, Field
 
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.train.config import TrainConfig
@@ -335,3 +336,31 @@ class EvalSchema(EvalConfig):
 
 
 SCHEMAS.update({("eval", "default_schema"): EvalSchema})
+
+
+# ---- the root's own settings (conf/config.yaml): not a group, so pydantic checks them before the first stage ----
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ObjectiveSettings(_Strict):
+    metric: str
+    mode: str  # max | min, checked with the metric by tracking.contract.check_objective
+
+
+class DebugSettings(_Strict):
+    inject_nonfinite_at: list[Annotated[int, Field(ge=1)]] = Field(
+        description="a list of optimizer steps (from 1), e.g. debug.inject_nonfinite_at=[5,6]")
+
+
+class RootSettings(BaseModel):
+    """The top-level keys besides the groups; a group's keys are checked by its structured schema above."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    seed: int
+    stages: list[str] = Field(min_length=1, description="a non-empty list of stages, e.g. stages=[story,qa]")
+    objective: ObjectiveSettings = Field(description="objective.metric=... objective.mode=max|min, not a string")
+    debug: DebugSettings = Field(description="a node with inject_nonfinite_at (debug.inject_nonfinite_at=[5]), "
+                                             "not a string")

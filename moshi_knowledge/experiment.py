@@ -25,8 +25,9 @@ from moshi_knowledge.io_utils import atomic_write_text
 from moshi_knowledge.model.depformer_patch import patch_depformer
 from moshi_knowledge.model.load import LoadedModel
 from moshi_knowledge.model.lora import apply_lora, count_parameters, export_adapter
+from moshi_knowledge.preflight import check_config
 from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
-from moshi_knowledge.tracking import Tracker, check_objective, objective_value, run_identity_from_hydra
+from moshi_knowledge.tracking import Tracker, objective_value, run_identity_from_hydra
 from moshi_knowledge.tracking.contract import COMPLETED, DIVERGED, INTERRUPTED, MESSAGE, METRICS_FILE, STATUS
 from moshi_knowledge.tracking.files import dumps, read_metrics
 from moshi_knowledge.tracking.secrets import redact
@@ -72,11 +73,12 @@ class RecallHook:
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> float | None:
-    """Run the stages listed in `cfg.stages`; return the sweep objective (None unless completed).
+    """Check every setting, then run the stages listed in `cfg.stages`; return the sweep objective (None unless
+    completed).
 
     Under torchrun every rank trains; only rank 0 tracks, evaluates recall and writes the run's files.
     """
-    check_objective(cfg.objective.metric, cfg.objective.mode, list(cfg.eval.tiers))
+    check_config(cfg)
     entries = run_stages(cfg, run_dir)
     wanted = [s for s in cfg.stages if s in RUN_STAGES]
     if not wanted:

@@ -109,9 +109,12 @@ STAGES: dict[str, Stage] = {
 
 # Stages that run in the run directory, uncached (experiment.py), after the cached stages they need.
 RUN_STAGES: dict[str, tuple[str, ...]] = {"train": ("tokenize", "tts"), "eval": ("tokenize", "tts")}
+# The config nodes each run stage reads (the cached stages name theirs in `Stage.config_keys`).
+RUN_STAGE_KEYS: dict[str, tuple[str, ...]] = {"train": ("model", "lora", "train", "nan_guard"),
+                                              "eval": ("model", "eval", "tts")}
 
 
-def _with_deps(names: list[str]) -> list[str]:
+def with_deps(names: list[str]) -> list[str]:
     """The requested cached stages plus every cached stage they (or the run stages) need, in registry order."""
     unknown = [n for n in names if n not in STAGES and n not in RUN_STAGES]
     if unknown:
@@ -136,7 +139,7 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, CacheEntry]:
     run_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, CacheEntry] = {}
     record = []
-    for name in _with_deps(list(cfg.stages)):
+    for name in with_deps(list(cfg.stages)):
         stage = STAGES[name]
         inputs = {dep: done[dep].path for dep in stage.deps}
         config = _key_config(cfg, stage)

@@ -96,27 +96,48 @@ def test_two_processes_building_the_same_key_both_succeed_once(tmp_path: Path) -
     assert not [p for p in (tmp_path / "c" / "stage").iterdir() if p.name.startswith(".tmp")]
 
 
-def _build_forever(cache: str) -> None:
+def _build_forever(cache: str, key: str = "k2") -> None:
     def build(out: Path) -> None:
         (out / "half.txt").write_text("partial")
         time.sleep(60)
 
-    build_or_reuse(Path(cache), "stage", "k2", {}, build)
+    build_or_reuse(Path(cache), "stage", key, {}, build)
+
+
+def _start_builder(cache: Path, key: str):
+    proc = mp.get_context("spawn").Process(target=_build_forever, args=(str(cache), key))
+    proc.start()
+    deadline = time.time() + 30
+    while time.time() < deadline and not list((cache / "stage").glob(f".tmp-{key}-*/half.txt")):
+        time.sleep(0.05)
+    return proc
 
 
 def test_a_killed_build_leaves_nothing_that_looks_complete(tmp_path: Path) -> None:
-    ctx = mp.get_context("spawn")
-    proc = ctx.Process(target=_build_forever, args=(str(tmp_path / "c"),))
-    proc.start()
-    deadline = time.time() + 30
-    while time.time() < deadline and not list((tmp_path / "c" / "stage").glob(".tmp-*/half.txt")):
-        time.sleep(0.05)
+    proc = _start_builder(tmp_path / "c", "k2")
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
     assert not (tmp_path / "c" / "stage" / "k2").exists()
     # The next build is not fooled by the debris and the lock of the dead process does not block it.
     entry = build_or_reuse(tmp_path / "c", "stage", "k2", {}, lambda out: (out / "ok.txt").write_text("ok"))
     assert entry.computed and (entry.path / MARKER).exists() and (entry.path / "ok.txt").exists()
+
+
+def test_the_next_build_removes_temp_dirs_of_killed_builds_only(tmp_path: Path) -> None:
+    """A killed build's .tmp-* folder is removed by the next build of the stage; a live build's folder stays."""
+    stage = tmp_path / "c" / "stage"
+    live = _start_builder(tmp_path / "c", "k9")
+    killed = _start_builder(tmp_path / "c", "k2")
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.join()
+    try:
+        assert len(list(stage.glob(".tmp-k2-*"))) == 1
+        build_or_reuse(tmp_path / "c", "stage", "k5", {}, lambda out: (out / "ok.txt").write_text("ok"))
+        assert list(stage.glob(".tmp-k2-*")) == []
+        assert [p.name for p in stage.glob(".tmp-k9-*")] and list(stage.glob(".tmp-k9-*/half.txt"))
+    finally:
+        os.kill(live.pid, signal.SIGKILL)
+        live.join()
 
 
 def test_a_failing_build_raises_and_leaves_no_entry(tmp_path: Path) -> None:

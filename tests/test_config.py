@@ -58,11 +58,21 @@ def test_one_root_seed_reaches_every_seeded_setting() -> None:
     assert seeds == dict.fromkeys(seeds, 7)
 
 
+@pytest.mark.parametrize("sweeper", ["sweep=optuna_recall", "hydra/sweeper=optuna"])
 @pytest.mark.parametrize("mode, direction", [("max", "maximize"), ("min", "minimize")])
-def test_optuna_direction_follows_objective_mode(mode: str, direction: str) -> None:
+def test_optuna_direction_follows_objective_mode(sweeper: str, mode: str, direction: str) -> None:
+    """The app's sweeper callback, before Hydra builds the sweeper: direction from objective.mode, failed trials
+    tolerated; a direction given on the command line is kept."""
     from hydra import compose, initialize_config_module
 
+    from moshi_knowledge.sweeper import SweeperDefaults
+
     with initialize_config_module(config_module="moshi_knowledge.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["sweep=optuna_recall", f"objective.mode={mode}"],
-                      return_hydra_config=True)
-    assert cfg.hydra.sweeper.direction == direction
+        cfg = compose(config_name="config", overrides=[sweeper, f"objective.mode={mode}"], return_hydra_config=True)
+        given = compose(config_name="config", overrides=[sweeper, "hydra.sweeper.direction=minimize"],
+                        return_hydra_config=True)
+    assert cfg.hydra.sweeper.max_failure_rate == 0.0  # the plugin's default, which stops at a failed trial
+    SweeperDefaults().on_multirun_start(cfg)
+    assert cfg.hydra.sweeper.direction == direction and cfg.hydra.sweeper.max_failure_rate == 1.0
+    SweeperDefaults().on_multirun_start(given)
+    assert given.hydra.sweeper.direction == "minimize"

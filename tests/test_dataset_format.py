@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
 from moshi_knowledge.dataset.format import (
     CONVERSATIONS,
@@ -336,3 +337,20 @@ def test_cli_runs_as_module(good_dataset: Path) -> None:
         [sys.executable, "-m", "moshi_knowledge.validate", str(good_dataset)], capture_output=True, text=True
     )
     assert (result.returncode, result.stdout.strip()) == (0, "OK: 3 conversations")
+
+
+def test_moshi_finetune_block_trains_on_the_train_split_alone(good_dataset: Path) -> None:
+    """moshi-finetune reads every *.jsonl under a folder it is given: the printed block names the train manifest
+    itself, so the files it reads for training are train.jsonl alone, and eval.jsonl only as eval data."""
+    result = subprocess.run([sys.executable, "-m", "moshi_knowledge.validate", str(good_dataset), "--moshi-finetune"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    data = yaml.safe_load(result.stdout.split("\n", 1)[1])["data"]
+
+    def moshi_finetune_reads(path: str) -> list[Path]:  # a folder: every jsonl below it; a file: that file
+        p = Path(path)
+        return sorted(p.rglob("*jsonl")) if p.is_dir() else [p]
+
+    assert sorted(good_dataset.rglob("*jsonl")) == [good_dataset / "eval.jsonl", good_dataset / "train.jsonl"]
+    assert moshi_finetune_reads(data["train_data"]) == [(good_dataset / "train.jsonl").resolve()]
+    assert moshi_finetune_reads(data["eval_data"]) == [(good_dataset / "eval.jsonl").resolve()]

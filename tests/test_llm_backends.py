@@ -190,10 +190,14 @@ def test_missing_key_names_the_variable(server: StubLLMServer, provider: str,
     assert server.count == 0
 
 
-def test_key_is_read_from_dotenv_in_the_working_directory(server: StubLLMServer,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("line", ["export OPENAI_API_KEY='sk-from-dotenv'",
+                                  'OPENAI_API_KEY="sk-from-dotenv"  # my key',
+                                  "OPENAI_API_KEY=sk-from-dotenv # my key"])
+def test_key_is_read_from_dotenv_in_the_working_directory(server: StubLLMServer, monkeypatch: pytest.MonkeyPatch,
+                                                          line: str) -> None:
+    """Quotes, `export` and trailing comments are the shell's, not part of the key."""
     monkeypatch.delenv("OPENAI_API_KEY")
-    Path(".env").write_text("# keys\nexport OPENAI_API_KEY='sk-from-dotenv'\n", encoding="utf-8")
+    Path(".env").write_text(f"# keys\n{line}\n", encoding="utf-8")
     server.push("A short tale.")
     make_story(server, "openai", refine_passes=0).generate()
     assert server.received[0].headers["authorization"] == "Bearer sk-from-dotenv"

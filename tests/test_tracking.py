@@ -288,8 +288,11 @@ def test_identity_outside_hydra_and_from_overrides() -> None:
     overrides = ["+sweep=lora_rank_lr", "lora.rank=8", "paths.cache_dir=/c", "train.lr=0.001", "hydra.verbose=true"]
     assert run_name(overrides, 3, "x") == "3:lora.rank=8,train.lr=0.001"
     assert run_name(["+sweep=nan_guard"], None, "x") == "x"
-    tags = choice_tags({"story": "procedural", "nan_guard": "skip", "experiment": None, "hydra/launcher": "basic"})
+    tags = choice_tags({"story": "procedural", "nan_guard": "skip", "experiment": None, "hydra/sweeper": "basic"})
     assert tags == ("story:procedural", "nan_guard:skip")
+    # the launcher tag names the launcher that ran the job, also when picked as hydra/launcher=joblib
+    tags = choice_tags({"story": "procedural", "launcher": "basic", "hydra/launcher": "joblib"})
+    assert tags == ("story:procedural", "launcher:joblib")
 
 
 # ---- sweep and launcher configs, in a tiny Hydra app with the keys they sweep ---------------------------------
@@ -298,6 +301,7 @@ TINY_CONFIG = """
 defaults:
   - logger: none
   - nan_guard: skip
+  - lora: all
   - _self_
   - sweep: null
   - launcher: basic
@@ -306,6 +310,9 @@ lora: {rank: 8}
 train: {lr: 0.001, audio_drop: 0.5, resume: false}
 objective: {metric: recall/eval/mc_acc, mode: max}
 fake: {diverge_job: -1, fail_job: -1}
+hydra:
+  callbacks:
+    sweeper_defaults: {_target_: moshi_knowledge.sweeper.SweeperDefaults}
 """
 
 # The task stands in for train + eval: loss falls unless lr >= 1 (or it is the diverging job), recall grows with
@@ -356,7 +363,7 @@ app()
 def tiny_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_app")
     conf = root / "conf"
-    for group in ("sweep", "launcher", "logger"):
+    for group in ("sweep", "launcher", "logger", "lora"):
         (conf / group).mkdir(parents=True)
         for src in (REPO / "conf" / group).glob("*.yaml"):
             (conf / group / src.name).write_text(src.read_text())
@@ -453,6 +460,29 @@ def test_optuna_sweep_survives_a_diverged_and_a_failed_trial(tiny_app: Path) -> 
     assert report_main([str(sweep_dir)]) == 0
     report = (sweep_dir / "report.md").read_text()
     assert "3 runs: 1 completed, 1 diverged, 1 failed" in report and "## Optuna result" in report
+
+
+@pytest.mark.slow
+def test_plain_optuna_sweeper_follows_objective_mode_and_outlives_failed_trials(tiny_app: Path) -> None:
+    """`hydra/sweeper=optuna` alone (the plugin minimises and stops at a failed trial by default) maximises recall
+    and carries on past a failed and a diverged trial."""
+    sweep_dir = _multirun(tiny_app, "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=5",
+                          "hydra.sweeper.sampler.seed=0", "train.audio_drop=interval(0.0,0.9)",
+                          "hydra.sweep.dir=runs/sweeps/plain_optuna", "fake.fail_job=1", "fake.diverge_job=2")
+    summaries = [_summary(job) for job in _jobs(sweep_dir)]
+    assert [s["status"] for s in summaries][:3] == ["completed", "failed", "diverged"] and len(summaries) == 5
+    values = [s["recall/eval/mc_acc"] for s in summaries if s["status"] == "completed"]
+    assert len(set(values)) > 1
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())["best_value"]
+    assert best == pytest.approx(max(values))
+
+
+def test_launcher_tag_names_the_launcher_that_ran(tiny_app: Path) -> None:
+    sweep_dir = _multirun(tiny_app, "-m", "hydra/launcher=joblib", "lora.rank=2,4",
+                          "hydra.sweep.dir=runs/sweeps/joblib_tag")
+    for job in _jobs(sweep_dir):
+        tags = json.loads((job / "identity.json").read_text())["tags"]
+        assert "launcher:joblib" in tags and "launcher:basic" not in tags
 
 
 def test_rows_holding_unicode_line_separators_read_back_whole(tmp_path: Path) -> None:

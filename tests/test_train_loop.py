@@ -14,6 +14,7 @@ import torch
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import read_json
 from moshi_knowledge.tracking.files import read_metrics
+from moshi_knowledge.train import checkpoint as checkpoint_module
 from moshi_knowledge.train.attention import segment_attention
 from moshi_knowledge.train.batches import StreamSpec, collate, eval_batches
 from moshi_knowledge.train.checkpoint import checkpoint_dirs
@@ -248,6 +249,77 @@ def test_a_stop_signal_ends_the_run_interrupted_with_a_checkpoint_that_resumes_e
     assert [r["step"] for r in rows] == [r["step"] for r in straight_rows]
     for (name, a), b in zip(trainable(straight).items(), trainable(resumed).values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def _truncate_weights(ckpt) -> None:
+    data = (ckpt / "trainable.pt").read_bytes()
+    (ckpt / "trainable.pt").write_bytes(data[: len(data) // 2])
+
+
+def _garble_state(ckpt) -> None:
+    (ckpt / "state.json").write_text('{"step": 4, "posit')
+
+
+def _drop_optimizer(ckpt) -> None:
+    (ckpt / "optimizer.pt").unlink()
+
+
+def _truncate_rng(ckpt) -> None:
+    (ckpt / "rng_rank0.pt").write_bytes((ckpt / "rng_rank0.pt").read_bytes()[:64])
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    _, rows, model = run(tmp_path_factory.mktemp("straight"), max_steps=6, ckpt_every=2)
+    return rows, trainable(model)
+
+
+@pytest.mark.parametrize("damage", [_truncate_weights, _garble_state, _drop_optimizer, _truncate_rng],
+                         ids=lambda f: f.__name__)
+def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path, caplog, straight_run, damage) -> None:
+    """The newest checkpoint damaged after it was written: resume warns, names it, and continues exactly from the
+    one before."""
+    def crash_at_5(step, model):
+        if step == 5:
+            raise Interrupt("simulated crash")
+
+    with pytest.raises(Interrupt):
+        train(tiny_lm(), TRAIN, EVAL, config(max_steps=6, ckpt_every=2, eval_every=1), NanGuard("skip"), tmp_path,
+              on_eval=crash_at_5)
+    newest = checkpoint_dirs(tmp_path)[-1]
+    assert newest.name == "step_00000004"
+    damage(newest)
+    summary, rows, resumed = run(tmp_path, max_steps=6, ckpt_every=2, resume=True)
+    assert summary["status"] == "completed"
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "damaged" in r.getMessage()]
+    assert warning and str(newest) in warning[0] and "resuming from the one before" in warning[0]
+    straight_rows, straight_weights = straight_run
+    assert [r["step"] for r in rows] == [r["step"] for r in straight_rows]
+    for (name, a), b in zip(straight_weights.items(), trainable(resumed).values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_resume_refuses_when_every_checkpoint_is_damaged(tmp_path) -> None:
+    run(tmp_path, max_steps=2, ckpt_every=1, keep_checkpoints=2)
+    for ckpt in checkpoint_dirs(tmp_path):
+        _drop_optimizer(ckpt)
+    with pytest.raises(UserError, match="every checkpoint .* is damaged"):
+        run(tmp_path, max_steps=4, resume=True)
+
+
+def test_a_checkpoint_that_does_not_read_back_is_never_published(tmp_path, monkeypatch) -> None:
+    """Verify after write: weights written short (full disk, faulty write) fail the save; no step_ folder."""
+    real = checkpoint_module._write_torch
+
+    def short_write(path, obj):
+        real(path, obj)
+        if path.name == "trainable.pt":
+            path.write_bytes(path.read_bytes()[:100])
+
+    monkeypatch.setattr(checkpoint_module, "_write_torch", short_write)
+    with pytest.raises(checkpoint_module.DamagedCheckpoint):
+        run(tmp_path, max_steps=2, ckpt_every=1)
+    assert checkpoint_dirs(tmp_path) == []
 
 
 def test_run_directory_contract_and_last_k_checkpoints(tmp_path) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, get_args
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.qa.schema import Tier
 
 JUDGES = ("openai", "gemini")
 
@@ -40,6 +41,7 @@ class EvalConfig:
         checks = [
             ("recall_every", self.recall_every >= 0, "0 (start and end only) or a positive number of steps"),
             ("tiers", bool(self.tiers), "a non-empty list of tiers, e.g. [train, paraphrase, eval]"),
+            ("tiers", set(self.tiers) <= set(get_args(Tier)), f"a list of tiers among {', '.join(get_args(Tier))}"),
             ("max_per_tier", self.max_per_tier is None or self.max_per_tier >= 1, "null or at least 1"),
             ("mc_batch_size", self.mc_batch_size >= 1, "at least 1"),
             ("max_answer_sec", self.max_answer_sec > 0, "a positive number of seconds"),

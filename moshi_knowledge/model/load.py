@@ -47,7 +47,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """"auto" means the GPU when there is one."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError as err:  # torch names no setting: "Expected one of cpu, cuda, ... device type"
+        raise UserError(f"model.device={device!r} is not a device",
+                        "use auto, cpu, cuda or cuda:N (auto: the GPU when there is one)") from err
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

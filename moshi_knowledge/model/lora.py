@@ -70,6 +70,17 @@ class LoraSpec:
     train_embeddings: bool = False
     export_merged: bool = False
 
+    def __post_init__(self) -> None:
+        checks = [
+            ("targets", self.targets in TARGETS, f"one of {', '.join(TARGETS)}"),
+            ("rank", self.rank >= 1, "a positive rank, e.g. 16"),
+            ("alpha", self.alpha > 0, "a positive scale, e.g. 32"),
+            ("dropout", 0.0 <= self.dropout < 1.0, "a fraction in [0, 1)"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise UserError(f"lora.{name}={getattr(self, name)!r} is invalid", f"set lora.{name} to {want}")
+
 
 @dataclass
 class FullFinetune:
@@ -81,8 +92,6 @@ def embedding_names(lm: LMModel) -> list[str]:
 
 
 def lora_config(lm: LMModel, spec: LoraSpec) -> LoraConfig:
-    if spec.targets not in TARGETS:
-        raise UserError(f"lora.targets={spec.targets!r} is not a preset", f"use one of {', '.join(TARGETS)}")
     return LoraConfig(
         r=spec.rank,
         lora_alpha=spec.alpha,

@@ -209,6 +209,8 @@ def check_voice(voice: Voice, field: str) -> None:
 class EspeakTTS(TTSBackend):
     """Offline TTS with exact word times; every configured voice is checked when the backend is built."""
 
+    built_before_stages = True
+
     def __init__(self, moshi_voice: Mapping, user_voices: Sequence[Mapping], heldout_voice: Mapping) -> None:
         super().__init__(moshi_voice, user_voices, heldout_voice)
         self._checked: set[Voice] = set()

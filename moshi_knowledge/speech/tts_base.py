@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.speech.schema import Line, Utterance, Voice
@@ -20,6 +20,10 @@ def _voice(spec: Mapping[str, Any], field: str) -> Voice:
 
 class TTSBackend(ABC):
     """Moshi speaks in one voice; users rotate through `user_voices`; `heldout_voice` is never trained on."""
+
+    # True for a backend that loads no model: it is built before the first stage, so its own checks (voice names,
+    # ranges) stop a bad setting before the story and Q/A stages run. A backend with weights is checked when used.
+    built_before_stages: ClassVar[bool] = False
 
     def __init__(self, moshi_voice: Mapping, user_voices: Sequence[Mapping], heldout_voice: Mapping) -> None:
         if not user_voices:

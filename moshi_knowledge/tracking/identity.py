@@ -38,8 +38,13 @@ def run_name(overrides: list[str] | tuple[str, ...], job_num: int | None, fallba
 
 
 def choice_tags(choices: dict[str, str | None]) -> tuple[str, ...]:
-    """`group:option` for each selected config-group option, Hydra's own groups left out."""
-    tags = (f"{g}:{o}" for g, o in choices.items() if o is not None and not g.startswith("hydra/"))
+    """`group:option` for each selected config-group option, Hydra's own groups left out, except that `launcher`
+    names the launcher that ran the job (`hydra/launcher`), however it was picked (`launcher=joblib` or
+    `hydra/launcher=joblib`)."""
+    chosen = {g: o for g, o in choices.items() if not g.startswith("hydra/")}
+    if choices.get("hydra/launcher"):
+        chosen["launcher"] = choices["hydra/launcher"]
+    tags = (f"{g}:{o}" for g, o in chosen.items() if o is not None)
     return tuple(t[:_MAX_TAG_LEN] for t in tags)
 
 

@@ -2,8 +2,9 @@
 
 Layout: `<run_dir>/checkpoints/step_XXXXXXXX/` holding trainable.pt (trainable weights only: the frozen base is
 reloaded from the model checkpoint), optimizer.pt, state.json (step, data position, LR scale, NaN-guard counters)
-and rng_rank<r>.pt per rank. The folder is written under a temporary name and renamed into place, so a folder
-with a `step_` name is always complete.
+and rng_rank<r>.pt per rank. The folder is written under a temporary name, read back, and renamed into place, so
+a folder with a `step_` name was complete when written; resume skips one damaged since (disk fault, a hand edit)
+with a warning and loads the newest that still reads back.
 
 An FSDP run (weights sharded over ranks) writes `sharded/` instead of trainable.pt and optimizer.pt: a
 torch.distributed.checkpoint (DCP) folder in which each rank writes its own shard of the trainable weights and of
@@ -13,9 +14,12 @@ the optimizer state, so no rank ever holds the whole 7B state. DCP re-shards on 
 from __future__ import annotations
 
 import io
+import logging
 import os
+import pickle
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -34,6 +38,8 @@ from torch.distributed.checkpoint.state_dict import (
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json, read_json
 from moshi_knowledge.train.distributed import DistInfo, barrier, is_sharded
+
+log = logging.getLogger(__name__)
 
 PREFIX = "step_"
 SHARDED = "sharded"
@@ -67,11 +73,6 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
-
-
-def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
-    dirs = checkpoint_dirs(run_dir)
-    return dirs[-1] if dirs else None
 
 
 def _sharded_state(model: nn.Module, params: Mapping[str, torch.nn.Parameter],
@@ -109,6 +110,8 @@ def save_checkpoint(run_dir: str | Path, step: int, params: Mapping[str, torch.n
     barrier()
     if info.is_main:
         atomic_write_json(tmp / "state.json", {"step": step, **state})
+        if not (tmp / SHARDED).is_dir():
+            _read(tmp, info.rank)  # verify after write: a checkpoint that cannot be read back is never published
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -138,24 +141,72 @@ def _load_sharded(path: Path, params: Mapping[str, torch.nn.Parameter], optimize
     set_optimizer_state_dict(model, optimizer, target["optim"])
 
 
+class DamagedCheckpoint(Exception):
+    """A checkpoint folder whose files cannot be read back (truncated, garbled or missing)."""
+
+
+@dataclass
+class _Saved:
+    state: dict
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict
+    rng: Optional[dict]  # this rank's RNG states (None: a rank that saved none)
+
+
+def _read(path: Path, rank: int) -> _Saved:
+    """Every file of an unsharded checkpoint, read before anything is applied, so a damaged one changes nothing."""
+    try:
+        state = read_json(path / "state.json")
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError("state.json has no step")
+        rng = path / f"rng_rank{rank}.pt"
+        return _Saved(state, torch.load(path / "trainable.pt", map_location="cpu", weights_only=True),
+                      torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
+                      torch.load(rng, weights_only=False) if rng.exists() else None)  # ours: Python/numpy tuples
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        # JSONDecodeError is a ValueError; torch's "PytorchStreamReader failed reading zip archive" a RuntimeError
+        raise DamagedCheckpoint(f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
+
+
 def load_checkpoint(path: Path, params: Mapping[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                     info: DistInfo, model: Optional[nn.Module] = None) -> dict:
-    """Restore weights, optimizer and this rank's RNG in place; returns state.json.
+    """Restore weights, optimizer and this rank's RNG in place; returns state.json. Raises DamagedCheckpoint,
+    having changed nothing, for an unsharded checkpoint that cannot be read.
 
     Collective for a sharded checkpoint, which needs `model` (any world size, sharded or not, can load it)."""
     if (path / SHARDED).is_dir():
         _load_sharded(path, params, optimizer, model)
-    elif model is not None and is_sharded(model):
+        rng = path / f"rng_rank{info.rank}.pt"
+        if rng.exists():
+            _set_rng_state(torch.load(rng, weights_only=False))  # our own file: holds Python/numpy RNG tuples
+        return read_json(path / "state.json")
+    if model is not None and is_sharded(model):
         raise UserError(f"checkpoint {path} was written by an unsharded (single-process or DDP) run, and this run "
                         "shards the model with FSDP", "resume it with train.distributed=ddp, or start afresh")
-    else:
-        saved = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
-        _mismatch(path, set(saved), params)
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(saved[name])
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    rng = path / f"rng_rank{info.rank}.pt"
-    if rng.exists():
-        _set_rng_state(torch.load(rng, weights_only=False))  # our own file: holds Python/numpy RNG tuples
-    return read_json(path / "state.json")
+    saved = _read(path, info.rank)
+    _mismatch(path, set(saved.trainable), params)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved.trainable[name])
+    optimizer.load_state_dict(saved.optimizer)
+    if saved.rng is not None:
+        _set_rng_state(saved.rng)
+    return saved.state
+
+
+def resume_latest(run_dir: str | Path, params: Mapping[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                  info: DistInfo, model: Optional[nn.Module] = None) -> Optional[dict]:
+    """Load the newest checkpoint that reads back whole; a damaged newer one is named in a warning and skipped.
+    None when there is no checkpoint; a UserError when every one is damaged."""
+    dirs = checkpoint_dirs(run_dir)
+    damaged = []
+    for path in reversed(dirs):
+        try:
+            return load_checkpoint(path, params, optimizer, info, model=model)
+        except DamagedCheckpoint as err:
+            log.warning("checkpoint %s is damaged (%s); resuming from the one before it", path, err)
+            damaged.append(path.name)
+    if not dirs:
+        return None
+    raise UserError(f"every checkpoint under {Path(run_dir) / 'checkpoints'} is damaged ({', '.join(damaged)})",
+                    "delete the checkpoints/ folder to start afresh, or set train.resume=false")

@@ -27,7 +27,7 @@ from moshi_knowledge.tracking import RunIdentity, Tracker
 from moshi_knowledge.tracking.contract import INTERRUPTED
 from moshi_knowledge.train.attention import segment_attention
 from moshi_knowledge.train.batches import Batch, PackedRow, StreamSpec, TrainStream, collate, eval_batches
-from moshi_knowledge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from moshi_knowledge.train.checkpoint import resume_latest, save_checkpoint
 from moshi_knowledge.train.config import TrainConfig
 from moshi_knowledge.train.distributed import (
     all_finite,
@@ -258,10 +258,9 @@ class _Run:
                         self.cfg.keep_checkpoints, self.info, model=self.net)
 
     def _resume(self) -> None:
-        path = latest_checkpoint(self.run_dir)
-        if path is None:
+        state = resume_latest(self.run_dir, self.params, self.optimizer, self.info, model=self.net)
+        if state is None:
             return
-        state = load_checkpoint(path, self.params, self.optimizer, self.info, model=self.net)
         self.step, self.lr_scale = int(state["step"]), float(state["lr_scale"])
         self.stream.position = (int(state["position"][0]), int(state["position"][1]))
         self.guard.load_state_dict(state["nan_guard"])
