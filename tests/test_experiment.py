@@ -11,12 +11,26 @@ from safetensors.torch import load_file
 from conftest import TINY_RUN, run_app
 
 
-@pytest.mark.slow
-def test_a_lora_run_writes_the_run_directory_contract(tiny_cache: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    done = run_app([*TINY_RUN, "lora=all", "lora.rank=4", "train.lr=1e-3", "logger=none",
-                    f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run}"], cwd=tmp_path)
+LORA_RUN = [*TINY_RUN, "lora=all", "lora.rank=4", "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One LoRA run of the tiny model at lr 1e-3, alone in its process."""
+    root = tmp_path_factory.mktemp("lora_run")
+    run = root / "run"
+    done = run_app([*LORA_RUN, "train.lr=1e-3", f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run}"], cwd=root)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run, done
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_lora_run_writes_the_run_directory_contract(lora_run) -> None:
+    run, done = lora_run
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["step"] == 4
     assert summary["params/trainable"] < summary["params/total"]  # LoRA trains a small part
@@ -37,6 +51,27 @@ def test_a_lora_run_writes_the_run_directory_contract(tiny_cache: Path, tmp_path
     assert json.loads((run / "adapter" / "moshi" / "config.json").read_text())["lora_rank"] == 4
     assert (run / "adapter" / "peft" / "adapter_config.json").is_file()
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1].endswith("4")
+
+
+@pytest.mark.slow
+def test_the_same_config_gives_the_same_run_after_another_in_the_same_process(lora_run, tiny_cache: Path,
+                                                                              tmp_path: Path) -> None:
+    """A sweep's jobs share one process under the basic launcher: the second job (lr 1e-3, after a job at
+    lr 1e-2 trained, evaluated and generated) must be the run made alone, to the last digit."""
+    alone, _ = lora_run
+    done = run_app(["-m", *LORA_RUN, "train.lr=1e-2,1e-3", f"paths.cache_dir={tiny_cache}",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    second = tmp_path / "sweep" / "1"
+    strip = ("train/step_sec", "train/useful_frames_per_sec", "recall_time/", "memory/", "wall")
+    for name in ("metrics.jsonl", "predictions.jsonl"):
+        ours, theirs = _records(second / name), _records(alone / name)
+        assert len(ours) == len(theirs) > 0
+        for a, b in zip(ours, theirs):
+            assert {k: v for k, v in a.items() if not k.startswith(strip)} == \
+                {k: v for k, v in b.items() if not k.startswith(strip)}, name
+    first = _records(tmp_path / "sweep" / "0" / "metrics.jsonl")
+    assert first[-1]["train/loss"] != _records(second / "metrics.jsonl")[-1]["train/loss"], "the jobs differ"
 
 
 @pytest.mark.slow
