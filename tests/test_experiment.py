@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 
 from conftest import TINY_RUN, run_app
 
-
 LORA_RUN = [*TINY_RUN, "lora=all", "lora.rank=4", "logger=none"]
 
 
