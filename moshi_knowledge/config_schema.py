@@ -104,7 +104,7 @@ SCHEMAS = {
 def register() -> None:
     cs = ConfigStore.instance()
     for (group, name), node in SCHEMAS.items():
-        cs.store(group=group, name=name, node=node)
+        cs.store(group=f"schema/{group}", name=name, node=node)
 
 
 # ---- LLM and heavyweight backends (issue 3). API keys are never config fields: they come from the env. ----

@@ -7,6 +7,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose_cfg
+from moshi_knowledge.config_schema import SCHEMAS
 
 GROUPS = ["story", "qa", "tts", "layout", "align", "paths", "model", "lora", "train", "nan_guard", "eval", "logger",
           "sweep", "launcher"]
@@ -31,6 +32,13 @@ def test_every_group_option_composes_with_a_target(group: str, option: str) -> N
 def test_every_experiment_composes(experiment: str) -> None:
     cfg = compose_cfg([f"experiment={experiment}"])
     assert cfg.stages
+
+
+@pytest.mark.parametrize("group,name", sorted(SCHEMAS))
+def test_schemas_are_not_options_of_their_group(group: str, name: str) -> None:
+    """A schema only types a group's options; selected as one (`lora=lora_schema`) it would be a bare preset."""
+    with pytest.raises(ConfigCompositionException, match=f"Could not find '{group}/{name}'"):
+        compose_cfg([f"{group}={name}"])
 
 
 def test_schema_rejects_a_mistyped_key() -> None:
