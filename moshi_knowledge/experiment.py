@@ -28,7 +28,15 @@ from moshi_knowledge.model.lora import apply_lora, count_parameters, export_adap
 from moshi_knowledge.preflight import check_config
 from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
 from moshi_knowledge.tracking import Tracker, objective_value, run_identity_from_hydra
-from moshi_knowledge.tracking.contract import COMPLETED, DIVERGED, INTERRUPTED, MESSAGE, METRICS_FILE, STATUS
+from moshi_knowledge.tracking.contract import (
+    COMPLETED,
+    DIVERGED,
+    INTERRUPTED,
+    MESSAGE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    STATUS,
+)
 from moshi_knowledge.tracking.files import dumps, read_metrics
 from moshi_knowledge.tracking.secrets import redact
 from moshi_knowledge.train.distributed import dist_info, init_from_env, is_sharded, parallel_mode
@@ -38,7 +46,6 @@ from moshi_knowledge.train.seed import seed_everything
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS = "predictions.jsonl"
 FINISH_ERRORS = "finish_errors"  # summary.json: finishing steps that failed after training, with their errors
 
 
@@ -158,7 +165,7 @@ def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, las
                                 read_meta(dataset_dir / META),
                                 training_voice_f0(dataset_dir) if eval_cfg.voice else None,
                                 judge_from_config(eval_cfg))
-    return RecallHook(evaluator, eval_cfg.recall_every, last_step, run_dir / PREDICTIONS)
+    return RecallHook(evaluator, eval_cfg.recall_every, last_step, run_dir / PREDICTIONS_FILE)
 
 
 def _export(model: Any, loaded: LoadedModel, run_dir: Path, tracker: Tracker | None, also_merged: bool) -> None:

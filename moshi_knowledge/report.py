@@ -11,6 +11,7 @@ Keys read (written by train/eval through the Tracker; `moshi_knowledge.tracking.
                    recall/<tier>/delta, recall/<tier>/p_value
     metrics.jsonl  step, train/loss, eval/loss (curves; also the fallback for a final value missing from the summary)
 
+It opens with the winner of each tier against its runner-up, tested on the same questions (predictions.jsonl).
 A tier is any `<tier>` with a `recall/<tier>/mc_acc` in some run's summary (train, eval, paraphrase, retain). When
 the runs differ only by `seed` or `train.seed` (`sweep=seeds`), an "Across seeds" table gives each tier's final
 recall (and its controls) as mean, standard deviation and 95% t-interval of the mean over the completed runs. When
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.evaluation.stats import paired_p_value
 from moshi_knowledge.io_utils import atomic_write_text
 from moshi_knowledge.tracking.contract import (
     COMPLETED,
@@ -38,10 +40,12 @@ from moshi_knowledge.tracking.contract import (
     EVAL_LOSS,
     MESSAGE,
     NAN_EVENTS,
+    PREDICTIONS_FILE,
     TRAIN_LOSS,
     recall_key,
     recall_tiers,
 )
+from moshi_knowledge.tracking.files import read_metrics
 from moshi_knowledge.tracking.runs import RunRecord, find_runs
 
 REPORT_FILE = "report.md"
@@ -78,7 +82,9 @@ def write_report(sweep_dir: Path) -> str:
     tiers = recall_tiers(k for r in runs for k in r.summary)
     table = _table(runs, labels, varying, tiers)
     head = [_status_line(runs)] + ([f"Common overrides: {', '.join(f'`{o}`' for o in common)}"] if common else [])
-    sections = [f"# Sweep report: {sweep_dir.resolve().name}", "\n\n".join(head), table]
+    winner = _winner_section(runs, [" ".join(v) or label for v, label in zip(varying, labels)], tiers)
+    sections = [f"# Sweep report: {sweep_dir.resolve().name}", "\n\n".join(head), *([winner] if winner else []),
+                table]
     seeds = _seed_section(runs, varying, tiers) or _paired_section(runs, varying, tiers)
     if seeds:
         sections.append(seeds)
@@ -88,7 +94,55 @@ def write_report(sweep_dir: Path) -> str:
         text = (sweep_dir / _OPTUNA_RESULTS).read_text(encoding="utf-8")
         sections.append(f"## Optuna result\n\n```yaml\n{text.strip()}\n```")
     atomic_write_text(sweep_dir / REPORT_FILE, "\n\n".join(sections) + "\n")
-    return "\n\n".join(head) + "\n\n" + table + (f"\n\n{seeds}" if seeds else "")
+    return "\n\n".join([*head, *([winner] if winner else []), table, *([seeds] if seeds else [])])
+
+
+# ---- which config won ----------------------------------------------------------------------------------------
+
+
+def _winner_section(runs: list[RunRecord], labels: list[str], tiers: list[str]) -> str | None:
+    """Per tier, the completed run with the best final recall against the runner-up, on the same questions
+    (`labels`: each run's overrides that vary across the sweep).
+
+    The test is paired (both runs answered the same questions): the exact sign test over fact clusters of the
+    final predictions (McNemar's exact test with one question per cluster). A best figure that the runner-up
+    matches within chance is said to be indistinguishable, in words, at the top of the report.
+    """
+    lines, rows = [], []
+    for tier in tiers:
+        ranked = sorted(((acc, label, run) for run, label in zip(runs, labels)
+                         if (acc := _completed_recall(run, tier)) is not None and math.isfinite(acc)),
+                        key=lambda item: -item[0])
+        if len(ranked) < 2:
+            continue
+        (best_acc, best, best_run), (next_acc, runner, next_run) = ranked[:2]
+        a, b = _final_predictions(best_run, tier), _final_predictions(next_run, tier)
+        shared = sorted(set(a) & set(b))
+        if not shared:
+            continue
+        p = paired_p_value([b[q][0] for q in shared], [a[q][0] for q in shared], [a[q][1] for q in shared])
+        wins = sum(a[q][0] and not b[q][0] for q in shared)
+        losses = sum(b[q][0] and not a[q][0] for q in shared)
+        clear = p < 0.05 and best_acc > next_acc
+        rows.append(_row([tier, f"`{best}` {best_acc:.3f}", f"`{runner}` {next_acc:.3f}", str(len(shared)),
+                          f"{wins} / {losses}", _num(p), "yes" if clear else "no"]))
+        lines.append(f"- **{tier}**: `{best}` is best ({best_acc:.3f})" + (
+            f" and beats `{runner}` ({next_acc:.3f}; paired p = {p:.3g}, n = {len(shared)})." if clear else
+            f", but `{runner}` ({next_acc:.3f}) is indistinguishable from it (paired p = {p:.3g}, "
+            f"n = {len(shared)}): this sweep does not say which is better."))
+    if not rows:
+        return None
+    header = ["tier", "best", "runner-up", "questions", "best right / runner-up right (where they differ)",
+              "paired p", "best is better"]
+    return "\n".join(["## Which config won", "", *lines, "", _row(header), _row(["---"] * len(header)), *rows])
+
+
+def _final_predictions(run: RunRecord, tier: str) -> dict[str, tuple[bool, str]]:
+    """qid -> (multiple choice right, fact cluster) at the run's last evaluation, for one tier."""
+    path = run.path / PREDICTIONS_FILE
+    rows = [r for r in read_metrics(path) if r.get("tier") == tier] if path.is_file() else []
+    last = max((r["step"] for r in rows), default=None)
+    return {r["qid"]: (bool(r.get("mc_correct")), str(r.get("cluster", r["qid"]))) for r in rows if r["step"] == last}
 
 
 # ---- table ---------------------------------------------------------------------------------------------------

@@ -201,3 +201,30 @@ def test_a_difference_within_the_seed_noise_is_indistinguishable(tmp_path: Path)
     assert train[3:5] == ["3", "+0.027"] and float(train[6]) > 0.5 and train[7] == "indistinguishable (p ≥ 0.05)"
     assert not any("lora.rank=32" in r for r in rows)
 
+
+
+def _write_predictions(run_dir: Path, tier: str, correct: list[bool], step: int = 4) -> None:
+    """The final evaluation's prediction rows (and a step-0 one that must not count)."""
+    rows = [{"step": s, "qid": f"q{i}", "tier": tier, "cluster": f"f{i}", "mc_correct": ok if s else False}
+            for s in (0, step) for i, ok in enumerate(correct)]
+    (run_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize("best_right,runner_right,clear", [(30, 10, True), (21, 20, False)])
+def test_the_report_names_the_winner_only_when_the_runner_up_is_beaten_on_the_same_questions(
+        tmp_path: Path, best_right: int, runner_right: int, clear: bool) -> None:
+    root = tmp_path / "sweep"
+    for name, rank, right in (("0", 2, runner_right), ("1", 4, best_right), ("2", 8, 5)):
+        _write_run(root / name, [f"lora.rank={rank}"], "completed", [3.0, 2.0, 1.5, 1.2], {"eval": right / 40})
+        _write_predictions(root / name, "eval", [i < right for i in range(40)])
+    assert main([str(root)]) == 0
+    report = (root / "report.md").read_text()
+    section = report.split("## Which config won")[1].split("\n|")[0]
+    assert f"`lora.rank=4` is best ({best_right / 40:.3f})" in section
+    if clear:
+        assert "beats `lora.rank=2` (0.250" in section
+    else:
+        assert "indistinguishable" in section and "does not say which is better" in section
+    row = _table_rows(report)["eval"]
+    assert row[3] == "40" and row[4] == f"{best_right - runner_right} / 0"
+    assert row[6] == ("yes" if clear else "no")

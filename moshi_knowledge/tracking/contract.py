@@ -62,6 +62,7 @@ INTERRUPTED = "interrupted"
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+PREDICTIONS_FILE = "predictions.jsonl"  # one row per question per recall evaluation (evaluation/recall.py)
 
 RECALL_STATS = (
     "mc_acc", "mc_acc_low", "mc_acc_high", "best_mc_acc", "baseline_mc_acc", "delta", "p_value", "n",
