@@ -357,10 +357,17 @@ def _last_finite(steps: list[int], values: list[float]) -> tuple[int, float] | N
 def _heatmap_section(runs: list[RunRecord], tiers: list[str], out: Path) -> str:
     title = "## Recall over the swept parameters"
     params = _swept_params(runs)
-    if len(params) < 2:
-        return f"{title}\n\nNo heatmap: {len(params)} parameter(s) vary across these runs; it needs 2."
     if not tiers:
-        return f"{title}\n\nNo heatmap: no run's summary has a recall/<tier>/mc_acc."
+        return f"{title}\n\nNo plot: no run's summary has a recall/<tier>/mc_acc."
+    if len(params) == 1:
+        name = f"recall_{_file_safe(params[0])}.png"
+        _recall_line(runs, tiers, params[0], out / name)
+        chance = _chance(runs)
+        note = "" if chance is None else f" The dashed line is chance ({chance:.2f}, one of the candidates at random)."
+        return (f"{title}\n\nFinal recall over `{params[0]}`, with each run's 95% interval; the legend gives each "
+                f"tier's number of questions.{note}\n\n![recall over {params[0]}]({name})")
+    if len(params) < 2:
+        return f"{title}\n\nNo plot: no parameter varies across these runs."
     x_key, y_key = params[0], params[1]
     parts = [title]
     if len(params) > 2:
@@ -371,6 +378,55 @@ def _heatmap_section(runs: list[RunRecord], tiers: list[str], out: Path) -> str:
         _heatmap(runs, tier, x_key, y_key, out / name)
         parts.append(f"![{tier} recall]({name})")
     return "\n\n".join(parts)
+
+
+def _recall_line(runs: list[RunRecord], tiers: list[str], key: str, path: Path) -> None:
+    """Final recall of each tier over the one swept parameter, with Wilson intervals, n and the chance line."""
+    xs = _axis_values(runs, key)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(xs), 3.6))
+    for tier in tiers:
+        points = []
+        for j, x in enumerate(xs):
+            members = [r for r in runs if r.param_values().get(key, _MISSING) == x]
+            scored = [r for r in members if (v := _completed_recall(r, tier)) is not None and math.isfinite(v)]
+            if scored:  # several runs of one value (seeds): their mean, and the spread of their intervals
+                mean = sum(_completed_recall(r, tier) for r in scored) / len(scored)
+                low = min(r.final(recall_key(tier, "mc_acc_low")) or mean for r in scored)
+                high = max(r.final(recall_key(tier, "mc_acc_high")) or mean for r in scored)
+                points.append((j, mean, mean - low, high - mean))
+        if points:
+            n = next((r.final(recall_key(tier, "n")) for r in runs if r.final(recall_key(tier, "n"))), None)
+            label = tier if n is None else f"{tier} (n = {n:.0f})"
+            ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                        yerr=[[max(p[2], 0) for p in points], [max(p[3], 0) for p in points]],
+                        marker="o", capsize=3, label=label)
+    chance = _chance(runs)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.2f})")
+    ax.set_xticks(range(len(xs)), xs)
+    ax.set_xlabel(key)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("final multiple-choice recall")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _chance(runs: list[RunRecord]) -> float | None:
+    """1 / the number of candidates of a scored question (the first found), or None without predictions."""
+    for run in runs:
+        path = run.path / PREDICTIONS_FILE
+        if path.is_file():
+            for row in read_metrics(path):
+                if row.get("candidates"):
+                    return 1.0 / len(row["candidates"])
+    return None
+
+
+def _file_safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
 
 
 def _swept_params(runs: list[RunRecord]) -> list[str]:

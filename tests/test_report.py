@@ -108,11 +108,15 @@ def test_report_plots_are_real_pngs(sweep: Path) -> None:
         assert image.shape[0] > 200 and image.shape[1] > 300 and image.std() > 0.01, name
 
 
-def test_heatmap_is_skipped_with_a_note_when_one_parameter_varies(tmp_path: Path) -> None:
+def test_one_swept_parameter_gets_a_recall_plot_with_chance_and_n(tmp_path: Path) -> None:
     for i, lr in enumerate(["0.0001", "0.001"]):
         _write_run(tmp_path / str(i), [f"train.lr={lr}"], "completed", [2.0, 1.0], {"eval": 0.5 + i / 4})
+    rows = [{"step": 2, "qid": "q0", "tier": "eval", "candidates": [{"text": t} for t in "abcde"]}]
+    (tmp_path / "0" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main([str(tmp_path)]) == 0
-    assert "No heatmap: 1 parameter(s) vary" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "![recall over train.lr](recall_train.lr.png)" in report and "chance (0.20" in report
+    assert matplotlib.image.imread(tmp_path / "recall_train.lr.png").shape[0] > 100
     assert not list(tmp_path.glob("recall_heatmap_*.png")) and (tmp_path / "loss_curves.png").exists()
 
 
