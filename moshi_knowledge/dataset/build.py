@@ -66,6 +66,8 @@ def _write_questions(qa: QASet, tts_dir: Path, out: Path) -> None:
             "gold": item.answer,
             "aliases": item.aliases,
             "distractors": item.distractors,
+            "untrained_candidates": item.untrained_candidates,
+            "relation": item.relation,
             "fact_ids": item.fact_ids,
             "answer_type": item.answer_type,
             "source_id": item.source_id,

@@ -39,6 +39,7 @@ class EvalQuestion:
     distractors: list[str]
     aliases: list[str] = field(default_factory=list)
     source_id: str | None = None
+    untrained_candidates: list[str] = field(default_factory=list)  # the distractor contract's flags (qa/schema.py)
 
     @property
     def cluster(self) -> str:
@@ -90,7 +91,8 @@ def _question(entry: dict, dataset_dir: Path, path: Path) -> EvalQuestion:
                         "rebuild the qa stage with distractors for every question")
     return EvalQuestion(id=entry["id"], tier=entry["tier"], text=entry["text"], audio=dataset_dir / entry["audio"],
                         gold=entry["gold"], distractors=list(entry["distractors"]),
-                        aliases=list(entry.get("aliases") or []), source_id=entry.get("source_id"))
+                        aliases=list(entry.get("aliases") or []), source_id=entry.get("source_id"),
+                        untrained_candidates=list(entry.get("untrained_candidates") or []))
 
 
 class AnswerSpeech:

@@ -112,11 +112,13 @@ class RecallEvaluator:
         q = self.prepared[i].question
         finite = weights_finite and (mc is None or mc[i].finite)
         row: dict[str, Any] = {"step": step, "qid": q.id, "tier": q.tier, "cluster": q.cluster,
-                               "question": q.text, "gold": q.gold, "aliases": q.aliases, "finite": finite}
+                               "question": q.text, "gold": q.gold, "aliases": q.aliases, "finite": finite,
+                               "untrained_candidates": q.untrained_candidates}
         if mc is not None:
             result = mc[i]
             row["candidates"] = [{"text": t, "score": s} for t, s in zip(q.candidates, result.scores)]
-            row.update(mc_correct=finite and result.correct, mc_rank=result.gold_rank, mc_margin=result.margin)
+            row.update(mc_correct=finite and result.correct, mc_correct_sum=finite and result.correct_by_sum,
+                       mc_rank=result.gold_rank, mc_margin=result.margin)
         if generations is not None:
             text = self.tokenizer.decode(generations[i].tokens)
             answers = [q.gold, *q.aliases]

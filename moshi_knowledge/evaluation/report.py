@@ -24,7 +24,7 @@ from typing import Any
 from moshi_knowledge.evaluation import controls
 from moshi_knowledge.evaluation.pitch import semitones
 from moshi_knowledge.evaluation.stats import accuracy_interval, paired_p_value
-from moshi_knowledge.tracking.contract import number
+from moshi_knowledge.tracking.contract import RECALL_STATS, number
 from moshi_knowledge.tracking.contract import recall_key as key
 
 F0 = "voice/f0_median_hz"
@@ -80,10 +80,7 @@ def summarize(predictions: Iterable[Row], metric_rows: Iterable[Row] = ()) -> di
             best = max(_tier_figures(h[tier])[stat] for h in history.values() if tier in h)
             figures.update({f"baseline_{stat}": baseline.get(stat, NAN), f"best_{stat}": best,
                             delta_name: figures[stat] - baseline.get(stat, NAN)})
-        keep = ("n", "mc_acc", "mc_acc_low", "mc_acc_high", "baseline_mc_acc", "best_mc_acc", "delta", "p_value",
-                "mc_rank", "mc_margin", "gen_acc", "baseline_gen_acc", "best_gen_acc", "gen_delta", "gen_p_value",
-                "f1", "judge_acc", "n_nonfinite", "mc_acc_shuffled", "mc_acc_silence")
-        out.update({key(tier, k): figures[k] for k in keep if k in figures})
+        out.update({key(tier, k): figures[k] for k in RECALL_STATS if k in figures})
     voice = [r for r in metric_rows if F0 in r]
     if voice:
         last_voice = max(voice, key=lambda r: r.get("step", 0))
@@ -153,6 +150,10 @@ def _tier_figures(rows: Sequence[Row]) -> dict[str, float]:
         acc = accuracy_interval([r["mc_correct"] for r in rows], clusters)
         out.update(mc_acc=acc.value, mc_acc_low=acc.low, mc_acc_high=acc.high,
                    mc_rank=_mean(r["mc_rank"] for r in rows), mc_margin=_mean(r["mc_margin"] for r in rows))
+        if "mc_correct_sum" in rows[0]:
+            out["mc_acc_sum"] = sum(bool(r["mc_correct_sum"]) for r in rows) / len(rows)
+    if "untrained_candidates" in rows[0]:
+        out["n_flagged"] = sum(bool(r["untrained_candidates"]) for r in rows)
     if "gen_correct" in rows[0]:
         acc = accuracy_interval([r["gen_correct"] for r in rows], clusters)
         out.update(gen_acc=acc.value, gen_acc_low=acc.low, gen_acc_high=acc.high, f1=_mean(r["f1"] for r in rows))

@@ -11,13 +11,14 @@ trained as an answer and a multiple-choice win means the model tied this answer 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.qa.retain import with_retain
 from moshi_knowledge.qa.schema import QAItem, QASet
+from moshi_knowledge.world.procedural import ARTIFACT_NOUNS, BATTLE_SITES, INSTITUTION_TYPES
 from moshi_knowledge.world.prose import capitalize, label
 from moshi_knowledge.world.schema import Entity, Fact, Story, World
 
@@ -156,10 +157,25 @@ REVERSE: dict[str, tuple[str, ...]] = {
     "tamed_by": ("Which creature did {o} tame?",),
 }
 
+KIND_WORDS = frozenset((*INSTITUTION_TYPES, *ARTIFACT_NOUNS, *BATTLE_SITES))
 REVERSAL_SHARE = 0.25  # of eval questions; the rest chain two facts
 N_DISTRACTORS = 3
 
 T = TypeVar("T")
+
+
+def reverse(relation: str) -> str:
+    """The relation a backward question asks: its answers are the subjects of `relation`'s facts."""
+    return f"{relation}^-1"
+
+
+def kind_word(entity: Entity) -> str | None:
+    """The fixed word of a label that says what sort of thing it names ("King", "wyrm", "Order", "Pass"): a prior
+    that picks answers by it must find every candidate alike. None for plain names and years."""
+    if entity.title:
+        return entity.title
+    words = [w for w in entity.name.split() if w in KIND_WORDS]
+    return words[0] if words else None
 
 
 def aliases(entity: Entity) -> list[str]:
@@ -285,18 +301,40 @@ class FactsQA:
         train_facts = self._train_facts(world, supports, rng)
         train, para = self._train_items(world, train_facts, rng)
         evals = [self._eval_item(world, i, s, rng) for i, s in enumerate(supports)]
-        answers = _answers_by_type(train)
+        candidates = _Candidates(world, train_facts, train)
         for item in (*train, *evals):
-            item.distractors = _distractors(world, item, answers, rng)
+            item.distractors = candidates.pick(item, rng)
         for source, item in zip(train, para):
             item.distractors = list(source.distractors)
         return with_retain(QASet(train=train, eval=evals, paraphrase=para), self.retain)
 
     def _train_facts(self, world: World, supports: list[tuple[Fact, ...]], rng: random.Random) -> list[Fact]:
-        """The eval supports' facts, filled up with random others, in random order."""
+        """The eval supports' facts, filled up with others, in random order.
+
+        Multiple choice must have nothing but the question to go by, so the fill takes, in turn: a fact whose answer
+        is new to its relation (an answer trained for many subjects would win on frequency alone), of a relation
+        with enough distinct answers for same-relation distractors, preferably one still short of them, whose
+        answer has been trained least often so far; ties are broken at random.
+        """
+        enough = N_DISTRACTORS + 1
+        distinct_in_world = Counter(r for r, _ in {(f.relation, f.object) for f in world.facts})
         needed = {f.id for s in supports for f in s}
-        rest = [f for f in world.facts if f.id not in needed]
-        chosen = [f for f in world.facts if f.id in needed] + rng.sample(rest, self.n_train - len(needed))
+        chosen = [f for f in world.facts if f.id in needed]
+        in_relation = Counter((f.relation, f.object) for f in chosen)
+        overall = Counter(f.object for f in chosen)
+
+        def priority(f: Fact) -> tuple[int, bool, bool, int]:
+            distinct = sum(1 for r, _ in in_relation if r == f.relation)
+            return (in_relation[(f.relation, f.object)], distinct_in_world[f.relation] < enough,
+                    distinct >= enough, overall[f.object])
+
+        rest = rng.sample([f for f in world.facts if f.id not in needed], len(world.facts) - len(needed))
+        for _ in range(self.n_train - len(chosen)):
+            fact = min(rest, key=priority)
+            rest.remove(fact)
+            chosen.append(fact)
+            in_relation[(fact.relation, fact.object)] += 1
+            overall[fact.object] += 1
         return rng.sample(chosen, len(chosen))
 
     def _train_items(self, world: World, facts: list[Fact],
@@ -306,7 +344,8 @@ class FactsQA:
             subject, answer = world.entity(fact.subject), world.entity(fact.object)
             templates = rng.sample(QUESTIONS[fact.relation], self.paraphrases + 1)
             phrasings = [capitalize(t.format(s=label(subject))) for t in templates]
-            common = dict(answer=label(answer), aliases=aliases(answer), answer_type=answer.kind, fact_ids=[fact.id])
+            common = dict(answer=label(answer), aliases=aliases(answer), answer_type=answer.kind, fact_ids=[fact.id],
+                          relation=fact.relation)
             tid = f"train-{i:03d}"
             train.append(QAItem(id=tid, tier="train", question=phrasings[0], phrasings=phrasings[:-1], **common))
             para.append(QAItem(id=f"para-{i:03d}", tier="paraphrase", question=phrasings[-1], source_id=tid, **common))
@@ -318,36 +357,59 @@ class FactsQA:
             (fact,) = support
             answer = world.entity(fact.subject)
             question = rng.choice(REVERSE[fact.relation]).format(o=label(world.entity(fact.object)))
+            relation = reverse(fact.relation)
         else:
             first, second = support
             phrase = rng.choice(DESCRIPTORS[first.relation]).format(s=label(world.entity(first.subject)))
             answer = world.entity(second.object)
             question = rng.choice(QUESTIONS[second.relation]).format(s=phrase)
+            relation = second.relation
         return QAItem(id=f"eval-{i:03d}", tier="eval", question=capitalize(question), answer=label(answer),
-                      aliases=aliases(answer), answer_type=answer.kind, fact_ids=[f.id for f in support])
+                      aliases=aliases(answer), answer_type=answer.kind, fact_ids=[f.id for f in support],
+                      relation=relation)
 
 
-def _answers_by_type(train: list[QAItem]) -> dict[str, list[str]]:
-    by_type: dict[str, set[str]] = defaultdict(set)
-    for item in train:
-        by_type[item.answer_type].add(item.answer)
-    return {t: sorted(a) for t, a in by_type.items()}
+class _Candidates:
+    """Distractor choice that leaves nothing but the question to pick the gold by.
 
-
-def _distractors(world: World, item: QAItem, answers: dict[str, list[str]], rng: random.Random) -> list[str]:
-    """Other training answers of the item's type; other entities of that kind only if too few were trained.
-
-    Never the gold answer (or an alias), and never a name the question itself mentions.
+    A candidate must not be findable without the question, so distractors are answers the trained facts give for
+    the item's own relation (its reverse for a backward question), with the same kind word as the gold
+    ("King", "wyrm", "Order") where they can, and then the closest to the gold in how often they were trained as
+    an answer (over all relations, then within the relation) and in length (characters, a proxy for tokens).
+    Only when a relation has too few trained answers do other answers of the same kind fill in, then untrained
+    entities of that kind; QASet flags every candidate that was not trained as an answer of the item's relation.
     """
-    gold = {a.lower() for a in (item.answer, *item.aliases)}
 
-    def ok(candidate: str) -> bool:
-        return candidate.lower() not in gold and candidate not in item.question
+    def __init__(self, world: World, facts: Sequence[Fact], train: Sequence[QAItem]) -> None:
+        self.world = world
+        self.count = Counter(item.answer for item in train)  # training items answered by it, all relations
+        self.in_relation: dict[str, Counter[str]] = defaultdict(Counter)
+        for fact in facts:
+            subject, obj = world.entity(fact.subject), world.entity(fact.object)
+            self.in_relation[fact.relation][label(obj)] += 1
+            self.in_relation[reverse(fact.relation)][label(subject)] += 1
+        self.kind_word = {label(e): kind_word(e) for e in world.entities}
+        self.of_kind: dict[str, set[str]] = defaultdict(set)
+        for e in world.entities:
+            self.of_kind[e.kind].add(label(e))
+        self.trained_of_kind: dict[str, set[str]] = defaultdict(set)
+        for item in train:
+            self.trained_of_kind[item.answer_type].add(item.answer)
 
-    trained = [a for a in answers.get(item.answer_type, []) if ok(a)]
-    picked = rng.sample(trained, min(N_DISTRACTORS, len(trained)))
-    if len(picked) < N_DISTRACTORS:
-        spare = sorted({label(e) for e in world.entities if e.kind == item.answer_type} - set(picked))
-        spare = [a for a in spare if ok(a)]
-        picked += rng.sample(spare, min(N_DISTRACTORS - len(picked), len(spare)))
-    return picked
+    def pick(self, item: QAItem, rng: random.Random) -> list[str]:
+        """N_DISTRACTORS candidates for `item` (fewer only when its kind has too few entities)."""
+        assert item.relation is not None
+        gold = {a.lower() for a in (item.answer, *item.aliases)}
+        relation = self.in_relation[item.relation]
+        same_word = {a for a in relation if self.kind_word.get(a) == self.kind_word.get(item.answer)}
+        trained = self.trained_of_kind[item.answer_type]
+        pools = (same_word, set(relation), {a for a in trained if self.kind_word[a] == self.kind_word[item.answer]},
+                 trained, self.of_kind[item.answer_type])
+        picked: list[str] = []
+        for pool in pools:
+            rest = [a for a in sorted(pool) if a.lower() not in gold and a not in item.question and a not in picked]
+            rng.shuffle(rest)  # ties go to chance, not to the alphabet
+            rest.sort(key=lambda a: (abs(self.count[a] - self.count[item.answer]),
+                                     abs(relation[a] - relation[item.answer]), abs(len(a) - len(item.answer))))
+            picked += rest[:N_DISTRACTORS - len(picked)]
+        return picked

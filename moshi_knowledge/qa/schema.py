@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +24,12 @@ class QAItem(BaseModel):
     phrasings: list[str] = Field(default_factory=list)
     aliases: list[str] = Field(default_factory=list)
     answer_type: str = "text"  # person, place, year, ...: distractors share it
+    # The relation whose answer is asked (qa=facts; "<relation>^-1" asked backwards): distractors share it.
+    relation: str | None = None
     distractors: list[str] = Field(default_factory=list)
+    # Candidates (gold first, then distractors) that no training item of the same relation (or, without
+    # relations, the same answer_type) has as its answer: set by QASet, so the contract holds for every backend.
+    untrained_candidates: list[str] = Field(default_factory=list)
     fact_ids: list[str] = Field(default_factory=list)  # supporting facts (or training item ids)
     source_id: str | None = None  # paraphrase tier: the training item it rephrases
     quote: str | None = None  # LLM backends: the story passage that supports the answer
@@ -59,7 +65,19 @@ class QASet(BaseModel):
         for q in self.paraphrase:
             if q.source_id not in train_ids:
                 raise ValueError(f"paraphrase {q.id} rephrases unknown training item {q.source_id!r}")
+        self._flag_untrained()
         return self
+
+    def _flag_untrained(self) -> None:
+        """The distractor contract: every candidate was trained as an answer of the item's relation, or is listed
+        in `untrained_candidates`. The retain tier is exempt: none of its candidates is ever trained, gold included."""
+        trained: dict[str, set[str]] = defaultdict(set)
+        for q in self.train:
+            trained[q.relation or q.answer_type].add(q.answer)
+        for q in self.all_items():
+            if q.tier != "retain":
+                answers = trained[q.relation or q.answer_type]
+                q.untrained_candidates = [c for c in (q.answer, *q.distractors) if c not in answers]
 
     def all_items(self) -> list[QAItem]:
         return [*self.train, *self.eval, *self.paraphrase, *self.retain]

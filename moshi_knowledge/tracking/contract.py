@@ -26,6 +26,10 @@ and recall rows share one axis. `summary.json` holds the final figures of the ru
     recall/<tier>/mc_acc_shuffled mc_acc with each question's audio scored against another question's candidates
                                   (a control: near chance unless the answer comes from something but the question)
     recall/<tier>/mc_acc_silence  mc_acc with the question's audio replaced by silence (a control, as above)
+    recall/<tier>/mc_acc_sum      mc_acc with candidates ranked by the summed (not the mean) log-probability of
+                                  their tokens: each score has its own length bias, a real effect shows in both
+    recall/<tier>/n_flagged       questions with a candidate never trained as an answer of the question's relation
+                                  (the distractor contract's flags, qa/schema.py)
     recall_time/<part>_sec        seconds of one recall evaluation's parts: mc, gen, controls, voice, total, and
                                   setup with the first (recall rows)
     memory/train_peak_gib         training's peak GPU memory allocated so far (train rows, GPU only)
@@ -66,6 +70,7 @@ RECALL_STATS = (
     # also written by the recall evaluation (evaluation/report.py)
     "mc_rank", "mc_margin", "gen_acc", "gen_acc_low", "gen_acc_high", "baseline_gen_acc", "best_gen_acc",
     "gen_delta", "gen_p_value", "f1", "judge_acc", "n_nonfinite", "mc_acc_shuffled", "mc_acc_silence",
+    "mc_acc_sum", "n_flagged",
 )
 # Final figures of the loop (train/ and eval/) that a sweep may optimise, besides every recall key.
 LOSS_KEYS = (TRAIN_LOSS, "train/text_loss", "train/audio_loss", EVAL_LOSS, "eval/text_loss", "eval/audio_loss",
