@@ -43,6 +43,7 @@ class FactsQASchema:
     n_eval: int = 20
     paraphrases: int = 3
     retain: bool = True  # also ask the general-knowledge retain tier (qa/retain.py), never trained
+    n_unseen: int = 20  # questions on facts never trained (the unseen_facts tier, the null)
 
 
 @dataclass

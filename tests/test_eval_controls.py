@@ -72,5 +72,5 @@ def test_trained_recall_rises_while_the_controls_stay_near_chance(tiny_cache: Pa
             assert row["shuffled_qid"] != row["qid"] and tiers[row["shuffled_qid"]] == row["tier"]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in metrics if "recall/train/mc_acc_shuffled" in r] == [0, 40]
-    table = done.stdout[done.stdout.index("controls"):]
+    table = done.stdout[done.stdout.index("vs nulls"):]
     assert "shuffled" in table and "silence" in table and any(line.startswith("train") for line in table.splitlines())

@@ -10,6 +10,7 @@ from moshi_knowledge.errors import UserError
 from moshi_knowledge.qa.facts import QUESTIONS, FactsQA
 from moshi_knowledge.qa.schema import QAItem, QASet
 from moshi_knowledge.world.procedural import ProceduralStory
+from moshi_knowledge.world.prose import capitalize, label
 from moshi_knowledge.world.schema import Entity, Fact, Story, World
 
 
@@ -111,7 +112,7 @@ def _relation(item: QAItem, facts: dict[str, Fact]) -> str:
 
 
 def _scored(qa: QASet) -> list[QAItem]:
-    return [*qa.train, *qa.paraphrase, *qa.eval]
+    return [*qa.train, *qa.paraphrase, *qa.eval, *qa.unseen_facts]
 
 
 def test_every_candidate_is_a_trained_answer_of_the_relation_or_flagged(qa: QASet, world: World) -> None:
@@ -177,13 +178,32 @@ def prior_scores(qa: QASet, world: World, items: list[QAItem]) -> dict[str, floa
     return {name: sum(v) / len(v) for name, v in scores.items()}
 
 
-@pytest.mark.parametrize("tiers,tolerance", [(("train",), 0.075), (("paraphrase",), 0.075), (("eval",), 0.1)])
+@pytest.mark.parametrize("tiers,tolerance", [(("train",), 0.075), (("paraphrase",), 0.075),
+                                             (("eval", "unseen_facts"), 0.1)])
 def test_strategies_that_ignore_the_question_score_near_chance(qa: QASet, world: World, tiers, tolerance) -> None:
     """Measured on the default data (before the same-relation, frequency-matched distractors: most trained 0.34 on
     train and 0.45 on eval, most trained in relation 0.73, title word 0.39)."""
     items = [q for tier in tiers for q in getattr(qa, tier)]
     for name, accuracy in prior_scores(qa, world, items).items():
         assert abs(accuracy - 0.25) <= tolerance, (tiers, name, accuracy)
+
+
+def test_unseen_facts_are_untrained_facts_asked_like_training_questions(qa: QASet, world: World) -> None:
+    facts = _facts_by_id(world)
+    trained = {fid for q in qa.train for fid in q.fact_ids}
+    assert [q.id for q in qa.unseen_facts] == [f"unseen-{i:03d}" for i in range(20)]
+    relations = set()
+    for q in qa.unseen_facts:
+        (fid,) = q.fact_ids
+        fact = facts[fid]
+        assert fid not in trained and q.relation == fact.relation
+        subject = label(world.entity(fact.subject))
+        assert q.question in {capitalize(t.format(s=subject)) for t in QUESTIONS[fact.relation]}
+        assert _names(q, world.entity(fact.object))
+        relations.add(fact.relation)
+    assert len(relations) >= 10  # relations in turn, not one relation's facts
+    clean = [q for q in qa.unseen_facts if not q.untrained_candidates]
+    assert len(clean) >= 0.8 * len(qa.unseen_facts)  # gold and distractors all trained answers of the relation
 
 
 def test_same_seed_same_questions_other_seed_differs(story: Story, qa: QASet) -> None:
@@ -210,6 +230,7 @@ def test_story_without_world_is_a_user_error() -> None:
 @pytest.mark.parametrize("kwargs,field", [
     (dict(paraphrases=0), "qa.paraphrases"), (dict(paraphrases=9), "qa.paraphrases"),
     (dict(n_train=10_000), "qa.n_train"), (dict(n_train=5, n_eval=20), "qa.n_eval"),
+    (dict(n_train=230, n_eval=0, n_unseen=20), "qa.n_unseen"), (dict(n_unseen=-1), "qa.n_unseen"),
 ])
 def test_impossible_sizes_are_user_errors(story: Story, kwargs: dict[str, int], field: str) -> None:
     with pytest.raises(UserError, match=field):
@@ -222,13 +243,16 @@ def test_qaset_round_trips_through_disk(qa: QASet, tmp_path) -> None:
 
 
 def test_many_seeds_keep_the_rules() -> None:
-    """Several worlds and seeds: eval supports always trained, distractors never the gold."""
+    """Several worlds and seeds: eval supports always trained, unseen facts never, distractors never the gold."""
     for seed in range(5):
         story = ProceduralStory(seed=seed).generate()
         qa = FactsQA(seed=seed).build(story)
         trained = {fid for q in qa.train for fid in q.fact_ids}
         assert len(qa.eval) == 20
         for q in qa.all_items():
-            assert set(q.fact_ids) <= trained or q.tier == "train"
+            if q.tier == "unseen_facts":
+                assert not set(q.fact_ids) & trained
+            else:
+                assert set(q.fact_ids) <= trained or q.tier == "train"
             assert len(q.distractors) == 3
             assert not {a.lower() for a in [q.answer, *q.aliases]} & {d.lower() for d in q.distractors}

@@ -4,6 +4,7 @@
 - paraphrase: the same fact, asked with a phrasing template never used in training.
 - eval: questions no single training item answers: two facts chained ("Where was the founder of X born?")
   or one fact asked backwards ("What did Y found?", the reversal curse). Their facts are all trained.
+- unseen_facts: facts never trained, asked like training questions: the null (what the priors score).
 Distractors come from other training items' gold answers of the same type, so every candidate was
 trained as an answer and a multiple-choice win means the model tied this answer to this question.
 """
@@ -220,7 +221,7 @@ class _EvalPlan:
         for e in world.entities:
             self.kind_sizes[e.kind] += 1
 
-    def _useful_answer(self, entity_id: str) -> bool:
+    def useful_answer(self, entity_id: str) -> bool:
         """Only kinds with enough members for distractors (not the lone kingdom)."""
         return self.kind_sizes[self.world.entity(entity_id).kind] > N_DISTRACTORS
 
@@ -232,7 +233,7 @@ class _EvalPlan:
                 continue
             for f2 in self.by_subject[f1.object]:
                 if (f2.object != f1.subject and (f1.subject, f2.object) not in self.linked
-                        and self._useful_answer(f2.object)):
+                        and self.useful_answer(f2.object)):
                     out.append((f1, f2))
         return _round_robin(out, lambda c: (c[0].relation, c[1].relation), self.rng)
 
@@ -243,7 +244,7 @@ class _EvalPlan:
             counts[(f.relation, f.object)] += 1
         out = [(f,) for f in self.world.facts
                if f.relation in REVERSE and counts[(f.relation, f.object)] == 1
-               and (f.object, f.subject) not in self.linked and self._useful_answer(f.subject)]
+               and (f.object, f.subject) not in self.linked and self.useful_answer(f.subject)]
         return _round_robin(out, lambda c: c[0].relation, self.rng)
 
     def choose(self, n_eval: int, budget: int) -> list[tuple[Fact, ...]]:
@@ -269,19 +270,21 @@ class FactsQA:
     """qa=facts: train/paraphrase/eval questions from the world's facts (needs story=procedural)."""
 
     def __init__(self, seed: int, n_train: int = 100, n_eval: int = 20, paraphrases: int = 3,
-                 retain: bool = True) -> None:
+                 retain: bool = True, n_unseen: int = 20) -> None:
         most = min(len(t) for t in QUESTIONS.values()) - 1
         if not 1 <= paraphrases <= most:
             raise UserError(f"qa.paraphrases is {paraphrases}; qa=facts has templates for 1 to {most}",
                             f"set qa.paraphrases between 1 and {most}")
-        if n_train < 1 or n_eval < 0:
-            raise UserError(f"qa.n_train={n_train}, qa.n_eval={n_eval}: need n_train >= 1 and n_eval >= 0",
-                            "set qa.n_train to at least 1 and qa.n_eval to 0 or more")
+        if n_train < 1 or n_eval < 0 or n_unseen < 0:
+            raise UserError(f"qa.n_train={n_train}, qa.n_eval={n_eval}, qa.n_unseen={n_unseen}: need n_train >= 1 "
+                            "and n_eval, n_unseen >= 0",
+                            "set qa.n_train to at least 1 and qa.n_eval and qa.n_unseen to 0 or more")
         self.seed = seed
         self.n_train = n_train
         self.n_eval = n_eval
         self.paraphrases = paraphrases
         self.retain = retain
+        self.n_unseen = n_unseen
 
     def build(self, story: Story) -> QASet:
         world = story.world
@@ -293,7 +296,8 @@ class FactsQA:
             raise UserError(f"qa.n_train={self.n_train} exceeds the {len(world.facts)} facts of the world",
                             "lower qa.n_train or raise the story.n_* counts")
         rng = random.Random(self.seed)
-        supports = _EvalPlan(world, rng).choose(self.n_eval, self.n_train)
+        plan = _EvalPlan(world, rng)
+        supports = plan.choose(self.n_eval, self.n_train)
         if len(supports) < self.n_eval:
             raise UserError(f"qa.n_eval={self.n_eval}, but only {len(supports)} held-out questions fit "
                             f"{self.n_train} training facts of this world",
@@ -306,15 +310,43 @@ class FactsQA:
             item.distractors = candidates.pick(item, rng)
         for source, item in zip(train, para):
             item.distractors = list(source.distractors)
-        return with_retain(QASet(train=train, eval=evals, paraphrase=para), self.retain)
+        unseen = self._unseen_items(world, plan, train_facts, train, rng)
+        for item in unseen:
+            item.distractors = candidates.pick(item, rng)
+        return with_retain(QASet(train=train, eval=evals, paraphrase=para, unseen_facts=unseen), self.retain)
+
+    def _unseen_items(self, world: World, plan: _EvalPlan, train_facts: list[Fact], train: list[QAItem],
+                      rng: random.Random) -> list[QAItem]:
+        """The null tier: facts never trained, asked with the training templates (no question of it is ever heard
+        in training, nor its subject with its answer), of every relation in turn.
+
+        Facts whose answer was trained for another subject of the same relation come first: their candidates then
+        meet the same contract as the trained tiers' (gold included), so the tier's score is what the priors give.
+        """
+        trained_ids = {f.id for f in train_facts}
+        trained = {(q.relation, q.answer) for q in train}
+        pool = [f for f in world.facts if f.id not in trained_ids and plan.useful_answer(f.object)]
+        if len(pool) < self.n_unseen:
+            raise UserError(f"qa.n_unseen={self.n_unseen}, but only {len(pool)} facts of this world are untrained",
+                            "lower qa.n_unseen or qa.n_train, or raise the story.n_* counts")
+        ordered = _round_robin(pool, lambda f: f.relation, rng)
+        ordered.sort(key=lambda f: (f.relation, label(world.entity(f.object))) not in trained)
+        items = []
+        for i, fact in enumerate(ordered[:self.n_unseen]):
+            answer = world.entity(fact.object)
+            question = capitalize(rng.choice(QUESTIONS[fact.relation]).format(s=label(world.entity(fact.subject))))
+            items.append(QAItem(id=f"unseen-{i:03d}", tier="unseen_facts", question=question, answer=label(answer),
+                                aliases=aliases(answer), answer_type=answer.kind, fact_ids=[fact.id],
+                                relation=fact.relation))
+        return items
 
     def _train_facts(self, world: World, supports: list[tuple[Fact, ...]], rng: random.Random) -> list[Fact]:
         """The eval supports' facts, filled up with others, in random order.
 
         Multiple choice must have nothing but the question to go by, so the fill takes, in turn: a fact whose answer
         is new to its relation (an answer trained for many subjects would win on frequency alone), of a relation
-        with enough distinct answers for same-relation distractors, preferably one still short of them, whose
-        answer has been trained least often so far; ties are broken at random.
+        with enough distinct answers for same-relation distractors, preferably the one closest to having them,
+        whose answer has been trained least often so far; ties are broken at random.
         """
         enough = N_DISTRACTORS + 1
         distinct_in_world = Counter(r for r, _ in {(f.relation, f.object) for f in world.facts})
@@ -323,10 +355,11 @@ class FactsQA:
         in_relation = Counter((f.relation, f.object) for f in chosen)
         overall = Counter(f.object for f in chosen)
 
-        def priority(f: Fact) -> tuple[int, bool, bool, int]:
+        def priority(f: Fact) -> tuple[int, bool, int, int]:
             distinct = sum(1 for r, _ in in_relation if r == f.relation)
-            return (in_relation[(f.relation, f.object)], distinct_in_world[f.relation] < enough,
-                    distinct >= enough, overall[f.object])
+            short = -distinct if distinct < enough else 1  # the relation closest to enough answers fills first
+            return (in_relation[(f.relation, f.object)], distinct_in_world[f.relation] < enough, short,
+                    overall[f.object])
 
         rest = rng.sample([f for f in world.facts if f.id not in needed], len(world.facts) - len(needed))
         for _ in range(self.n_train - len(chosen)):

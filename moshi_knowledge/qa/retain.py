@@ -42,4 +42,4 @@ def with_retain(qa: QASet, retain: bool) -> QASet:
                 "of this Q/A set, so it would be trained and could not measure forgetting",
                 fix="set qa.retain=false, or remove that question from your Q/A",
             )
-    return QASet(train=qa.train, eval=qa.eval, paraphrase=qa.paraphrase, retain=items)
+    return QASet(train=qa.train, eval=qa.eval, paraphrase=qa.paraphrase, retain=items, unseen_facts=qa.unseen_facts)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from moshi_knowledge.io_utils import atomic_write_json, read_json
 
-Tier = Literal["train", "eval", "paraphrase", "retain"]
+Tier = Literal["train", "eval", "paraphrase", "retain", "unseen_facts"]
 
 
 class QAItem(BaseModel):
@@ -50,6 +50,7 @@ class QASet(BaseModel):
     eval: list[QAItem] = Field(default_factory=list)
     paraphrase: list[QAItem] = Field(default_factory=list)
     retain: list[QAItem] = Field(default_factory=list)  # general knowledge, never trained (qa/retain.py)
+    unseen_facts: list[QAItem] = Field(default_factory=list)  # qa=facts: facts never trained, the null tier
 
     @model_validator(mode="after")
     def _consistent(self) -> "QASet":
@@ -57,7 +58,7 @@ class QASet(BaseModel):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"duplicate question ids: {dupes}")
-        for tier in ("train", "eval", "paraphrase", "retain"):
+        for tier in ("train", "eval", "paraphrase", "retain", "unseen_facts"):
             for q in getattr(self, tier):
                 if q.tier != tier:
                     raise ValueError(f"item {q.id} has tier {q.tier!r} but is listed under {tier!r}")
@@ -80,7 +81,7 @@ class QASet(BaseModel):
                 q.untrained_candidates = [c for c in (q.answer, *q.distractors) if c not in answers]
 
     def all_items(self) -> list[QAItem]:
-        return [*self.train, *self.eval, *self.paraphrase, *self.retain]
+        return [*self.train, *self.eval, *self.paraphrase, *self.retain, *self.unseen_facts]
 
     def save(self, out_dir: Path) -> None:
         atomic_write_json(out_dir / "qa.json", self.model_dump())
