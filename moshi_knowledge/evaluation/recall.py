@@ -28,7 +28,7 @@ from moshi_knowledge.dataset.format import DatasetMeta
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.evaluation.controls import Controls
-from moshi_knowledge.evaluation.generate import Generation, contains_answer, generate, token_f1
+from moshi_knowledge.evaluation.generate import Generation, contains_answer, exact_match, generate, token_f1
 from moshi_knowledge.evaluation.judge import Judge
 from moshi_knowledge.evaluation.mc import MCResult, score
 from moshi_knowledge.evaluation.pitch import median_f0
@@ -122,7 +122,8 @@ class RecallEvaluator:
         if generations is not None:
             text = self.tokenizer.decode(generations[i].tokens)
             answers = [q.gold, *q.aliases]
-            row.update(generated=text, gen_correct=finite and contains_answer(text, answers),
+            row.update(generated=text, gen_correct=finite and exact_match(text, answers),
+                       gen_contains=finite and contains_answer(text, answers),
                        f1=token_f1(text, answers) if finite else 0.0)
             if self.judge is not None:
                 row["judge_correct"] = finite and self.judge(q.text, q.gold, q.aliases, text)

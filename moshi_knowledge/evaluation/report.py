@@ -5,10 +5,12 @@ run or a report script can rebuild the summary from predictions.jsonl. Key layou
 (see tracking/contract.py) and `voice/<stat>`.
 
 Per tier and evaluation: n, mc_acc with its clustered Wilson interval (mc_acc_low, mc_acc_high), mean gold rank
-(mc_rank), mean margin (mc_margin), gen_acc (+ interval), mean token F1 (f1), judge_acc when judged, the count of
-questions answered from non-finite weights or scores (n_nonfinite), and, from the second evaluation on, the paired
-p-values against the baseline (p_value for MC, gen_p_value for generation). Beside them the MC controls,
-mc_acc_shuffled and mc_acc_silence (controls.py).
+(mc_rank), mean margin (mc_margin), mc_acc_sum (ranked by summed log-probability), gen_acc (the first answer span
+is the gold, + interval), gen_acc_lenient (the gold anywhere in the text), mean token F1 of the first span (f1),
+judge_acc when judged, the count of questions answered from non-finite weights or scores (n_nonfinite), and, from
+the second evaluation on, the paired p-values against the baseline (p_value for MC, gen_p_value for generation).
+Beside them the nulls, the headline: the MC controls mc_acc_shuffled and mc_acc_silence (controls.py) with
+p_vs_shuffled and p_vs_silence, p_vs_unseen_facts against the never-trained facts, and p_vs_null, the largest.
 
 Rows read back from predictions.jsonl carry null for a non-finite number (the files are strict JSON); it reads as
 NaN here.
@@ -183,6 +185,8 @@ def _tier_figures(rows: Sequence[Row]) -> dict[str, float]:
     if "gen_correct" in rows[0]:
         acc = accuracy_interval([r["gen_correct"] for r in rows], clusters)
         out.update(gen_acc=acc.value, gen_acc_low=acc.low, gen_acc_high=acc.high, f1=_mean(r["f1"] for r in rows))
+        if "gen_contains" in rows[0]:
+            out["gen_acc_lenient"] = sum(bool(r["gen_contains"]) for r in rows) / len(rows)
     out.update(controls.figures(rows))
     judged = [r["judge_correct"] for r in rows if r.get("judge_correct") is not None]
     if judged:

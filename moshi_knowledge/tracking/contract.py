@@ -28,6 +28,10 @@ and recall rows share one axis. `summary.json` holds the final figures of the ru
     recall/<tier>/mc_acc_silence  mc_acc with the question's audio replaced by silence (a control, as above)
     recall/<tier>/mc_acc_sum      mc_acc with candidates ranked by the summed (not the mean) log-probability of
                                   their tokens: each score has its own length bias, a real effect shows in both
+    recall/<tier>/gen_acc         generation: the first answer span (up to the first clause break), normalised, is
+                                  the gold or an alias (f1: token F1 of that span); recall rows and summary
+    recall/<tier>/gen_acc_lenient generation: the gold appears anywhere in what Moshi said (lenient: babble that
+                                  happens to include the gold counts)
     recall/<tier>/p_vs_shuffled   one-sided exact McNemar test (clustered by fact) that the real questions beat the
                                   shuffled control, on the same questions, model and step
     recall/<tier>/p_vs_silence    the same against the silence control
@@ -76,7 +80,7 @@ RECALL_STATS = (
     # also written by the recall evaluation (evaluation/report.py)
     "mc_rank", "mc_margin", "gen_acc", "gen_acc_low", "gen_acc_high", "baseline_gen_acc", "best_gen_acc",
     "gen_delta", "gen_p_value", "f1", "judge_acc", "n_nonfinite", "mc_acc_shuffled", "mc_acc_silence",
-    "mc_acc_sum", "n_flagged", "p_vs_shuffled", "p_vs_silence", "p_vs_unseen_facts", "p_vs_null",
+    "mc_acc_sum", "n_flagged", "gen_acc_lenient", "p_vs_shuffled", "p_vs_silence", "p_vs_unseen_facts", "p_vs_null",
 )
 # Final figures of the loop (train/ and eval/) that a sweep may optimise, besides every recall key.
 LOSS_KEYS = (TRAIN_LOSS, "train/text_loss", "train/audio_loss", EVAL_LOSS, "eval/text_loss", "eval/audio_loss",
