@@ -114,6 +114,8 @@ class RecallEvaluator:
         row: dict[str, Any] = {"step": step, "qid": q.id, "tier": q.tier, "cluster": q.cluster,
                                "question": q.text, "gold": q.gold, "aliases": q.aliases, "finite": finite,
                                "untrained_candidates": q.untrained_candidates}
+        if q.half is not None:
+            row["half"] = q.half
         if mc is not None:
             result = mc[i]
             row["candidates"] = [{"text": t, "score": s} for t, s in zip(q.candidates, result.scores)]

@@ -26,7 +26,7 @@ from typing import Any
 from moshi_knowledge.evaluation import controls
 from moshi_knowledge.evaluation.pitch import semitones
 from moshi_knowledge.evaluation.stats import accuracy_interval, paired_p_value, unpaired_p_value
-from moshi_knowledge.tracking.contract import RECALL_STATS, number
+from moshi_knowledge.tracking.contract import RECALL_STATS, half_tier, number
 from moshi_knowledge.tracking.contract import recall_key as key
 
 F0 = "voice/f0_median_hz"
@@ -207,9 +207,12 @@ def _paired(baseline: Sequence[Row], rows: Sequence[Row]) -> dict[str, float]:
 
 
 def _by_tier(rows: Iterable[Row]) -> dict[str, list[Row]]:
+    """Rows by tier; a row of a split tier also under its half (eval_tune, eval_test: contract.SPLIT_TIERS)."""
     out: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
         out[row["tier"]].append(row)
+        if row.get("half"):
+            out[half_tier(row["tier"], row["half"])].append(row)
     return dict(out)
 
 
