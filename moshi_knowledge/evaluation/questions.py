@@ -46,6 +46,7 @@ class EvalQuestion:
     fact_ids: list[str] = field(default_factory=list)
     group: str | None = None  # set by load_questions: the first id among the questions of its tier sharing a fact
     half: str | None = None  # set by load_questions for a split tier: tune or test (contract.HALVES)
+    shift_sec: float = 0.0  # silence before the question's audio (the shifted tier)
 
     @property
     def cluster(self) -> str:
@@ -59,11 +60,11 @@ class EvalQuestion:
         return [self.gold, *self.distractors]
 
     def samples(self) -> np.ndarray:
-        """The question's audio, mono float32 at 24 kHz."""
+        """The question's audio, mono float32 at 24 kHz, after `shift_sec` of silence."""
         samples, rate = read_mono_wav(self.audio)
         if rate != SAMPLE_RATE:
             raise UserError(f"{self.audio}: {rate} Hz, expected {SAMPLE_RATE}", "rebuild the dataset")
-        return samples
+        return np.concatenate([np.zeros(round(self.shift_sec * SAMPLE_RATE), np.float32), samples])
 
 
 def load_questions(dataset_dir: Path, tiers: Sequence[str], max_per_tier: int | None = None,
@@ -118,7 +119,7 @@ def _question(entry: dict, dataset_dir: Path, path: Path) -> EvalQuestion:
                         gold=entry["gold"], distractors=list(entry["distractors"]),
                         aliases=list(entry.get("aliases") or []), source_id=entry.get("source_id"),
                         untrained_candidates=list(entry.get("untrained_candidates") or []),
-                        fact_ids=list(entry.get("fact_ids") or []))
+                        fact_ids=list(entry.get("fact_ids") or []), shift_sec=float(entry.get("shift_sec") or 0.0))
 
 
 class AnswerSpeech:

@@ -5,6 +5,7 @@
 - eval: questions no single training item answers: two facts chained ("Where was the founder of X born?")
   or one fact asked backwards ("What did Y found?", the reversal curse). Their facts are all trained.
 - unseen_facts: facts never trained, asked like training questions: the null (what the priors score).
+- unseen_voice, unseen_wording, shifted: trained facts asked with one thing changed (`_cause_items`).
 Distractors come from other training items' gold answers of the same type, so every candidate was
 trained as an answer and a multiple-choice win means the model tied this answer to this question.
 """
@@ -18,7 +19,7 @@ from typing import TypeVar
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.qa.retain import with_retain
-from moshi_knowledge.qa.schema import QAItem, QASet
+from moshi_knowledge.qa.schema import CAUSE_TIERS, QAItem, QASet
 from moshi_knowledge.world.procedural import ARTIFACT_NOUNS, BATTLE_SITES, INSTITUTION_TYPES
 from moshi_knowledge.world.prose import capitalize, label
 from moshi_knowledge.world.schema import Entity, Fact, Story, World
@@ -270,11 +271,14 @@ class FactsQA:
     """qa=facts: train/paraphrase/eval questions from the world's facts (needs story=procedural)."""
 
     def __init__(self, seed: int, n_train: int = 100, n_eval: int = 20, paraphrases: int = 3,
-                 retain: bool = True, n_unseen: int = 20) -> None:
+                 retain: bool = True, n_unseen: int = 20, n_per_cause: int = 20, shift_sec: float = 0.4) -> None:
         most = min(len(t) for t in QUESTIONS.values()) - 1
         if not 1 <= paraphrases <= most:
             raise UserError(f"qa.paraphrases is {paraphrases}; qa=facts has templates for 1 to {most}",
                             f"set qa.paraphrases between 1 and {most}")
+        if n_per_cause < 0 or shift_sec <= 0:
+            raise UserError(f"qa.n_per_cause={n_per_cause}, qa.shift_sec={shift_sec}: need n_per_cause >= 0 and "
+                            "shift_sec > 0", "set qa.n_per_cause to 0 or more and qa.shift_sec to a positive time")
         if n_train < 1 or n_eval < 0 or n_unseen < 0:
             raise UserError(f"qa.n_train={n_train}, qa.n_eval={n_eval}, qa.n_unseen={n_unseen}: need n_train >= 1 "
                             "and n_eval, n_unseen >= 0",
@@ -285,6 +289,8 @@ class FactsQA:
         self.paraphrases = paraphrases
         self.retain = retain
         self.n_unseen = n_unseen
+        self.n_per_cause = n_per_cause
+        self.shift_sec = shift_sec
 
     def build(self, story: Story) -> QASet:
         world = story.world
@@ -313,7 +319,23 @@ class FactsQA:
         unseen = self._unseen_items(world, plan, train_facts, train, rng)
         for item in unseen:
             item.distractors = candidates.pick(item, rng)
-        return with_retain(QASet(train=train, eval=evals, paraphrase=para, unseen_facts=unseen), self.retain)
+        causes = self._cause_items(train, para)
+        return with_retain(QASet(train=train, eval=evals, paraphrase=para, unseen_facts=unseen, **causes), self.retain)
+
+    def _cause_items(self, train: list[QAItem], para: list[QAItem]) -> dict[str, list[QAItem]]:
+        """Tiers that change one thing of a trained question, so a drop from the train tier has one cause: the
+        trained phrasing in the held-out voice (unseen_voice), the held-out phrasing in the voice it was trained
+        in (unseen_wording), and the trained audio itself `shift_sec` later in the prompt (shifted: the same
+        speech, other Mimi codes). The first `n_per_cause` training items, candidates unchanged."""
+        out: dict[str, list[QAItem]] = {tier: [] for tier in CAUSE_TIERS}
+        for i, (item, rephrased) in enumerate(zip(train[:self.n_per_cause], para)):
+            same = item.model_dump(include={"answer", "aliases", "answer_type", "relation", "distractors", "fact_ids"})
+            for tier, prefix, question, shift in (("unseen_voice", "voice", item.question, 0.0),
+                                                  ("unseen_wording", "wording", rephrased.question, 0.0),
+                                                  ("shifted", "shift", item.question, self.shift_sec)):
+                out[tier].append(QAItem(id=f"{prefix}-{i:03d}", tier=tier, question=question, source_id=item.id,
+                                        shift_sec=shift, **same))
+        return out
 
     def _unseen_items(self, world: World, plan: _EvalPlan, train_facts: list[Fact], train: list[QAItem],
                       rng: random.Random) -> list[QAItem]:
