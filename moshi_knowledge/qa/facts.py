@@ -6,8 +6,9 @@
   or one fact asked backwards ("What did Y found?", the reversal curse). Their facts are all trained.
 - unseen_facts: facts never trained, asked like training questions: the null (what the priors score).
 - unseen_voice, unseen_wording, shifted: trained facts asked with one thing changed (`_cause_items`).
-Distractors come from other training items' gold answers of the same type, so every candidate was
-trained as an answer and a multiple-choice win means the model tied this answer to this question.
+Distractors are answers the trained facts give for the question's own relation, matched to the gold (kind word,
+training frequency, length: `_Candidates`), so that nothing but the question picks the gold; a candidate never
+trained as an answer of that relation is flagged in the item (QASet.untrained_candidates).
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ class _EvalPlan:
 
 
 class FactsQA:
-    """qa=facts: train/paraphrase/eval questions from the world's facts (needs story=procedural)."""
+    """qa=facts: every tier's questions from the world's facts (needs story=procedural)."""
 
     def __init__(self, seed: int, n_train: int = 100, n_eval: int = 20, paraphrases: int = 3,
                  retain: bool = True, n_unseen: int = 20, n_per_cause: int = 20, shift_sec: float = 0.4) -> None:
@@ -436,7 +437,6 @@ class _Candidates:
     """
 
     def __init__(self, world: World, facts: Sequence[Fact], train: Sequence[QAItem]) -> None:
-        self.world = world
         self.count = Counter(item.answer for item in train)  # training items answered by it, all relations
         self.in_relation: dict[str, Counter[str]] = defaultdict(Counter)
         for fact in facts:
@@ -453,10 +453,10 @@ class _Candidates:
 
     def pick(self, item: QAItem, rng: random.Random) -> list[str]:
         """N_DISTRACTORS candidates for `item` (fewer only when its kind has too few entities)."""
-        assert item.relation is not None
+        assert item.relation is not None, f"{item.id}: qa=facts items name their relation"
         gold = {a.lower() for a in (item.answer, *item.aliases)}
         relation = self.in_relation[item.relation]
-        same_word = {a for a in relation if self.kind_word.get(a) == self.kind_word.get(item.answer)}
+        same_word = {a for a in relation if self.kind_word[a] == self.kind_word[item.answer]}
         trained = self.trained_of_kind[item.answer_type]
         pools = (same_word, set(relation), {a for a in trained if self.kind_word[a] == self.kind_word[item.answer]},
                  trained, self.of_kind[item.answer_type])
