@@ -44,6 +44,9 @@ class FactsQASchema:
     n_eval: int = 20
     paraphrases: int = 3
     retain: bool = True  # also ask the general-knowledge retain tier (qa/retain.py), never trained
+    n_unseen: int = 20  # questions on facts never trained (the unseen_facts tier, the null)
+    n_per_cause: int = 20  # trained facts asked in each of unseen_voice, unseen_wording and shifted
+    shift_sec: float = 0.4  # the shifted tier: silence before a trained question's audio (other Mimi codes)
 
 
 @dataclass

@@ -8,7 +8,8 @@ Keys read (written by train/eval through the Tracker; `moshi_knowledge.tracking.
 
     summary.json   status, message, train/loss, eval/loss, nan_guard/events,
                    recall/<tier>/mc_acc, recall/<tier>/mc_acc_low, recall/<tier>/mc_acc_high,
-                   recall/<tier>/delta, recall/<tier>/p_value
+                   recall/<tier>/p_vs_null (the headline test: above the silence and shuffled controls and
+                   the unseen_facts tier), recall/<tier>/delta, recall/<tier>/p_value
     metrics.jsonl  step, train/loss, eval/loss (curves; also the fallback for a final value missing from the summary)
 
 It opens with the winner of each tier against its runner-up, tested on the same questions (predictions.jsonl).
@@ -151,14 +152,15 @@ def _final_predictions(run: RunRecord, tier: str) -> dict[str, tuple[bool, str]]
 def _table(runs: list[RunRecord], labels: list[str], varying: list[list[str]], tiers: list[str]) -> str:
     header = ["run", "overrides", "status", "train loss", "eval loss"]
     for tier in tiers:
-        header += [f"{tier} recall [95% CI]", f"{tier} Δ base", f"{tier} p"]
+        header += [f"{tier} recall [95% CI]", f"{tier} p vs null", f"{tier} Δ base", f"{tier} p"]
     header.append("NaN events")
     lines = [_row(header), _row(["---"] * len(header))]
     for run, label, overrides in zip(runs, labels, varying):
         cells = [label, " ".join(overrides) or _MISSING, _status_cell(run)]
         cells += [_num(run.final(TRAIN_LOSS)), _num(run.final(EVAL_LOSS))]
         for tier in tiers:
-            cells += [_recall_cell(run, tier), _signed(run.final(recall_key(tier, "delta")))]
+            cells += [_recall_cell(run, tier), _num(run.final(recall_key(tier, "p_vs_null")), digits=3),
+                      _signed(run.final(recall_key(tier, "delta")))]
             cells.append(_num(run.final(recall_key(tier, "p_value")), digits=3))
         cells.append(_count(run.final(NAN_EVENTS)))
         lines.append(_row(cells))

@@ -97,10 +97,10 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         Stage("story", "1", (), ("story",), _story),
-        Stage("qa", "2", ("story",), ("qa",), _qa),
+        Stage("qa", "4", ("story",), ("qa",), _qa),
         Stage("tts", "3", ("qa",), ("tts",), _tts,
               extra_key=lambda cfg, inputs: script_fingerprint(_script(cfg, inputs))),
-        Stage("dataset", "4", ("qa", "tts"), ("layout", "align"), _dataset),
+        Stage("dataset", "6", ("qa", "tts"), ("layout", "align"), _dataset),
         Stage("model", "1", ("story", "qa", "tts"), ("model",), _model, ignore=("model.device", "model.dtype")),
         Stage("tokenize", "1", ("dataset", "model"), (), _tokenize),
     ]

@@ -20,7 +20,8 @@ register()
 REPO = Path(__file__).resolve().parents[1]
 
 # A small but complete pipeline config: few questions, so a full data build takes seconds.
-SMALL = ["qa.n_train=12", "qa.n_eval=4", "qa.paraphrases=2", "stages=[story,qa,tts,dataset]", "logger=none"]
+SMALL = ["qa.n_train=12", "qa.n_eval=4", "qa.n_unseen=4", "qa.n_per_cause=3", "qa.paraphrases=2",
+         "stages=[story,qa,tts,dataset]", "logger=none"]
 
 
 def compose_cfg(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -57,7 +58,8 @@ def small_data_run(tmp_path_factory: pytest.TempPathFactory):
 # A whole experiment in seconds: few questions, short conversations, a handful of steps, a small Mimi fit.
 # No retain tier: its 30 questions would triple every tiny run's recall time (tests/test_retain.py covers it).
 TINY_RUN = [
-    "qa.retain=false", "qa.n_train=8", "qa.n_eval=3", "qa.paraphrases=2", "layout.max_duration_sec=20",
+    "qa.retain=false", "qa.n_train=8", "qa.n_eval=3", "qa.n_unseen=3", "qa.n_per_cause=2", "qa.paraphrases=2",
+    "layout.max_duration_sec=20",
     "model.fit_seconds=30",
     "train.max_steps=4", "train.batch_size=2", "train.seq_sec=24", "train.eval_every=2", "train.ckpt_every=2",
     "train.warmup_steps=1", "eval.recall_every=2", "eval.max_answer_sec=1.0", "eval.voice=false",

@@ -59,12 +59,19 @@ def test_trained_recall_rises_while_the_controls_stay_near_chance(tiny_cache: Pa
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["recall/train/baseline_mc_acc"] <= 0.5 and summary["recall/train/mc_acc"] >= 0.75
-    for control in ("shuffled", "silence"):  # chance is 0.25 (4 candidates); 8 questions
-        assert summary[f"recall/train/mc_acc_{control}"] <= 0.5, summary
-        for tier in ("paraphrase", "eval"):
-            assert f"recall/{tier}/mc_acc_{control}" in summary
     rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     final = [r for r in rows if r["step"] == 40]
+    train = {r["qid"]: r for r in final if r["tier"] == "train"}
+    assert summary["recall/train/n_flagged"] == sum(bool(r["untrained_candidates"]) for r in train.values())
+    # A flagged candidate was never trained for its relation (8 training facts leave some relations without three
+    # other answers): its frequency is a prior the controls are there to show. Every other question's choices
+    # are trained answers alike, and the model cannot tell them apart without the question.
+    clean = [r for r in train.values() if not r["untrained_candidates"]]
+    shuffled = [r for r in clean if not train[r["shuffled_qid"]]["untrained_candidates"]]
+    for control, scored in (("silence", clean), ("shuffled", shuffled)):  # chance is 0.25 (4 candidates)
+        assert sum(r[f"mc_correct_{control}"] for r in scored) <= max(1, len(scored) / 2), (control, scored)
+        for tier in ("train", "paraphrase", "eval"):
+            assert f"recall/{tier}/mc_acc_{control}" in summary
     tiers = {r["qid"]: r["tier"] for r in final}
     for row in final:
         assert isinstance(row["mc_correct_silence"], bool)
@@ -72,5 +79,5 @@ def test_trained_recall_rises_while_the_controls_stay_near_chance(tiny_cache: Pa
             assert row["shuffled_qid"] != row["qid"] and tiers[row["shuffled_qid"]] == row["tier"]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in metrics if "recall/train/mc_acc_shuffled" in r] == [0, 40]
-    table = done.stdout[done.stdout.index("controls"):]
+    table = done.stdout[done.stdout.index("vs nulls"):]
     assert "shuffled" in table and "silence" in table and any(line.startswith("train") for line in table.splitlines())

@@ -118,8 +118,9 @@ def test_evaluation_scores_and_generates_every_question_in_one_call(evaluator: R
         assert isinstance(row["generated"], str) and isinstance(row["gen_correct"], bool)
         assert 0.0 <= row["f1"] <= 1.0
         assert "judge_correct" not in row
-        if q.tier == "paraphrase":
-            assert row["cluster"] == q.source_id
+        assert row["cluster"] == q.cluster
+    paraphrases = [r["cluster"] for r in baseline.predictions if r["tier"] == "paraphrase"]
+    assert len(set(paraphrases)) == len(paraphrases)  # one fact each: one cluster each
     for tier in TIERS:
         for stat in ("mc_acc", "mc_acc_low", "mc_acc_high", "gen_acc", "f1"):
             assert f"recall/{tier}/{stat}" in baseline.metrics

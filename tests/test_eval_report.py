@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from scipy.stats import fisher_exact
 
 from moshi_knowledge.evaluation.report import F0, F0_VS_BASELINE, recall_table, step_metrics, summarize
 from moshi_knowledge.evaluation.stats import accuracy_interval, mcnemar_exact
@@ -75,3 +76,24 @@ def test_table_prints_missing_null_and_nan_figures_as_na() -> None:
     train = next(line for line in table.splitlines() if line.startswith("train"))
     assert train.split()[1:4] == ["2", "0.50", "1.00"] and train.count("n/a") == 3
     assert "median F0 n/a Hz, n/a st vs baseline, n/a st vs the training voice" in table
+
+
+def test_each_tier_is_tested_against_its_controls_and_the_unseen_facts_of_the_same_step() -> None:
+    train = _rows(4, "train", [True] * 8 + [False] * 2, clusters=[f"f{i // 2}" for i in range(10)])
+    for i, row in enumerate(train):  # silence: 2 of 10 right (both also right for real); shuffled: none
+        row.update(mc_correct_silence=i < 2, mc_correct_shuffled=False)
+    unseen = _rows(4, "unseen_facts", [True, False, False, False, False, False, False, False])
+    for row in unseen:
+        row.update(mc_correct_silence=row["mc_correct"], mc_correct_shuffled=False)
+    figures = step_metrics(train + unseen)
+    # clustered by fact: 5 facts, 3 better than under silence (facts 1-3), 4 better than shuffled (0-3)
+    assert figures["recall/train/p_vs_silence"] == pytest.approx(mcnemar_exact(3, 0, alternative="greater"))
+    assert figures["recall/train/p_vs_shuffled"] == pytest.approx(mcnemar_exact(4, 0, alternative="greater"))
+    assert figures["recall/train/p_vs_unseen_facts"] == pytest.approx(
+        fisher_exact([[8, 2], [1, 7]], alternative="greater").pvalue)
+    assert figures["recall/train/p_vs_null"] == max(figures[f"recall/train/p_vs_{n}"]
+                                                    for n in ("silence", "shuffled", "unseen_facts"))
+    assert figures["recall/unseen_facts/p_vs_silence"] == 1.0 and "recall/unseen_facts/p_vs_unseen_facts" not in figures
+    table = recall_table(summarize(train + unseen))
+    head = table[table.index("vs nulls"):].splitlines()
+    assert head[2].startswith("train") and f"{figures['recall/train/p_vs_null']:.3g}" in head[2]

@@ -9,6 +9,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import TINY_RUN, run_app
+from moshi_knowledge.qa.schema import CAUSE_TIERS
 
 LORA_RUN = [*TINY_RUN, "lora=all", "lora.rank=4", "logger=none"]
 
@@ -40,10 +41,11 @@ def test_a_lora_run_writes_the_run_directory_contract(lora_run) -> None:
     assert {"train/loss", "train/text_loss", "train/audio_loss", "train/lr", "train/grad_norm"} <= set(rows[1])
     predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert sorted({p["step"] for p in predictions}) == [0, 2, 4]
-    assert {p["tier"] for p in predictions} == {"train", "paraphrase", "eval"}
+    assert {p["tier"] for p in predictions} == {"train", "paraphrase", "eval", "unseen_facts", *CAUSE_TIERS}
     assert all(len(p["candidates"]) == 4 for p in predictions)
-    for tier in ("train", "paraphrase", "eval"):
+    for tier in ("train", "paraphrase", "eval", "eval_tune", "eval_test", "unseen_facts"):
         assert f"recall/{tier}/baseline_mc_acc" in summary and f"recall/{tier}/p_value" in summary
+        assert f"recall/{tier}/p_vs_null" in summary and f"recall/{tier}/gen_acc_lenient" in summary
     assert "recall/train/mc_acc" in done.stdout or "train " in done.stdout  # the printed recall table
     lora = load_file(run / "adapter" / "moshi" / "lora.safetensors")
     assert lora and all(k.endswith((".lora_A.weight", ".lora_B.weight")) or "emb" in k for k in lora)

@@ -55,7 +55,7 @@ def _write_questions(qa: QASet, tts_dir: Path, out: Path) -> None:
     (out / "questions").mkdir(exist_ok=True)
     entries = []
     for item in qa.all_items():
-        line_id = question_line_id(item.id)
+        line_id = question_line_id(item.source_id if item.tier == "shifted" else item.id)  # the trained recording
         rel = f"questions/{line_id}.wav"
         shutil.copyfile(tts_dir / f"{line_id}.wav", out / rel)
         entries.append({
@@ -66,9 +66,12 @@ def _write_questions(qa: QASet, tts_dir: Path, out: Path) -> None:
             "gold": item.answer,
             "aliases": item.aliases,
             "distractors": item.distractors,
+            "untrained_candidates": item.untrained_candidates,
+            "relation": item.relation,
             "fact_ids": item.fact_ids,
             "answer_type": item.answer_type,
             "source_id": item.source_id,
+            "shift_sec": item.shift_sec,
         })
     atomic_write_json(out / "questions.json", {"questions": entries})
 

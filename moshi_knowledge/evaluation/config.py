@@ -16,7 +16,10 @@ class EvalConfig:
     """Every knob of the recall evaluation (multiple choice, generation, voice drift, optional LLM judge)."""
 
     recall_every: int = 50  # optimizer steps between recall evaluations (also at step 0 and at the end)
-    tiers: list[str] = field(default_factory=lambda: ["train", "paraphrase", "eval", "retain"])  # retain: qa.retain
+    # retain: qa.retain; qa=facts also asks unseen_facts (facts never trained, the null every tier is compared
+    # with) and unseen_voice, unseen_wording, shifted (trained facts with one thing changed)
+    tiers: list[str] = field(default_factory=lambda: ["train", "paraphrase", "eval", "unseen_facts", "unseen_voice",
+                                                      "unseen_wording", "shifted", "retain"])
     max_per_tier: Optional[int] = None  # score a fixed random subset of each tier (None: all questions)
     seed: int = 0  # subset choice, the shuffled-question control and audio sampling
     mc: bool = True

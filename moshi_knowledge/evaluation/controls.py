@@ -23,6 +23,7 @@ from moshi.models.lm import LMModel
 from moshi_knowledge.evaluation.mc import score
 from moshi_knowledge.evaluation.prompts import PreparedQuestion
 from moshi_knowledge.evaluation.questions import EvalQuestion
+from moshi_knowledge.evaluation.stats import paired_p_value
 
 CONTROLS = ("shuffled", "silence")
 SHUFFLED_QID = "shuffled_qid"  # prediction-row field: whose candidates the shuffled control scored
@@ -95,11 +96,16 @@ class Controls:
 
 
 def figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """mc_acc_<control> of one tier's rows (a control is absent when its rows lack it: a tier of one question)."""
+    """mc_acc_<control> of one tier's rows, and p_vs_<control>: the one-sided exact McNemar test (clustered by
+    fact) that the real questions beat the control on the same questions, model and step. A control is absent
+    when its rows lack it (a tier of one question)."""
     out = {}
     for name in CONTROLS:
-        values = [bool(r[correct_field(name)]) for r in rows if correct_field(name) in r]
-        if values:
-            out[f"mc_acc_{name}"] = sum(values) / len(values)
+        scored = [r for r in rows if correct_field(name) in r]
+        if scored:
+            control = [bool(r[correct_field(name)]) for r in scored]
+            out[f"mc_acc_{name}"] = sum(control) / len(control)
+            out[f"p_vs_{name}"] = paired_p_value(control, [r["mc_correct"] for r in scored],
+                                                 [r["cluster"] for r in scored], alternative="greater")
     return out
 

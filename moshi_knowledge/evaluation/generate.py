@@ -13,6 +13,7 @@ frames go in as [u0, u0, u1, ...]; from step 1 on, step s returns frame s-1 of t
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -118,17 +119,33 @@ def _extend(codes: torch.Tensor, n_frames: int) -> torch.Tensor:
 
 
 # --- scoring the generated text -------------------------------------------------------------------------------
+# Strict: the first answer span, normalised, is one of the answers. Token F1 on that span gives partial credit.
+# Containment anywhere in the text is only a lenient figure: babble that happens to include the gold counts.
+
+_SPAN_END = re.compile(r"[.!?;,:\n]")
+
+
+def first_span(generated: str) -> str:
+    """What Moshi said up to its first clause break: the answer, without what it rambles on to say."""
+    return _SPAN_END.split(generated.strip(), maxsplit=1)[0]
+
+
+def exact_match(generated: str, answers: Sequence[str]) -> bool:
+    """Whether the first answer span, normalised, equals a normalised answer (any alias)."""
+    span = normalise(first_span(generated))
+    return bool(span) and span in {normalise(a) for a in answers}
 
 
 def contains_answer(generated: str, answers: Sequence[str]) -> bool:
-    """Whether any normalised answer appears in the normalised text as whole words."""
+    """Whether any normalised answer appears in the normalised text as whole words (the lenient figure)."""
     padded = f" {normalise(generated)} "
     return any(norm and f" {norm} " in padded for norm in map(normalise, answers))
 
 
 def token_f1(generated: str, answers: Sequence[str]) -> float:
-    """The best word-overlap F1 between the text and any of the answers."""
-    return max((_f1(normalise(generated).split(), normalise(a).split()) for a in answers), default=0.0)
+    """The best word-overlap F1 between the first answer span and any of the answers."""
+    span = normalise(first_span(generated)).split()
+    return max((_f1(span, normalise(a).split()) for a in answers), default=0.0)
 
 
 def _f1(predicted: list[str], gold: list[str]) -> float:
@@ -137,4 +154,3 @@ def _f1(predicted: list[str], gold: list[str]) -> float:
         return 0.0
     precision, recall = common / len(predicted), common / len(gold)
     return 2 * precision * recall / (precision + recall)
-

@@ -3,7 +3,8 @@
 Each (question, candidate) pair is one row of codes laid out like a training turn: the question audio on the
 user channel, then the candidate's words on Moshi's text stream at their spoken times (padding id elsewhere,
 end-of-padding before each word, exactly as training builds the stream). The score is the mean log-probability
-of the candidate's text tokens, teacher-forced, so long and short answers compete fairly.
+of the candidate's text tokens, teacher-forced (the length-normalised score, the headline); the summed
+log-probability is reported beside it, since each normalisation has its own length bias.
 
 Speed: a question's candidates differ only from their answer window on, so the part of their rows before that
 (lead, question, gap: most of each row) goes through the transformer once per question, in moshi's streaming
@@ -70,13 +71,17 @@ class MCResult:
     def gold_rank(self) -> int:
         """1 + the number of distractors scoring at least as high as gold (ties count against gold); last place
         when any score is non-finite."""
-        if not self.finite:
-            return len(self.scores)
-        return 1 + sum(s >= self.scores[0] for s in self.scores[1:])
+        return _gold_rank(self.scores) if self.finite else len(self.scores)
 
     @property
     def correct(self) -> bool:
         return self.finite and self.gold_rank == 1
+
+    @property
+    def correct_by_sum(self) -> bool:
+        """Gold wins on the summed log-probability of its tokens, which favours short answers where the mean
+        favours long ones: a win under both scores does not come from length."""
+        return self.finite and _gold_rank([s * n for s, n in zip(self.scores, self.n_tokens)]) == 1
 
     @property
     def margin(self) -> float:
@@ -84,6 +89,10 @@ class MCResult:
         if not self.finite or len(self.scores) < 2:
             return float("nan")
         return self.scores[0] - max(self.scores[1:])
+
+
+def _gold_rank(scores: Sequence[float]) -> int:
+    return 1 + sum(s >= scores[0] for s in scores[1:])
 
 
 def row_codes(question: MCQuestion, candidate: Candidate) -> torch.Tensor:

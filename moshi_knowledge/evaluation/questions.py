@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from moshi_knowledge.dataset.format import QUESTIONS, read_mono_wav
 from moshi_knowledge.errors import UserError
@@ -22,6 +24,7 @@ from moshi_knowledge.io_utils import read_json
 from moshi_knowledge.speech.schema import SAMPLE_RATE, Utterance
 from moshi_knowledge.speech.synthesize import load_utterance
 from moshi_knowledge.speech.tts_base import TTSBackend
+from moshi_knowledge.tracking.contract import HALVES, SPLIT_TIERS
 
 _TTS_INDEX = "index.json"
 log = logging.getLogger(__name__)
@@ -39,11 +42,17 @@ class EvalQuestion:
     distractors: list[str]
     aliases: list[str] = field(default_factory=list)
     source_id: str | None = None
+    untrained_candidates: list[str] = field(default_factory=list)  # the distractor contract's flags (qa/schema.py)
+    fact_ids: list[str] = field(default_factory=list)
+    group: str | None = None  # set by load_questions: the first id among the questions of its tier sharing a fact
+    half: str | None = None  # set by load_questions for a split tier: tune or test (contract.HALVES)
+    shift_sec: float = 0.0  # silence before the question's audio (the shifted tier)
 
     @property
     def cluster(self) -> str:
-        """The fact this question asks about: a paraphrase counts with the training item it rephrases."""
-        return self.source_id or self.id
+        """The questions that share evidence count as one in intervals and paired tests: those of a tier linked by
+        shared facts (`group`), else a paraphrase with the training item it rephrases."""
+        return self.group or self.source_id or self.id
 
     @property
     def candidates(self) -> list[str]:
@@ -51,11 +60,11 @@ class EvalQuestion:
         return [self.gold, *self.distractors]
 
     def samples(self) -> np.ndarray:
-        """The question's audio, mono float32 at 24 kHz."""
+        """The question's audio, mono float32 at 24 kHz, after `shift_sec` of silence."""
         samples, rate = read_mono_wav(self.audio)
         if rate != SAMPLE_RATE:
             raise UserError(f"{self.audio}: {rate} Hz, expected {SAMPLE_RATE}", "rebuild the dataset")
-        return samples
+        return np.concatenate([np.zeros(round(self.shift_sec * SAMPLE_RATE), np.float32), samples])
 
 
 def load_questions(dataset_dir: Path, tiers: Sequence[str], max_per_tier: int | None = None,
@@ -78,10 +87,28 @@ def load_questions(dataset_dir: Path, tiers: Sequence[str], max_per_tier: int | 
         if not items:
             log.warning("eval.tiers: the dataset has no %r questions; that tier is not scored", tier)
             continue
+        items = _grouped(items, random.Random(f"{seed}-{tier}-halves") if tier in SPLIT_TIERS else None)
         if max_per_tier is not None and len(items) > max_per_tier:
             items = sorted(random.Random(f"{seed}-{tier}").sample(items, max_per_tier), key=items.index)
         out += items
     return out
+
+
+def _grouped(items: list[EvalQuestion], rng: random.Random | None) -> list[EvalQuestion]:
+    """`items` with their groups (questions linked by shared facts, directly or through others) and, with `rng`,
+    each group's half: half of the groups, drawn by `rng`, tune and the rest test, so no fact is in both halves."""
+    column = {fact: k for k, fact in enumerate(sorted({f for q in items for f in q.fact_ids}))}
+    pairs = [(i, column[f]) for i, q in enumerate(items) for f in q.fact_ids]
+    incidence = coo_matrix((np.ones(len(pairs)), ([i for i, _ in pairs], [k for _, k in pairs])),
+                           shape=(len(items), max(len(column), 1)))
+    _, labels = connected_components(incidence @ incidence.T, directed=False)
+    first: dict[int, str] = {}
+    for q, label in zip(items, labels):
+        first.setdefault(label, q.id)
+    groups = list(first.values())
+    tune = set(rng.sample(groups, len(groups) // 2)) if rng is not None else set()
+    return [replace(q, group=first[label], half=None if rng is None else HALVES[first[label] not in tune])
+            for q, label in zip(items, labels)]
 
 
 def _question(entry: dict, dataset_dir: Path, path: Path) -> EvalQuestion:
@@ -90,7 +117,9 @@ def _question(entry: dict, dataset_dir: Path, path: Path) -> EvalQuestion:
                         "rebuild the qa stage with distractors for every question")
     return EvalQuestion(id=entry["id"], tier=entry["tier"], text=entry["text"], audio=dataset_dir / entry["audio"],
                         gold=entry["gold"], distractors=list(entry["distractors"]),
-                        aliases=list(entry.get("aliases") or []), source_id=entry.get("source_id"))
+                        aliases=list(entry.get("aliases") or []), source_id=entry.get("source_id"),
+                        untrained_candidates=list(entry.get("untrained_candidates") or []),
+                        fact_ids=list(entry.get("fact_ids") or []), shift_sec=float(entry.get("shift_sec") or 0.0))
 
 
 class AnswerSpeech:

@@ -30,7 +30,7 @@ from moshi_knowledge.dataset.format import DatasetMeta
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.evaluation.controls import Controls
-from moshi_knowledge.evaluation.generate import Generation, contains_answer, generate, token_f1
+from moshi_knowledge.evaluation.generate import Generation, contains_answer, exact_match, generate, token_f1
 from moshi_knowledge.evaluation.judge import Judge
 from moshi_knowledge.evaluation.mc import MCResult, score
 from moshi_knowledge.evaluation.pitch import median_f0
@@ -119,15 +119,20 @@ class RecallEvaluator:
         q = self.prepared[i].question
         finite = weights_finite and (mc is None or mc[i].finite)
         row: dict[str, Any] = {"step": step, "qid": q.id, "tier": q.tier, "cluster": q.cluster,
-                               "question": q.text, "gold": q.gold, "aliases": q.aliases, "finite": finite}
+                               "question": q.text, "gold": q.gold, "aliases": q.aliases, "finite": finite,
+                               "untrained_candidates": q.untrained_candidates}
+        if q.half is not None:
+            row["half"] = q.half
         if mc is not None:
             result = mc[i]
             row["candidates"] = [{"text": t, "score": s} for t, s in zip(q.candidates, result.scores)]
-            row.update(mc_correct=finite and result.correct, mc_rank=result.gold_rank, mc_margin=result.margin)
+            row.update(mc_correct=finite and result.correct, mc_correct_sum=finite and result.correct_by_sum,
+                       mc_rank=result.gold_rank, mc_margin=result.margin)
         if generations is not None:
             text = self.tokenizer.decode(generations[i].tokens)
             answers = [q.gold, *q.aliases]
-            row.update(generated=text, gen_correct=finite and contains_answer(text, answers),
+            row.update(generated=text, gen_correct=finite and exact_match(text, answers),
+                       gen_contains=finite and contains_answer(text, answers),
                        f1=token_f1(text, answers) if finite else 0.0)
             if self.judge is not None:
                 row["judge_correct"] = finite and self.judge(q.text, q.gold, q.aliases, text)

@@ -5,10 +5,12 @@ run or a report script can rebuild the summary from predictions.jsonl. Key layou
 (see tracking/contract.py) and `voice/<stat>`.
 
 Per tier and evaluation: n, mc_acc with its clustered Wilson interval (mc_acc_low, mc_acc_high), mean gold rank
-(mc_rank), mean margin (mc_margin), gen_acc (+ interval), mean token F1 (f1), judge_acc when judged, the count of
-questions answered from non-finite weights or scores (n_nonfinite), and, from the second evaluation on, the paired
-p-values against the baseline (p_value for MC, gen_p_value for generation). Beside them the MC controls,
-mc_acc_shuffled and mc_acc_silence (controls.py).
+(mc_rank), mean margin (mc_margin), mc_acc_sum (ranked by summed log-probability), gen_acc (the first answer span
+is the gold, + interval), gen_acc_lenient (the gold anywhere in the text), mean token F1 of the first span (f1),
+judge_acc when judged, the count of questions answered from non-finite weights or scores (n_nonfinite), and, from
+the second evaluation on, the paired p-values against the baseline (p_value for MC, gen_p_value for generation).
+Beside them the nulls, the headline: the MC controls mc_acc_shuffled and mc_acc_silence (controls.py) with
+p_vs_shuffled and p_vs_silence, p_vs_unseen_facts against the never-trained facts, and p_vs_null, the largest.
 
 Rows read back from predictions.jsonl carry null for a non-finite number (the files are strict JSON); it reads as
 NaN here.
@@ -23,8 +25,8 @@ from typing import Any
 
 from moshi_knowledge.evaluation import controls
 from moshi_knowledge.evaluation.pitch import semitones
-from moshi_knowledge.evaluation.stats import accuracy_interval, paired_p_value
-from moshi_knowledge.tracking.contract import number
+from moshi_knowledge.evaluation.stats import accuracy_interval, paired_p_value, unpaired_p_value
+from moshi_knowledge.tracking.contract import RECALL_STATS, half_tier, number
 from moshi_knowledge.tracking.contract import recall_key as key
 
 F0 = "voice/f0_median_hz"
@@ -32,6 +34,9 @@ F0_BASELINE = "voice/f0_baseline_hz"
 F0_TRAIN = "voice/f0_train_hz"
 F0_VS_BASELINE = "voice/f0_semitones_vs_baseline"
 F0_VS_TRAIN = "voice/f0_semitones_vs_train"
+
+NULL_TIER = "unseen_facts"  # facts never trained: what recall scores from the priors alone
+NULL_TESTS = (*(f"p_vs_{c}" for c in controls.CONTROLS), f"p_vs_{NULL_TIER}")
 
 Row = Mapping[str, Any]
 NAN = float("nan")
@@ -41,10 +46,11 @@ def step_metrics(rows: Sequence[Row], baseline: Sequence[Row] | None = None) -> 
     """The metric row of one evaluation; with `baseline` rows, paired p-values against them (matched by qid)."""
     out: dict[str, float] = {}
     base_by_tier = _by_tier(baseline or [])
-    for tier, tier_rows in _by_tier(rows).items():
-        out.update({key(tier, k): v for k, v in _tier_figures(tier_rows).items()})
+    by_tier = _by_tier(rows)
+    for tier, figures in _figures_by_tier(by_tier).items():
         if baseline is not None:
-            out.update({key(tier, k): v for k, v in _paired(base_by_tier.get(tier, []), tier_rows).items()})
+            figures.update(_paired(base_by_tier.get(tier, []), by_tier[tier]))
+        out.update({key(tier, k): v for k, v in figures.items()})
     return out
 
 
@@ -71,8 +77,8 @@ def summarize(predictions: Iterable[Row], metric_rows: Iterable[Row] = ()) -> di
     base = _by_tier(by_step[first])
     history = {step: _by_tier(rows) for step, rows in by_step.items()}
     out: dict[str, float] = {}
-    for tier, rows in final.items():
-        figures = {**_tier_figures(rows), **_paired(base.get(tier, []), rows)}
+    for tier, figures in _figures_by_tier(final).items():
+        figures.update(_paired(base.get(tier, []), final[tier]))
         baseline = _tier_figures(base.get(tier, []))
         for stat, delta_name in (("mc_acc", "delta"), ("gen_acc", "gen_delta")):
             if stat not in figures:
@@ -80,10 +86,7 @@ def summarize(predictions: Iterable[Row], metric_rows: Iterable[Row] = ()) -> di
             best = max(_tier_figures(h[tier])[stat] for h in history.values() if tier in h)
             figures.update({f"baseline_{stat}": baseline.get(stat, NAN), f"best_{stat}": best,
                             delta_name: figures[stat] - baseline.get(stat, NAN)})
-        keep = ("n", "mc_acc", "mc_acc_low", "mc_acc_high", "baseline_mc_acc", "best_mc_acc", "delta", "p_value",
-                "mc_rank", "mc_margin", "gen_acc", "baseline_gen_acc", "best_gen_acc", "gen_delta", "gen_p_value",
-                "f1", "judge_acc", "n_nonfinite", "mc_acc_shuffled", "mc_acc_silence")
-        out.update({key(tier, k): figures[k] for k in keep if k in figures})
+        out.update({key(tier, k): figures[k] for k in RECALL_STATS if k in figures})
     voice = [r for r in metric_rows if F0 in r]
     if voice:
         last_voice = max(voice, key=lambda r: r.get("step", 0))
@@ -122,16 +125,21 @@ def recall_table(summary: Mapping[str, Any]) -> str:
 
 
 def _controls_table(summary: Mapping[str, Any], tiers: Sequence[str]) -> list[str]:
-    """Under the recall table: per tier, the final MC figure beside each control's (none without controls)."""
-    stats = ("mc_acc", *(f"mc_acc_{c}" for c in controls.CONTROLS))
-    shown = [t for t in tiers if any(key(t, s) in summary for s in stats[1:])]
+    """Under the recall table, the headline: per tier, the final MC figure beside each null's (the silence and
+    shuffled controls on the same questions, the unseen_facts tier) with the one-sided p-value against each, and
+    p_vs_null, the largest of them (none without controls)."""
+    nulls = (*controls.CONTROLS, NULL_TIER)
+    shown = [t for t in tiers if key(t, "p_vs_null") in summary or key(t, "mc_acc_silence") in summary]
     if not shown:
         return []
-    header = f"{'controls':<11}{'MC final':>9}" + "".join(f"{c:>10}" for c in controls.CONTROLS)
+    header = f"{'vs nulls':<13}{'MC':>5}" + "".join(f"{n[:8]:>9}{'p':>7}" for n in nulls) + f"{'p null':>8}"
     lines = ["", header, "-" * len(header)]
     for tier in shown:
-        cells = [_fmt(summary.get(key(tier, s)), ".2f") for s in stats]
-        lines.append(f"{tier:<11}{cells[0]:>9}" + "".join(f"{c:>10}" for c in cells[1:]))
+        cells = [f"{_fmt(summary.get(key(tier)), '.2f'):>5}"]
+        for null in nulls:
+            value = summary.get(key(NULL_TIER)) if null == NULL_TIER else summary.get(key(tier, f"mc_acc_{null}"))
+            cells.append(f"{_fmt(value, '.2f'):>9}{_fmt(summary.get(key(tier, f'p_vs_{null}')), '.3g'):>7}")
+        lines.append(f"{tier:<13}" + "".join(cells) + f"{_fmt(summary.get(key(tier, 'p_vs_null')), '.3g'):>8}")
     return lines
 
 
@@ -140,6 +148,23 @@ def _fmt(value: Any, spec: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return "n/a"
     return format(value, spec)
+
+
+def _figures_by_tier(by_tier: Mapping[str, Sequence[Row]]) -> dict[str, dict[str, float]]:
+    """Each tier's figures at one step, with its comparison against the never-trained facts of the same step
+    (p_vs_unseen_facts) and the headline test p_vs_null: the largest p-value against any null it has (the silence
+    and shuffled controls, the unseen_facts tier), so a tier is above the nulls only when it beats every one."""
+    null = [r["mc_correct"] for r in by_tier.get(NULL_TIER, []) if "mc_correct" in r]
+    out = {}
+    for tier, rows in by_tier.items():
+        figures = _tier_figures(rows)
+        if tier != NULL_TIER and null and "mc_correct" in rows[0]:
+            figures["p_vs_unseen_facts"] = unpaired_p_value([r["mc_correct"] for r in rows], null)
+        tests = [figures[k] for k in NULL_TESTS if k in figures]
+        if tests:
+            figures["p_vs_null"] = max(tests)
+        out[tier] = figures
+    return out
 
 
 def _tier_figures(rows: Sequence[Row]) -> dict[str, float]:
@@ -153,9 +178,15 @@ def _tier_figures(rows: Sequence[Row]) -> dict[str, float]:
         acc = accuracy_interval([r["mc_correct"] for r in rows], clusters)
         out.update(mc_acc=acc.value, mc_acc_low=acc.low, mc_acc_high=acc.high,
                    mc_rank=_mean(r["mc_rank"] for r in rows), mc_margin=_mean(r["mc_margin"] for r in rows))
+        if "mc_correct_sum" in rows[0]:
+            out["mc_acc_sum"] = sum(bool(r["mc_correct_sum"]) for r in rows) / len(rows)
+    if "untrained_candidates" in rows[0]:
+        out["n_flagged"] = sum(bool(r["untrained_candidates"]) for r in rows)
     if "gen_correct" in rows[0]:
         acc = accuracy_interval([r["gen_correct"] for r in rows], clusters)
         out.update(gen_acc=acc.value, gen_acc_low=acc.low, gen_acc_high=acc.high, f1=_mean(r["f1"] for r in rows))
+        if "gen_contains" in rows[0]:
+            out["gen_acc_lenient"] = sum(bool(r["gen_contains"]) for r in rows) / len(rows)
     out.update(controls.figures(rows))
     judged = [r["judge_correct"] for r in rows if r.get("judge_correct") is not None]
     if judged:
@@ -176,9 +207,12 @@ def _paired(baseline: Sequence[Row], rows: Sequence[Row]) -> dict[str, float]:
 
 
 def _by_tier(rows: Iterable[Row]) -> dict[str, list[Row]]:
+    """Rows by tier; a row of a split tier also under its half (eval_tune, eval_test: contract.SPLIT_TIERS)."""
     out: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
         out[row["tier"]].append(row)
+        if row.get("half"):
+            out[half_tier(row["tier"], row["half"])].append(row)
     return dict(out)
 
 

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy.stats import binomtest
+from scipy.stats import binomtest, fisher_exact
 
 Z95 = 1.959963984540054  # two-sided 95% standard normal quantile
 
@@ -68,8 +68,10 @@ def accuracy_interval(correct: Sequence[bool], clusters: Sequence[str] | None = 
     return Interval(p, low, high, n, n_eff)
 
 
-def paired_p_value(before: Sequence[bool], after: Sequence[bool], clusters: Sequence[str] | None = None) -> float:
-    """Two-sided exact McNemar test of `after` against `before` on the same items (1.0 when nothing changed).
+def paired_p_value(before: Sequence[bool], after: Sequence[bool], clusters: Sequence[str] | None = None,
+                   alternative: str = "two-sided") -> float:
+    """Exact McNemar test of `after` against `before` on the same items (1.0 when nothing changed);
+    `alternative="greater"` asks only whether `after` is better.
 
     With clusters it is the exact sign test on clusters: a cluster counts as improved (worsened) when more
     (fewer) of its items are correct after. With one item per cluster this is exactly McNemar's exact test.
@@ -82,14 +84,24 @@ def paired_p_value(before: Sequence[bool], after: Sequence[bool], clusters: Sequ
         diffs[label] += int(bool(a)) - int(bool(b))
     better = sum(d > 0 for d in diffs.values())
     worse = sum(d < 0 for d in diffs.values())
-    return mcnemar_exact(better, worse)
+    return mcnemar_exact(better, worse, alternative)
 
 
-def mcnemar_exact(b: int, c: int) -> float:
-    """Exact two-sided McNemar p-value from the discordant counts b (0->1) and c (1->0)."""
+def mcnemar_exact(b: int, c: int, alternative: str = "two-sided") -> float:
+    """Exact McNemar p-value from the discordant counts b (0->1) and c (1->0)."""
     if b + c == 0:
         return 1.0
-    return float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+    return float(binomtest(b, b + c, 0.5, alternative=alternative).pvalue)
+
+
+def unpaired_p_value(correct: Sequence[bool], null: Sequence[bool]) -> float:
+    """One-sided Fisher exact test that `correct` (one set of questions) beats `null` (another set, e.g. facts
+    never trained); 1.0 when either is empty. It treats questions as independent."""
+    if not correct or not null:
+        return 1.0
+    k, m = sum(map(bool, correct)), sum(map(bool, null))
+    table = [[k, len(correct) - k], [m, len(null) - m]]
+    return float(fisher_exact(table, alternative="greater").pvalue)
 
 
 def _group(values: Sequence[bool], labels: Sequence[str]) -> dict[str, list[bool]]:

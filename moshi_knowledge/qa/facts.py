@@ -4,20 +4,24 @@
 - paraphrase: the same fact, asked with a phrasing template never used in training.
 - eval: questions no single training item answers: two facts chained ("Where was the founder of X born?")
   or one fact asked backwards ("What did Y found?", the reversal curse). Their facts are all trained.
-Distractors come from other training items' gold answers of the same type, so every candidate was
-trained as an answer and a multiple-choice win means the model tied this answer to this question.
+- unseen_facts: facts never trained, asked like training questions: the null (what the priors score).
+- unseen_voice, unseen_wording, shifted: trained facts asked with one thing changed (`_cause_items`).
+Distractors are answers the trained facts give for the question's own relation, matched to the gold (kind word,
+training frequency, length: `_Candidates`), so that nothing but the question picks the gold; a candidate never
+trained as an answer of that relation is flagged in the item (QASet.untrained_candidates).
 """
 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.qa.retain import with_retain
-from moshi_knowledge.qa.schema import QAItem, QASet
+from moshi_knowledge.qa.schema import CAUSE_TIERS, QAItem, QASet
+from moshi_knowledge.world.procedural import ARTIFACT_NOUNS, BATTLE_SITES, INSTITUTION_TYPES
 from moshi_knowledge.world.prose import capitalize, label
 from moshi_knowledge.world.schema import Entity, Fact, Story, World
 
@@ -156,10 +160,25 @@ REVERSE: dict[str, tuple[str, ...]] = {
     "tamed_by": ("Which creature did {o} tame?",),
 }
 
+KIND_WORDS = frozenset((*INSTITUTION_TYPES, *ARTIFACT_NOUNS, *BATTLE_SITES))
 REVERSAL_SHARE = 0.25  # of eval questions; the rest chain two facts
 N_DISTRACTORS = 3
 
 T = TypeVar("T")
+
+
+def reverse(relation: str) -> str:
+    """The relation a backward question asks: its answers are the subjects of `relation`'s facts."""
+    return f"{relation}^-1"
+
+
+def kind_word(entity: Entity) -> str | None:
+    """The fixed word of a label that says what sort of thing it names ("King", "wyrm", "Order", "Pass"): a prior
+    that picks answers by it must find every candidate alike. None for plain names and years."""
+    if entity.title:
+        return entity.title
+    words = [w for w in entity.name.split() if w in KIND_WORDS]
+    return words[0] if words else None
 
 
 def aliases(entity: Entity) -> list[str]:
@@ -204,7 +223,7 @@ class _EvalPlan:
         for e in world.entities:
             self.kind_sizes[e.kind] += 1
 
-    def _useful_answer(self, entity_id: str) -> bool:
+    def useful_answer(self, entity_id: str) -> bool:
         """Only kinds with enough members for distractors (not the lone kingdom)."""
         return self.kind_sizes[self.world.entity(entity_id).kind] > N_DISTRACTORS
 
@@ -216,7 +235,7 @@ class _EvalPlan:
                 continue
             for f2 in self.by_subject[f1.object]:
                 if (f2.object != f1.subject and (f1.subject, f2.object) not in self.linked
-                        and self._useful_answer(f2.object)):
+                        and self.useful_answer(f2.object)):
                     out.append((f1, f2))
         return _round_robin(out, lambda c: (c[0].relation, c[1].relation), self.rng)
 
@@ -227,7 +246,7 @@ class _EvalPlan:
             counts[(f.relation, f.object)] += 1
         out = [(f,) for f in self.world.facts
                if f.relation in REVERSE and counts[(f.relation, f.object)] == 1
-               and (f.object, f.subject) not in self.linked and self._useful_answer(f.subject)]
+               and (f.object, f.subject) not in self.linked and self.useful_answer(f.subject)]
         return _round_robin(out, lambda c: c[0].relation, self.rng)
 
     def choose(self, n_eval: int, budget: int) -> list[tuple[Fact, ...]]:
@@ -250,22 +269,29 @@ class _EvalPlan:
 
 
 class FactsQA:
-    """qa=facts: train/paraphrase/eval questions from the world's facts (needs story=procedural)."""
+    """qa=facts: every tier's questions from the world's facts (needs story=procedural)."""
 
     def __init__(self, seed: int, n_train: int = 100, n_eval: int = 20, paraphrases: int = 3,
-                 retain: bool = True) -> None:
+                 retain: bool = True, n_unseen: int = 20, n_per_cause: int = 20, shift_sec: float = 0.4) -> None:
         most = min(len(t) for t in QUESTIONS.values()) - 1
         if not 1 <= paraphrases <= most:
             raise UserError(f"qa.paraphrases is {paraphrases}; qa=facts has templates for 1 to {most}",
                             f"set qa.paraphrases between 1 and {most}")
-        if n_train < 1 or n_eval < 0:
-            raise UserError(f"qa.n_train={n_train}, qa.n_eval={n_eval}: need n_train >= 1 and n_eval >= 0",
-                            "set qa.n_train to at least 1 and qa.n_eval to 0 or more")
+        if n_per_cause < 0 or shift_sec <= 0:
+            raise UserError(f"qa.n_per_cause={n_per_cause}, qa.shift_sec={shift_sec}: need n_per_cause >= 0 and "
+                            "shift_sec > 0", "set qa.n_per_cause to 0 or more and qa.shift_sec to a positive time")
+        if n_train < 1 or n_eval < 0 or n_unseen < 0:
+            raise UserError(f"qa.n_train={n_train}, qa.n_eval={n_eval}, qa.n_unseen={n_unseen}: need n_train >= 1 "
+                            "and n_eval, n_unseen >= 0",
+                            "set qa.n_train to at least 1 and qa.n_eval and qa.n_unseen to 0 or more")
         self.seed = seed
         self.n_train = n_train
         self.n_eval = n_eval
         self.paraphrases = paraphrases
         self.retain = retain
+        self.n_unseen = n_unseen
+        self.n_per_cause = n_per_cause
+        self.shift_sec = shift_sec
 
     def build(self, story: Story) -> QASet:
         world = story.world
@@ -277,7 +303,8 @@ class FactsQA:
             raise UserError(f"qa.n_train={self.n_train} exceeds the {len(world.facts)} facts of the world",
                             "lower qa.n_train or raise the story.n_* counts")
         rng = random.Random(self.seed)
-        supports = _EvalPlan(world, rng).choose(self.n_eval, self.n_train)
+        plan = _EvalPlan(world, rng)
+        supports = plan.choose(self.n_eval, self.n_train)
         if len(supports) < self.n_eval:
             raise UserError(f"qa.n_eval={self.n_eval}, but only {len(supports)} held-out questions fit "
                             f"{self.n_train} training facts of this world",
@@ -285,18 +312,85 @@ class FactsQA:
         train_facts = self._train_facts(world, supports, rng)
         train, para = self._train_items(world, train_facts, rng)
         evals = [self._eval_item(world, i, s, rng) for i, s in enumerate(supports)]
-        answers = _answers_by_type(train)
+        candidates = _Candidates(world, train_facts, train)
         for item in (*train, *evals):
-            item.distractors = _distractors(world, item, answers, rng)
+            item.distractors = candidates.pick(item, rng)
         for source, item in zip(train, para):
             item.distractors = list(source.distractors)
-        return with_retain(QASet(train=train, eval=evals, paraphrase=para), self.retain)
+        unseen = self._unseen_items(world, plan, train_facts, train, rng)
+        for item in unseen:
+            item.distractors = candidates.pick(item, rng)
+        causes = self._cause_items(train, para)
+        return with_retain(QASet(train=train, eval=evals, paraphrase=para, unseen_facts=unseen, **causes), self.retain)
+
+    def _cause_items(self, train: list[QAItem], para: list[QAItem]) -> dict[str, list[QAItem]]:
+        """Tiers that change one thing of a trained question, so a drop from the train tier has one cause: the
+        trained phrasing in the held-out voice (unseen_voice), the held-out phrasing in the voice it was trained
+        in (unseen_wording), and the trained audio itself `shift_sec` later in the prompt (shifted: the same
+        speech, other Mimi codes). The first `n_per_cause` training items, candidates unchanged."""
+        out: dict[str, list[QAItem]] = {tier: [] for tier in CAUSE_TIERS}
+        for i, (item, rephrased) in enumerate(zip(train[:self.n_per_cause], para)):
+            same = item.model_dump(include={"answer", "aliases", "answer_type", "relation", "distractors", "fact_ids"})
+            for tier, prefix, question, shift in (("unseen_voice", "voice", item.question, 0.0),
+                                                  ("unseen_wording", "wording", rephrased.question, 0.0),
+                                                  ("shifted", "shift", item.question, self.shift_sec)):
+                out[tier].append(QAItem(id=f"{prefix}-{i:03d}", tier=tier, question=question, source_id=item.id,
+                                        shift_sec=shift, **same))
+        return out
+
+    def _unseen_items(self, world: World, plan: _EvalPlan, train_facts: list[Fact], train: list[QAItem],
+                      rng: random.Random) -> list[QAItem]:
+        """The null tier: facts never trained, asked with the training templates (no question of it is ever heard
+        in training, nor its subject with its answer), of every relation in turn.
+
+        Facts whose answer was trained for another subject of the same relation come first: their candidates then
+        meet the same contract as the trained tiers' (gold included), so the tier's score is what the priors give.
+        """
+        trained_ids = {f.id for f in train_facts}
+        trained = {(q.relation, q.answer) for q in train}
+        pool = [f for f in world.facts if f.id not in trained_ids and plan.useful_answer(f.object)]
+        if len(pool) < self.n_unseen:
+            raise UserError(f"qa.n_unseen={self.n_unseen}, but only {len(pool)} facts of this world are untrained",
+                            "lower qa.n_unseen or qa.n_train, or raise the story.n_* counts")
+        ordered = _round_robin(pool, lambda f: f.relation, rng)
+        ordered.sort(key=lambda f: (f.relation, label(world.entity(f.object))) not in trained)
+        items = []
+        for i, fact in enumerate(ordered[:self.n_unseen]):
+            answer = world.entity(fact.object)
+            question = capitalize(rng.choice(QUESTIONS[fact.relation]).format(s=label(world.entity(fact.subject))))
+            items.append(QAItem(id=f"unseen-{i:03d}", tier="unseen_facts", question=question, answer=label(answer),
+                                aliases=aliases(answer), answer_type=answer.kind, fact_ids=[fact.id],
+                                relation=fact.relation))
+        return items
 
     def _train_facts(self, world: World, supports: list[tuple[Fact, ...]], rng: random.Random) -> list[Fact]:
-        """The eval supports' facts, filled up with random others, in random order."""
+        """The eval supports' facts, filled up with others, in random order.
+
+        Multiple choice must have nothing but the question to go by, so the fill takes, in turn: a fact whose answer
+        is new to its relation (an answer trained for many subjects would win on frequency alone), of a relation
+        with enough distinct answers for same-relation distractors, preferably the one closest to having them,
+        whose answer has been trained least often so far; ties are broken at random.
+        """
+        enough = N_DISTRACTORS + 1
+        distinct_in_world = Counter(r for r, _ in {(f.relation, f.object) for f in world.facts})
         needed = {f.id for s in supports for f in s}
-        rest = [f for f in world.facts if f.id not in needed]
-        chosen = [f for f in world.facts if f.id in needed] + rng.sample(rest, self.n_train - len(needed))
+        chosen = [f for f in world.facts if f.id in needed]
+        in_relation = Counter((f.relation, f.object) for f in chosen)
+        overall = Counter(f.object for f in chosen)
+
+        def priority(f: Fact) -> tuple[int, bool, int, int]:
+            distinct = sum(1 for r, _ in in_relation if r == f.relation)
+            short = -distinct if distinct < enough else 1  # the relation closest to enough answers fills first
+            return (in_relation[(f.relation, f.object)], distinct_in_world[f.relation] < enough, short,
+                    overall[f.object])
+
+        rest = rng.sample([f for f in world.facts if f.id not in needed], len(world.facts) - len(needed))
+        for _ in range(self.n_train - len(chosen)):
+            fact = min(rest, key=priority)
+            rest.remove(fact)
+            chosen.append(fact)
+            in_relation[(fact.relation, fact.object)] += 1
+            overall[fact.object] += 1
         return rng.sample(chosen, len(chosen))
 
     def _train_items(self, world: World, facts: list[Fact],
@@ -306,7 +400,8 @@ class FactsQA:
             subject, answer = world.entity(fact.subject), world.entity(fact.object)
             templates = rng.sample(QUESTIONS[fact.relation], self.paraphrases + 1)
             phrasings = [capitalize(t.format(s=label(subject))) for t in templates]
-            common = dict(answer=label(answer), aliases=aliases(answer), answer_type=answer.kind, fact_ids=[fact.id])
+            common = dict(answer=label(answer), aliases=aliases(answer), answer_type=answer.kind, fact_ids=[fact.id],
+                          relation=fact.relation)
             tid = f"train-{i:03d}"
             train.append(QAItem(id=tid, tier="train", question=phrasings[0], phrasings=phrasings[:-1], **common))
             para.append(QAItem(id=f"para-{i:03d}", tier="paraphrase", question=phrasings[-1], source_id=tid, **common))
@@ -318,36 +413,58 @@ class FactsQA:
             (fact,) = support
             answer = world.entity(fact.subject)
             question = rng.choice(REVERSE[fact.relation]).format(o=label(world.entity(fact.object)))
+            relation = reverse(fact.relation)
         else:
             first, second = support
             phrase = rng.choice(DESCRIPTORS[first.relation]).format(s=label(world.entity(first.subject)))
             answer = world.entity(second.object)
             question = rng.choice(QUESTIONS[second.relation]).format(s=phrase)
+            relation = second.relation
         return QAItem(id=f"eval-{i:03d}", tier="eval", question=capitalize(question), answer=label(answer),
-                      aliases=aliases(answer), answer_type=answer.kind, fact_ids=[f.id for f in support])
+                      aliases=aliases(answer), answer_type=answer.kind, fact_ids=[f.id for f in support],
+                      relation=relation)
 
 
-def _answers_by_type(train: list[QAItem]) -> dict[str, list[str]]:
-    by_type: dict[str, set[str]] = defaultdict(set)
-    for item in train:
-        by_type[item.answer_type].add(item.answer)
-    return {t: sorted(a) for t, a in by_type.items()}
+class _Candidates:
+    """Distractor choice that leaves nothing but the question to pick the gold by.
 
-
-def _distractors(world: World, item: QAItem, answers: dict[str, list[str]], rng: random.Random) -> list[str]:
-    """Other training answers of the item's type; other entities of that kind only if too few were trained.
-
-    Never the gold answer (or an alias), and never a name the question itself mentions.
+    A candidate must not be findable without the question, so distractors are answers the trained facts give for
+    the item's own relation (its reverse for a backward question), with the same kind word as the gold
+    ("King", "wyrm", "Order") where they can, and then the closest to the gold in how often they were trained as
+    an answer (over all relations, then within the relation) and in length (characters, a proxy for tokens).
+    Only when a relation has too few trained answers do other answers of the same kind fill in, then untrained
+    entities of that kind; QASet flags every candidate that was not trained as an answer of the item's relation.
     """
-    gold = {a.lower() for a in (item.answer, *item.aliases)}
 
-    def ok(candidate: str) -> bool:
-        return candidate.lower() not in gold and candidate not in item.question
+    def __init__(self, world: World, facts: Sequence[Fact], train: Sequence[QAItem]) -> None:
+        self.count = Counter(item.answer for item in train)  # training items answered by it, all relations
+        self.in_relation: dict[str, Counter[str]] = defaultdict(Counter)
+        for fact in facts:
+            subject, obj = world.entity(fact.subject), world.entity(fact.object)
+            self.in_relation[fact.relation][label(obj)] += 1
+            self.in_relation[reverse(fact.relation)][label(subject)] += 1
+        self.kind_word = {label(e): kind_word(e) for e in world.entities}
+        self.of_kind: dict[str, set[str]] = defaultdict(set)
+        for e in world.entities:
+            self.of_kind[e.kind].add(label(e))
+        self.trained_of_kind: dict[str, set[str]] = defaultdict(set)
+        for item in train:
+            self.trained_of_kind[item.answer_type].add(item.answer)
 
-    trained = [a for a in answers.get(item.answer_type, []) if ok(a)]
-    picked = rng.sample(trained, min(N_DISTRACTORS, len(trained)))
-    if len(picked) < N_DISTRACTORS:
-        spare = sorted({label(e) for e in world.entities if e.kind == item.answer_type} - set(picked))
-        spare = [a for a in spare if ok(a)]
-        picked += rng.sample(spare, min(N_DISTRACTORS - len(picked), len(spare)))
-    return picked
+    def pick(self, item: QAItem, rng: random.Random) -> list[str]:
+        """N_DISTRACTORS candidates for `item` (fewer only when its kind has too few entities)."""
+        assert item.relation is not None, f"{item.id}: qa=facts items name their relation"
+        gold = {a.lower() for a in (item.answer, *item.aliases)}
+        relation = self.in_relation[item.relation]
+        same_word = {a for a in relation if self.kind_word[a] == self.kind_word[item.answer]}
+        trained = self.trained_of_kind[item.answer_type]
+        pools = (same_word, set(relation), {a for a in trained if self.kind_word[a] == self.kind_word[item.answer]},
+                 trained, self.of_kind[item.answer_type])
+        picked: list[str] = []
+        for pool in pools:
+            rest = [a for a in sorted(pool) if a.lower() not in gold and a not in item.question and a not in picked]
+            rng.shuffle(rest)  # ties go to chance, not to the alphabet
+            rest.sort(key=lambda a: (abs(self.count[a] - self.count[item.answer]),
+                                     abs(relation[a] - relation[item.answer]), abs(len(a) - len(item.answer))))
+            picked += rest[:N_DISTRACTORS - len(picked)]
+        return picked

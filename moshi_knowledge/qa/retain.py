@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.qa.schema import QAItem, QASet
+from moshi_knowledge.qa.schema import TIERS, QAItem, QASet
 from moshi_knowledge.text_norm import normalise
 
 RETAIN_FILE = Path(__file__).with_name("retain.json")
@@ -42,4 +42,4 @@ def with_retain(qa: QASet, retain: bool) -> QASet:
                 "of this Q/A set, so it would be trained and could not measure forgetting",
                 fix="set qa.retain=false, or remove that question from your Q/A",
             )
-    return QASet(train=qa.train, eval=qa.eval, paraphrase=qa.paraphrase, retain=items)
+    return QASet(**{**{tier: getattr(qa, tier) for tier in TIERS}, "retain": items})

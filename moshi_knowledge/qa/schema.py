@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
 from moshi_knowledge.io_utils import atomic_write_json, read_json
 
-Tier = Literal["train", "eval", "paraphrase", "retain"]
+Tier = Literal["train", "eval", "paraphrase", "retain", "unseen_facts", "unseen_voice", "unseen_wording", "shifted"]
+# Trained facts asked with one thing changed (qa/facts.py), each tier's source_id naming the training item.
+CAUSE_TIERS = ("unseen_voice", "unseen_wording", "shifted")
+
+
+TIERS: tuple[Tier, ...] = get_args(Tier)
 
 
 class QAItem(BaseModel):
@@ -23,9 +29,15 @@ class QAItem(BaseModel):
     phrasings: list[str] = Field(default_factory=list)
     aliases: list[str] = Field(default_factory=list)
     answer_type: str = "text"  # person, place, year, ...: distractors share it
+    # The relation whose answer is asked (qa=facts; "<relation>^-1" asked backwards): distractors share it.
+    relation: str | None = None
     distractors: list[str] = Field(default_factory=list)
+    # Candidates (gold first, then distractors) that no training item of the same relation (or, without
+    # relations, the same answer_type) has as its answer: set by QASet, so the contract holds for every backend.
+    untrained_candidates: list[str] = Field(default_factory=list)
     fact_ids: list[str] = Field(default_factory=list)  # supporting facts (or training item ids)
-    source_id: str | None = None  # paraphrase tier: the training item it rephrases
+    source_id: str | None = None  # paraphrase and CAUSE_TIERS: the training item it asks again
+    shift_sec: float = Field(default=0.0, ge=0.0)  # shifted tier: silence put before the question's audio
     quote: str | None = None  # LLM backends: the story passage that supports the answer
 
     @model_validator(mode="after")
@@ -44,6 +56,10 @@ class QASet(BaseModel):
     eval: list[QAItem] = Field(default_factory=list)
     paraphrase: list[QAItem] = Field(default_factory=list)
     retain: list[QAItem] = Field(default_factory=list)  # general knowledge, never trained (qa/retain.py)
+    unseen_facts: list[QAItem] = Field(default_factory=list)  # qa=facts: facts never trained, the null tier
+    unseen_voice: list[QAItem] = Field(default_factory=list)  # a trained phrasing in the held-out voice
+    unseen_wording: list[QAItem] = Field(default_factory=list)  # a held-out phrasing in the trained voice
+    shifted: list[QAItem] = Field(default_factory=list)  # a trained question's audio, later in the prompt
 
     @model_validator(mode="after")
     def _consistent(self) -> "QASet":
@@ -51,18 +67,30 @@ class QASet(BaseModel):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"duplicate question ids: {dupes}")
-        for tier in ("train", "eval", "paraphrase", "retain"):
+        for tier in TIERS:
             for q in getattr(self, tier):
                 if q.tier != tier:
                     raise ValueError(f"item {q.id} has tier {q.tier!r} but is listed under {tier!r}")
         train_ids = {q.id for q in self.train}
-        for q in self.paraphrase:
+        for q in [*self.paraphrase, *(q for tier in CAUSE_TIERS for q in getattr(self, tier))]:
             if q.source_id not in train_ids:
-                raise ValueError(f"paraphrase {q.id} rephrases unknown training item {q.source_id!r}")
+                raise ValueError(f"{q.tier} item {q.id} asks again unknown training item {q.source_id!r}")
+        self._flag_untrained()
         return self
 
+    def _flag_untrained(self) -> None:
+        """The distractor contract: every candidate was trained as an answer of the item's relation, or is listed
+        in `untrained_candidates`. The retain tier is exempt: none of its candidates is ever trained, gold included."""
+        trained: dict[str, set[str]] = defaultdict(set)
+        for q in self.train:
+            trained[q.relation or q.answer_type].add(q.answer)
+        for q in self.all_items():
+            if q.tier != "retain":
+                answers = trained[q.relation or q.answer_type]
+                q.untrained_candidates = [c for c in (q.answer, *q.distractors) if c not in answers]
+
     def all_items(self) -> list[QAItem]:
-        return [*self.train, *self.eval, *self.paraphrase, *self.retain]
+        return [q for tier in TIERS for q in getattr(self, tier)]
 
     def save(self, out_dir: Path) -> None:
         atomic_write_json(out_dir / "qa.json", self.model_dump())

@@ -13,11 +13,13 @@ and recall rows share one axis. `summary.json` holds the final figures of the ru
     eval/loss                     eval loss on the fixed eval set (metrics rows; final value in the summary)
     nan_guard/events              cumulative count of NaN-guard events (metrics rows and summary)
     train/useful_frames_per_sec   throughput (metrics rows; last value in the summary)
-    recall/<tier>/mc_acc          multiple-choice accuracy on a tier (train | eval | paraphrase | retain); recall
-                                  rows in metrics, final value in the summary
+    recall/<tier>/mc_acc          multiple-choice accuracy on a tier (train | eval | paraphrase | unseen_facts |
+                                  retain, and eval_tune | eval_test, the halves of eval: SPLIT_TIERS); recall rows
+                                  in metrics, final value in the summary
     recall/<tier>/mc_acc_low      lower end of the 95% Wilson interval of the final mc_acc (summary)
     recall/<tier>/mc_acc_high     upper end of that interval (summary)
-    recall/<tier>/best_mc_acc     best mc_acc over the run's evaluations (summary)
+    recall/<tier>/best_mc_acc     the maximum of mc_acc over the run's evaluations (summary): biased upward by the
+                                  choice of step, so never a headline
     recall/<tier>/baseline_mc_acc mc_acc of the untrained base model on the same questions (summary)
     recall/<tier>/delta           mc_acc - baseline_mc_acc (summary)
     recall/<tier>/p_value         paired test of final against baseline on the same questions (summary)
@@ -27,6 +29,20 @@ and recall rows share one axis. `summary.json` holds the final figures of the ru
     recall/<tier>/mc_acc_shuffled mc_acc with each question's audio scored against another question's candidates
                                   (a control: near chance unless the answer comes from something but the question)
     recall/<tier>/mc_acc_silence  mc_acc with the question's audio replaced by silence (a control, as above)
+    recall/<tier>/mc_acc_sum      mc_acc with candidates ranked by the summed (not the mean) log-probability of
+                                  their tokens: each score has its own length bias, a real effect shows in both
+    recall/<tier>/gen_acc         generation: the first answer span (up to the first clause break), normalised, is
+                                  the gold or an alias (f1: token F1 of that span); recall rows and summary
+    recall/<tier>/gen_acc_lenient generation: the gold appears anywhere in what Moshi said (lenient: babble that
+                                  happens to include the gold counts)
+    recall/<tier>/p_vs_shuffled   one-sided exact McNemar test (clustered by fact) that the real questions beat the
+                                  shuffled control, on the same questions, model and step
+    recall/<tier>/p_vs_silence    the same against the silence control
+    recall/<tier>/p_vs_unseen_facts  one-sided Fisher exact test that the tier beats the unseen_facts tier (facts
+                                  never trained) at the same step
+    recall/<tier>/p_vs_null       the headline test: the largest of the tier's p_vs_* (above every null, or not)
+    recall/<tier>/n_flagged       questions with a candidate never trained as an answer of the question's relation
+                                  (the distractor contract's flags, qa/schema.py)
     recall_time/<part>_sec        seconds of one recall evaluation's parts: mc, gen, controls, voice, total, and
                                   setup with the first (recall rows)
     memory/train_peak_gib         training's peak GPU memory allocated so far (train rows, GPU only)
@@ -69,11 +85,16 @@ RECALL_STATS = (
     # also written by the recall evaluation (evaluation/report.py)
     "mc_rank", "mc_margin", "gen_acc", "gen_acc_low", "gen_acc_high", "baseline_gen_acc", "best_gen_acc",
     "gen_delta", "gen_p_value", "f1", "judge_acc", "n_nonfinite", "mc_acc_shuffled", "mc_acc_silence",
+    "mc_acc_sum", "n_flagged", "gen_acc_lenient", "p_vs_shuffled", "p_vs_silence", "p_vs_unseen_facts", "p_vs_null",
 )
 # Final figures of the loop (train/ and eval/) that a sweep may optimise, besides every recall key.
 LOSS_KEYS = (TRAIN_LOSS, "train/text_loss", "train/audio_loss", EVAL_LOSS, "eval/text_loss", "eval/audio_loss",
              "eval/ppl", "eval/text_ppl")
 OBJECTIVE_MODES = ("max", "min")
+# Tiers split into two halves by cluster (deterministic by eval.seed): a sweep tunes on recall/eval_tune/..., the
+# report quotes recall/eval_test/..., so the figure quoted was never the one selected on.
+SPLIT_TIERS = ("eval",)
+HALVES = ("tune", "test")
 _RECALL_KEY = re.compile(r"^recall/(?P<tier>[^/]+)/mc_acc$")
 
 
@@ -89,6 +110,16 @@ def recall_key(tier: str, stat: str = "mc_acc") -> str:
     return f"recall/{tier}/{stat}"
 
 
+def half_tier(tier: str, half: str) -> str:
+    """The tier name under which one half of a split tier is reported: eval_tune, eval_test."""
+    return f"{tier}_{half}"
+
+
+def reported_tiers(tiers: Sequence[str]) -> list[str]:
+    """The tiers a run reports for `eval.tiers`: each, plus both halves of each split tier."""
+    return [*tiers, *(half_tier(t, h) for t in tiers if t in SPLIT_TIERS for h in HALVES)]
+
+
 def recall_tiers(keys: Any) -> list[str]:
     """Tiers that have a final `recall/<tier>/mc_acc` among `keys`, in first-seen order."""
     tiers = [m["tier"] for k in keys if (m := _RECALL_KEY.match(k))]
@@ -99,11 +130,11 @@ def check_objective(metric: str, mode: str, tiers: Sequence[str]) -> None:
     """Refuse, before any stage runs, an objective the run can never report (a typo would make every trial fail)."""
     if mode not in OBJECTIVE_MODES:
         raise UserError(f"objective.mode={mode!r} is not a direction", "set objective.mode to max or min")
-    known = [*LOSS_KEYS, *(recall_key(t, s) for t in tiers for s in RECALL_STATS)]
+    known = [*LOSS_KEYS, *(recall_key(t, s) for t in reported_tiers(tiers) for s in RECALL_STATS)]
     if metric not in known:
         raise UserError(f"objective.metric={metric!r} is not a figure this run reports",
-                        f"use a key of summary.json: recall/<tier>/<stat> with <tier> in eval.tiers "
-                        f"{list(tiers)} and <stat> one of "
+                        f"use a key of summary.json: recall/<tier>/<stat> with <tier> one of "
+                        f"{reported_tiers(tiers)} (eval.tiers and their halves) and <stat> one of "
                         f"{', '.join(RECALL_STATS)}, or one of {', '.join(LOSS_KEYS)}")
 
 
