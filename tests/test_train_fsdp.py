@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from moshi_knowledge.tracking.files import read_metrics
-from moshi_knowledge.train.checkpoint import SHARDED, load_checkpoint
+from moshi_knowledge.train.checkpoint import SHARDED, load_checkpoint, resume_latest
 from moshi_knowledge.train.distributed import DistInfo, is_sharded
 from moshi_knowledge.train.loop import train
 from moshi_knowledge.train.nan_guard import NanGuard
@@ -117,3 +117,23 @@ def test_one_process_loads_a_two_rank_sharded_checkpoint(fsdp_run) -> None:
     for name, weight in ranks[0]["weights"].items():
         assert torch.equal(params[name].detach(), weight), name
     assert len(optimizer.state) == len(params)  # AdamW moments came back too
+
+
+@pytest.mark.parametrize("damage", ["truncated shard", "missing metadata", "garbled state"])
+def test_resume_skips_a_damaged_sharded_checkpoint(fsdp_run, tmp_path, damage, caplog) -> None:
+    root, ranks = fsdp_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(root / "straight" / "checkpoints", run_dir / "checkpoints")
+    newest = run_dir / f"checkpoints/step_{STEPS:08d}"
+    if damage == "truncated shard":
+        shard = newest / SHARDED / "__1_0.distcp"
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif damage == "missing metadata":
+        (newest / SHARDED / ".metadata").unlink()
+    else:
+        (newest / "state.json").write_text("{garbled")
+    model = tiny_lm(seed=1)
+    params = {n: p for n, p in model.named_parameters()}
+    state = resume_latest(run_dir, params, build_optimizer(list(params.values()), config()), DistInfo(), model=model)
+    assert state["step"] == STEPS // 2, "the intact checkpoint before the damaged one"
+    assert any(newest.name in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)

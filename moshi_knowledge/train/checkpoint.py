@@ -168,13 +168,31 @@ def _read(path: Path, rank: int) -> _Saved:
         raise DamagedCheckpoint(f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
 
 
+def _check_sharded(path: Path) -> None:
+    """Raise DamagedCheckpoint unless state.json, the DCP metadata and every byte range it names are there.
+
+    Every rank reads the same files, so all ranks reach the same verdict and skip (or load) together."""
+    try:
+        state = read_json(path / "state.json")
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError("state.json has no step")
+        metadata = dcp.FileSystemReader(path / SHARDED).read_metadata()
+        for item in metadata.storage_data.values():
+            shard = path / SHARDED / item.relative_path
+            if not shard.is_file() or shard.stat().st_size < item.offset + item.length:
+                raise ValueError(f"{item.relative_path} is missing or shorter than its metadata says")
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise DamagedCheckpoint(f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
+
+
 def load_checkpoint(path: Path, params: Mapping[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                     info: DistInfo, model: Optional[nn.Module] = None) -> dict:
     """Restore weights, optimizer and this rank's RNG in place; returns state.json. Raises DamagedCheckpoint,
-    having changed nothing, for an unsharded checkpoint that cannot be read.
+    having changed nothing, for a checkpoint that cannot be read whole (a sharded one: missing or short files).
 
     Collective for a sharded checkpoint, which needs `model` (any world size, sharded or not, can load it)."""
     if (path / SHARDED).is_dir():
+        _check_sharded(path)
         _load_sharded(path, params, optimizer, model)
         rng = path / f"rng_rank{info.rank}.pt"
         if rng.exists():
