@@ -190,3 +190,26 @@ def test_the_codec_loads_without_the_lm(folder, loaded, tmp_path) -> None:
         assert torch.equal(codec.mimi.encode(wave), loaded.mimi.encode(wave))
     with pytest.raises(SafetensorError):
         load_model(source, device="cpu")
+
+
+def test_moshi_imported_before_the_project_still_never_compiles_on_cpu(tmp_path) -> None:
+    """moshi reads NO_TORCH_COMPILE when its modules are imported: one imported before moshi_knowledge.model
+    (as an evaluation module's import once did) must still run eagerly on a CPU, compiling no graph."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os; os.environ.pop('NO_TORCH_COMPILE', None)\n"
+        "import torch\n"
+        "from moshi.modules import transformer\n"  # compiled wrappers made while compile was still on
+        "import moshi_knowledge.model\n"
+        "from torch._dynamo.utils import counters\n"
+        "x = torch.randn(2, 3, 8)\n"
+        "transformer._rms_norm(x, torch.ones(8), torch.float32, 1e-5)\n"
+        "print('graphs', counters['stats']['unique_graphs'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NO_TORCH_COMPILE"} | {"CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "graphs 0" in done.stdout

@@ -2,7 +2,7 @@
 
 moshi wraps a few small functions (RMS norm, rope, gating) in `torch.compile` unless NO_TORCH_COMPILE is set.
 On CPU that compile costs ~18 s of inductor time for a tiny forward+backward and buys nothing, so without a GPU
-we switch it off here, before any submodule imports moshi. A value the user set wins (setdefault).
+we switch it off here, also for moshi modules that were imported first. A value the user set wins (setdefault).
 
 On a GPU the compile stays on, but one run calls the RMS norm in more guard variants than dynamo's default
 limit of 8 compiled versions per function (training with and without grad under checkpointing, eval, scoring,
@@ -28,7 +28,13 @@ RECOMPILE_LIMIT = 64
 
 if not torch.cuda.is_available():
     os.environ.setdefault("NO_TORCH_COMPILE", "1")
-elif not os.environ.get("NO_TORCH_COMPILE"):
+if os.environ.get("NO_TORCH_COMPILE"):
+    from moshi.utils import compile as moshi_compile
+
+    # moshi reads the variable when it defines its compiled functions; those of modules imported before this
+    # line still check this flag at every call.
+    moshi_compile._compile_disabled = True
+else:
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
