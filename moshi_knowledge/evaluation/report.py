@@ -102,15 +102,16 @@ def recall_table(summary: Mapping[str, Any]) -> str:
     silent has no pitch, and a table must never be what fails a finished run.
     """
     tiers = list(dict.fromkeys(k.split("/")[1] for k in summary if k.startswith("recall/")))
-    header = f"{'tier':<11}{'n':>4}  {'MC base':>7} {'MC final':>8} {'95% CI':>13} {'delta':>6} {'p':>7}" \
-             f"  {'gen base':>8} {'gen final':>9} {'p':>7} {'F1':>5}"
+    w = _tier_width(tiers)
+    header = f"{'tier':<{w}}{'n':>4}  {'MC base':>7} {'MC final':>8} {'95% CI':>13} {'delta':>6} {'p':>9}" \
+             f"  {'gen base':>8} {'gen final':>9} {'p':>9} {'F1':>5}"
     lines = [header, "-" * len(header)]
     for tier in tiers:
         g = lambda stat, spec, tier=tier: _fmt(summary.get(key(tier, stat)), spec)  # noqa: E731
         ci = f"[{g('mc_acc_low', '.2f')}, {g('mc_acc_high', '.2f')}]"
-        lines.append(f"{tier:<11}{g('n', '.0f'):>4}  {g('baseline_mc_acc', '.2f'):>7} {g('mc_acc', '.2f'):>8} "
-                     f"{ci:>13} {g('delta', '+.2f'):>6} {g('p_value', '.3g'):>7}  "
-                     f"{g('baseline_gen_acc', '.2f'):>8} {g('gen_acc', '.2f'):>9} {g('gen_p_value', '.3g'):>7} "
+        lines.append(f"{tier:<{w}}{g('n', '.0f'):>4}  {g('baseline_mc_acc', '.2f'):>7} {g('mc_acc', '.2f'):>8} "
+                     f"{ci:>13} {g('delta', '+.2f'):>6} {g('p_value', '.3g'):>9}  "
+                     f"{g('baseline_gen_acc', '.2f'):>8} {g('gen_acc', '.2f'):>9} {g('gen_p_value', '.3g'):>9} "
                      f"{g('f1', '.2f'):>5}")
     for tier in tiers:
         if (summary.get(key(tier, "n_nonfinite")) or 0) > 0:
@@ -124,6 +125,11 @@ def recall_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _tier_width(tiers: Sequence[str]) -> int:
+    """The tier column's width: the longest name and a space (p-values such as 1.32e-23 fill their columns)."""
+    return max([11, *(len(t) + 2 for t in tiers)])
+
+
 def _controls_table(summary: Mapping[str, Any], tiers: Sequence[str]) -> list[str]:
     """Under the recall table, the headline: per tier, the final MC figure beside each null's (the silence and
     shuffled controls on the same questions, the unseen_facts tier) with the one-sided p-value against each, and
@@ -132,14 +138,15 @@ def _controls_table(summary: Mapping[str, Any], tiers: Sequence[str]) -> list[st
     shown = [t for t in tiers if key(t, "p_vs_null") in summary or key(t, "mc_acc_silence") in summary]
     if not shown:
         return []
-    header = f"{'vs nulls':<13}{'MC':>5}" + "".join(f"{n[:8]:>9}{'p':>7}" for n in nulls) + f"{'p null':>8}"
+    w = _tier_width(shown)
+    header = f"{'vs nulls':<{w}}{'MC':>5}" + "".join(f"{n[:8]:>9}{'p':>10}" for n in nulls) + f"{'p null':>10}"
     lines = ["", header, "-" * len(header)]
     for tier in shown:
         cells = [f"{_fmt(summary.get(key(tier)), '.2f'):>5}"]
         for null in nulls:
             value = summary.get(key(NULL_TIER)) if null == NULL_TIER else summary.get(key(tier, f"mc_acc_{null}"))
-            cells.append(f"{_fmt(value, '.2f'):>9}{_fmt(summary.get(key(tier, f'p_vs_{null}')), '.3g'):>7}")
-        lines.append(f"{tier:<13}" + "".join(cells) + f"{_fmt(summary.get(key(tier, 'p_vs_null')), '.3g'):>8}")
+            cells.append(f"{_fmt(value, '.2f'):>9}{_fmt(summary.get(key(tier, f'p_vs_{null}')), '.3g'):>10}")
+        lines.append(f"{tier:<{w}}" + "".join(cells) + f"{_fmt(summary.get(key(tier, 'p_vs_null')), '.3g'):>10}")
     return lines
 
 
