@@ -110,6 +110,13 @@ def _winner_section(runs: list[RunRecord], labels: list[str], tiers: list[str]) 
     matches within chance is said to be indistinguishable, in words, at the top of the report.
     """
     lines, rows = [], []
+    finals: dict[Path, dict[str, dict[str, tuple[bool, str]]]] = {}  # each run's predictions file read once
+
+    def final(run: RunRecord, tier: str) -> dict[str, tuple[bool, str]]:
+        if run.path not in finals:
+            finals[run.path] = _final_predictions(run)
+        return finals[run.path].get(tier, {})
+
     for tier in tiers:
         ranked = sorted(((acc, label, run) for run, label in zip(runs, labels)
                          if (acc := _completed_recall(run, tier)) is not None and math.isfinite(acc)),
@@ -117,7 +124,7 @@ def _winner_section(runs: list[RunRecord], labels: list[str], tiers: list[str]) 
         if len(ranked) < 2:
             continue
         (best_acc, best, best_run), (next_acc, runner, next_run) = ranked[:2]
-        a, b = _final_predictions(best_run, tier), _final_predictions(next_run, tier)
+        a, b = final(best_run, tier), final(next_run, tier)
         shared = sorted(set(a) & set(b))
         if not shared:
             continue
@@ -138,12 +145,16 @@ def _winner_section(runs: list[RunRecord], labels: list[str], tiers: list[str]) 
     return "\n".join(["## Which config won", "", *lines, "", _row(header), _row(["---"] * len(header)), *rows])
 
 
-def _final_predictions(run: RunRecord, tier: str) -> dict[str, tuple[bool, str]]:
-    """qid -> (multiple choice right, fact cluster) at the run's last evaluation, for one tier."""
+def _final_predictions(run: RunRecord) -> dict[str, dict[str, tuple[bool, str]]]:
+    """tier -> qid -> (multiple choice right, fact cluster) at the run's last evaluation."""
     path = run.path / PREDICTIONS_FILE
-    rows = [r for r in read_metrics(path) if r.get("tier") == tier] if path.is_file() else []
+    rows = read_metrics(path) if path.is_file() else []
     last = max((r["step"] for r in rows), default=None)
-    return {r["qid"]: (bool(r.get("mc_correct")), str(r.get("cluster", r["qid"]))) for r in rows if r["step"] == last}
+    out: dict[str, dict[str, tuple[bool, str]]] = {}
+    for r in rows:
+        if r["step"] == last:
+            out.setdefault(r["tier"], {})[r["qid"]] = (bool(r.get("mc_correct")), str(r.get("cluster", r["qid"])))
+    return out
 
 
 # ---- table ---------------------------------------------------------------------------------------------------
@@ -391,11 +402,11 @@ def _recall_line(runs: list[RunRecord], tiers: list[str], key: str, path: Path) 
         points = []
         for j, x in enumerate(xs):
             members = [r for r in runs if r.param_values().get(key, _MISSING) == x]
-            scored = [r for r in members if (v := _completed_recall(r, tier)) is not None and math.isfinite(v)]
+            scored = [(r, v) for r in members if (v := _completed_recall(r, tier)) is not None and math.isfinite(v)]
             if scored:  # several runs of one value (seeds): their mean, and the spread of their intervals
-                mean = sum(_completed_recall(r, tier) for r in scored) / len(scored)
-                low = min(r.final(recall_key(tier, "mc_acc_low")) or mean for r in scored)
-                high = max(r.final(recall_key(tier, "mc_acc_high")) or mean for r in scored)
+                mean = sum(v for _, v in scored) / len(scored)
+                low = min(r.final(recall_key(tier, "mc_acc_low")) or mean for r, _ in scored)
+                high = max(r.final(recall_key(tier, "mc_acc_high")) or mean for r, _ in scored)
                 points.append((j, mean, mean - low, high - mean))
         if points:
             n = next((r.final(recall_key(tier, "n")) for r in runs if r.final(recall_key(tier, "n"))), None)

@@ -193,13 +193,13 @@ def _score_group(lm: LMModel, rows: Sequence[Sequence[torch.Tensor]], inputs: Se
     """
     owner = torch.tensor([q for q, r in enumerate(rows) for _ in r], device=lm.device)
     codes = _stack_padded([c for r in rows for c in r]).to(lm.device)
-    rest = _stack_inputs([x[:, :, shared:] for x in inputs])
+    rest = _stack_padded([row for x in inputs for row in x[:, :, shared:]])
     with attention_span(lm, shared + rest.shape[2]), lm.transformer.streaming(len(rows)):
         pieces = []
         if shared:
             first = torch.stack([x[0, :, :shared] for x in inputs]).to(lm.device)
             _, logits = lm.forward_text(first)
-            pieces.append(_gather_targets(logits[owner], codes[:, :, :shared]))
+            pieces.append(_gather_targets(logits, codes[:, :, :shared], owner))
         _repeat_rows(lm.transformer, owner)
         _, logits = lm.forward_text(rest.to(lm.device))
         pieces.append(_gather_targets(logits, codes[:, :, shared:]))
@@ -231,21 +231,15 @@ def _repeat_rows(module: StreamingModule, index: torch.Tensor) -> None:
         state.batch_size = len(index)
 
 
-def _gather_targets(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """[B, T]: the log-probability the text logits [B, 1, T, V] give codes[:, 0] (-1 frames read harmlessly)."""
+def _gather_targets(logits: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T]: the log-probability the text logits [Q, 1, T, V] give codes[:, 0] (-1 frames read harmlessly).
+
+    Row b reads logits row `rows[b]` (default: row b), so the shared prefix's logits serve every candidate of
+    its question without being copied per candidate."""
     log_probs = torch.log_softmax(logits[:, 0].float(), dim=-1)
-    return log_probs.gather(-1, codes[:, 0].clamp(min=0)[..., None])[..., 0]
-
-
-def _stack_inputs(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """[sum B, 17, T_max] from per-question [B, 17, T] inputs; frames past a row's end are the zero token."""
-    length = max(x.shape[2] for x in inputs)
-    out = torch.full((sum(x.shape[0] for x in inputs), N_STREAMS, length), ZERO_TOKEN, dtype=torch.long)
-    k = 0
-    for x in inputs:
-        out[k:k + x.shape[0], :, :x.shape[2]] = x
-        k += x.shape[0]
-    return out
+    rows = torch.arange(codes.shape[0], device=codes.device) if rows is None else rows
+    frames = torch.arange(codes.shape[2], device=codes.device)
+    return log_probs[rows[:, None], frames[None, :], codes[:, 0].clamp(min=0)]
 
 
 def _stack_padded(rows: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -13,12 +13,14 @@ the optimizer state, so no rank ever holds the whole 7B state. DCP re-shards on 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import pickle
 import random
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -153,36 +155,44 @@ class _Saved:
     rng: Optional[dict]  # this rank's RNG states (None: a rank that saved none)
 
 
-def _read(path: Path, rank: int) -> _Saved:
-    """Every file of an unsharded checkpoint, read before anything is applied, so a damaged one changes nothing."""
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    """Turn any failure to read a checkpoint's files into DamagedCheckpoint."""
     try:
-        state = read_json(path / "state.json")
-        if not isinstance(state, dict) or "step" not in state:
-            raise ValueError("state.json has no step")
-        rng = path / f"rng_rank{rank}.pt"
-        return _Saved(state, torch.load(path / "trainable.pt", map_location="cpu", weights_only=True),
-                      torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
-                      torch.load(rng, weights_only=False) if rng.exists() else None)  # ours: Python/numpy tuples
+        yield
     except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         # JSONDecodeError is a ValueError; torch's "PytorchStreamReader failed reading zip archive" a RuntimeError
         raise DamagedCheckpoint(f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
 
 
-def _check_sharded(path: Path) -> None:
-    """Raise DamagedCheckpoint unless state.json, the DCP metadata and every byte range it names are there.
+def _read_state(path: Path) -> dict:
+    state = read_json(path / "state.json")
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError("state.json has no step")
+    return state
 
-    Every rank reads the same files, so all ranks reach the same verdict and skip (or load) together."""
-    try:
-        state = read_json(path / "state.json")
-        if not isinstance(state, dict) or "step" not in state:
-            raise ValueError("state.json has no step")
+
+def _read(path: Path, rank: int) -> _Saved:
+    """Every file of an unsharded checkpoint, read before anything is applied, so a damaged one changes nothing."""
+    with _reading():
+        rng = path / f"rng_rank{rank}.pt"
+        return _Saved(_read_state(path), torch.load(path / "trainable.pt", map_location="cpu", weights_only=True),
+                      torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
+                      torch.load(rng, weights_only=False) if rng.exists() else None)  # ours: Python/numpy tuples
+
+
+def _check_sharded(path: Path) -> dict:
+    """state.json of a sharded checkpoint whose DCP metadata and every byte range it names are there; else
+    DamagedCheckpoint. Every rank reads the same files, so all ranks reach the same verdict and skip (or load)
+    together."""
+    with _reading():
+        state = _read_state(path)
         metadata = dcp.FileSystemReader(path / SHARDED).read_metadata()
         for item in metadata.storage_data.values():
             shard = path / SHARDED / item.relative_path
             if not shard.is_file() or shard.stat().st_size < item.offset + item.length:
                 raise ValueError(f"{item.relative_path} is missing or shorter than its metadata says")
-    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise DamagedCheckpoint(f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
+        return state
 
 
 def load_checkpoint(path: Path, params: Mapping[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
@@ -192,12 +202,12 @@ def load_checkpoint(path: Path, params: Mapping[str, torch.nn.Parameter], optimi
 
     Collective for a sharded checkpoint, which needs `model` (any world size, sharded or not, can load it)."""
     if (path / SHARDED).is_dir():
-        _check_sharded(path)
+        state = _check_sharded(path)
         _load_sharded(path, params, optimizer, model)
         rng = path / f"rng_rank{info.rank}.pt"
         if rng.exists():
             _set_rng_state(torch.load(rng, weights_only=False))  # our own file: holds Python/numpy RNG tuples
-        return read_json(path / "state.json")
+        return state
     if model is not None and is_sharded(model):
         raise UserError(f"checkpoint {path} was written by an unsharded (single-process or DDP) run, and this run "
                         "shards the model with FSDP", "resume it with train.distributed=ddp, or start afresh")
