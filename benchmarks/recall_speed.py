@@ -32,8 +32,8 @@ from moshi_knowledge.train.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, US
 from train_throughput import FULL, SMOKE, build_model
 
 LORA = LoraSpec(targets="all", rank=64, alpha=128.0)  # experiment=moshiko_h200
-N_QUESTIONS, N_CANDIDATES, ANSWER_SEC = 220, 4, 4.0
-MC_BATCH, GEN_BATCH = 256, 256  # the preset's eval.mc_batch_size and eval.gen_batch_size
+N_QUESTIONS, N_CANDIDATES, ANSWER_SEC = 330, 4, 4.0  # the default recall set
+MC_BATCH, GEN_BATCH = 256, 352  # the preset's eval.mc_batch_size and eval.gen_batch_size
 
 
 def questions(spec: StreamSpec, card: int, n: int, rng: random.Random) -> tuple[list[MCQuestion], list[Prompt]]:
@@ -55,7 +55,7 @@ def questions(spec: StreamSpec, card: int, n: int, rng: random.Random) -> tuple[
             stream[answer_at + 1::2] = torch.randint(4, spec.text_card, (n_tokens,))
             candidates.append(Candidate(f"c{len(candidates)}", stream))
         mc.append(MCQuestion(f"q{i}", context, candidates))
-        prompts.append(Prompt(context[USER_AUDIO], answer_at))
+        prompts.append(Prompt(context[USER_AUDIO], answer_at, context[MOSHI_AUDIO]))
     return mc, prompts
 
 
