@@ -42,10 +42,12 @@ from moshi_knowledge.speech.schema import Utterance
 from moshi_knowledge.train.batches import StreamSpec
 from moshi_knowledge.train.samples import FRAME_RATE
 
-# Every attention kernel but cuDNN's. On the H200 cuDNN's (torch's first choice there) ran generation's one-frame
-# steps at 3x the time their KV-cache reads need (20% of generation's GPU time), and it builds a kernel for each new
-# shape: the likely cause of a first recall point 7x slower than the next (benchmarks/results/recall_speed.md).
-RECALL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+# Attention kernels for recall's two kinds of pass (benchmarks/results/recall_speed.md). cuDNN's (torch's first
+# choice on the H200) builds a kernel for each new shape: multiple choice runs rows of many lengths, and its first
+# pass took 7x as long as the next, so it goes without cuDNN. Generation has one shape per question set, and there
+# cuDNN's kernel took 0.26 ms per main-transformer layer and step where the memory-efficient one took 0.37 ms.
+MC_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+GENERATION_ATTENTION = [SDPBackend.CUDNN_ATTENTION, *MC_ATTENTION]
 
 
 @dataclass
@@ -85,15 +87,15 @@ class RecallEvaluator:
         peak memory (`memory/recall_peak_gib`)."""
         device = next(model.parameters()).device
         clock = _Stopwatch(device)
-        with _peak_memory(device) as peak, uncompiled(), sdpa_kernel(RECALL_ATTENTION), generation_lm(model) as lm:
-            with clock("mc"):
+        with _peak_memory(device) as peak, uncompiled(), generation_lm(model) as lm:
+            with clock("mc"), sdpa_kernel(MC_ATTENTION):
                 mc = score(lm, [p.mc for p in self.prepared], self.cfg.mc_batch_size) if self.cfg.mc else None
-            with clock("gen"):
+            with clock("gen"), sdpa_kernel(GENERATION_ATTENTION):
                 generations = self._generate(lm) if self.cfg.generate else None
             weights_finite = _finite_weights(model)
             rows = [self._row(step, i, mc, generations, weights_finite) for i in range(len(self.prepared))]
             if self.controls is not None:
-                with clock("controls"):
+                with clock("controls"), sdpa_kernel(MC_ATTENTION):
                     for i, extra in self.controls.row_fields(lm, self.cfg.mc_batch_size, weights_finite).items():
                         rows[i].update(extra)
             metrics = report.step_metrics(rows, self.baseline.predictions if self.baseline else None)
