@@ -4,9 +4,10 @@ The full-scale rehearsal (full_scale.py) times recall inside the app; this scrip
 model sizes without writing a checkpoint: moshi's 7.69 B LM with random weights made on the GPU, the preset's
 LoRA (rank 64 on every Linear), and synthetic questions shaped like the default ones (0.5 s lead, 2-4 s of
 question, 0.5 s gap, a 4 s answer window, four candidates of one to three text tokens). It times the app's own
-functions (`mc.score`, `generate`) the way recall calls them (through `generation_lm`, uncompiled, with recall's
-attention kernels), then profiles one generation batch and writes the busiest kernels and the CPU's share to
-recall_speed.md.
+functions (`mc.score`, `generate`) the way recall calls them (through `generation_lm`, uncompiled), then profiles
+one generation batch and writes the busiest kernels and the CPU's share to recall_speed.md. Attention runs on
+torch's own choice of kernel (cuDNN's on the H200), which recall leaves out (evaluation/recall.py says why): the
+comparison between the two is in benchmarks/README.md.
 
     python benchmarks/recall_speed.py --out results/        # on a GPU
     python benchmarks/recall_speed.py --smoke --out /tmp/x   # tiny sizes, any machine
@@ -22,12 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.attention import sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 from moshi_knowledge.evaluation.generate import Prompt, generate
 from moshi_knowledge.evaluation.mc import Candidate, MCQuestion, score
-from moshi_knowledge.evaluation.recall import GENERATION_ATTENTION, MC_ATTENTION
 from moshi_knowledge.model import uncompiled
 from moshi_knowledge.model.lora import LoraSpec, generation_lm
 from moshi_knowledge.train.batches import StreamSpec
@@ -89,14 +88,12 @@ def main() -> None:
                               "torch": torch.__version__, "questions": n, "seconds": {}}
     with torch.no_grad(), uncompiled(), generation_lm(model) as lm:
         for point in range(3):  # the first pays the GPU's warm-up, as the app's step-0 recall does
-            with sdpa_kernel(MC_ATTENTION):
-                _, mc_sec = timed(lambda: score(lm, mc, MC_BATCH), device)
-            with sdpa_kernel(GENERATION_ATTENTION):
-                _, gen_sec = timed(lambda: generate(lm, prompts, answer_frames, GEN_BATCH), device)
+            _, mc_sec = timed(lambda: score(lm, mc, MC_BATCH), device)
+            _, gen_sec = timed(lambda: generate(lm, prompts, answer_frames, GEN_BATCH), device)
             result["seconds"][f"point_{point}"] = {"mc": mc_sec, "gen": gen_sec}
             print(f"point {point}: multiple choice {mc_sec:.2f} s, generation {gen_sec:.2f} s", flush=True)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=activities) as prof, sdpa_kernel(GENERATION_ATTENTION):
+        with profile(activities=activities) as prof:
             _, profiled_sec = timed(lambda: generate(lm, prompts, answer_frames, GEN_BATCH), device)
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60)

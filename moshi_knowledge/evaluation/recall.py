@@ -42,12 +42,12 @@ from moshi_knowledge.speech.schema import Utterance
 from moshi_knowledge.train.batches import StreamSpec
 from moshi_knowledge.train.samples import FRAME_RATE
 
-# Attention kernels for recall's two kinds of pass (benchmarks/results/recall_speed.md). cuDNN's (torch's first
-# choice on the H200) builds a kernel for each new shape: multiple choice runs rows of many lengths, and its first
-# pass took 7x as long as the next, so it goes without cuDNN. Generation has one shape per question set, and there
-# cuDNN's kernel took 0.26 ms per main-transformer layer and step where the memory-efficient one took 0.37 ms.
-MC_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-GENERATION_ATTENTION = [SDPBackend.CUDNN_ATTENTION, *MC_ATTENTION]
+# Every attention kernel but cuDNN's (torch's first choice on the H200). cuDNN builds a kernel for each new shape:
+# multiple choice, with rows of many lengths, took 7x as long on its first pass as on the next. Generation's steps
+# have one shape, and there cuDNN's kernel is faster (4.6-4.7 s against 4.9-5.0 s per recall point), but in the
+# full-scale rehearsal its builds added 1.2 s to the first point, more than three points saved
+# (benchmarks/README.md, "Recall's kernels").
+RECALL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -87,15 +87,15 @@ class RecallEvaluator:
         peak memory (`memory/recall_peak_gib`)."""
         device = next(model.parameters()).device
         clock = _Stopwatch(device)
-        with _peak_memory(device) as peak, uncompiled(), generation_lm(model) as lm:
-            with clock("mc"), sdpa_kernel(MC_ATTENTION):
+        with _peak_memory(device) as peak, uncompiled(), sdpa_kernel(RECALL_ATTENTION), generation_lm(model) as lm:
+            with clock("mc"):
                 mc = score(lm, [p.mc for p in self.prepared], self.cfg.mc_batch_size) if self.cfg.mc else None
-            with clock("gen"), sdpa_kernel(GENERATION_ATTENTION):
+            with clock("gen"):
                 generations = self._generate(lm) if self.cfg.generate else None
             weights_finite = _finite_weights(model)
             rows = [self._row(step, i, mc, generations, weights_finite) for i in range(len(self.prepared))]
             if self.controls is not None:
-                with clock("controls"), sdpa_kernel(MC_ATTENTION):
+                with clock("controls"):
                     for i, extra in self.controls.row_fields(lm, self.cfg.mc_batch_size, weights_finite).items():
                         rows[i].update(extra)
             metrics = report.step_metrics(rows, self.baseline.predictions if self.baseline else None)
