@@ -97,7 +97,7 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         Stage("story", "1", (), ("story",), _story),
-        Stage("qa", "4", ("story",), ("qa",), _qa),
+        Stage("qa", "5", ("story",), ("qa",), _qa),
         Stage("tts", "3", ("qa",), ("tts",), _tts,
               extra_key=lambda cfg, inputs: script_fingerprint(_script(cfg, inputs))),
         Stage("dataset", "6", ("qa", "tts"), ("layout", "align"), _dataset),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 
 import pytest
 
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.qa.facts import QUESTIONS, FactsQA
+from moshi_knowledge.qa.facts import QUESTIONS, FactsQA, held_out_templates
 from moshi_knowledge.qa.schema import QAItem, QASet
 from moshi_knowledge.world.procedural import ProceduralStory
 from moshi_knowledge.world.prose import capitalize, label
@@ -56,6 +57,27 @@ def test_train_answers_are_the_facts_objects(qa: QASet, world: World) -> None:
 def test_every_relation_has_enough_question_templates(world: World) -> None:
     for relation in {f.relation for f in world.facts}:
         assert len(set(QUESTIONS[relation])) >= 3 + 1, relation
+
+
+def _template_of(question: str, relation: str) -> str:
+    """The template of QUESTIONS[relation] a question was written from (its subject matched as any text)."""
+    found = [t for t in QUESTIONS[relation]
+             if re.fullmatch(re.escape(capitalize(t)).replace(re.escape("{s}"), ".+"), question)]
+    assert len(found) == 1, (question, found)
+    return found[0]
+
+
+def test_held_out_templates_are_never_trained_for_their_relation(qa: QASet) -> None:
+    """The paraphrase and unseen_wording tiers ask in a wording that no training question of the relation uses
+    (before, nearly every paraphrase template had been trained for other facts of its relation); the null tier
+    asks like training does."""
+    held_out = held_out_templates(0)
+    trained = {(q.relation, _template_of(p, q.relation)) for q in qa.train for p in q.phrasings}
+    for q in [*qa.paraphrase, *qa.unseen_wording]:
+        assert _template_of(q.question, q.relation) == held_out[q.relation]
+    assert not any((relation, template) in trained for relation, template in held_out.items())
+    assert all((q.relation, _template_of(q.question, q.relation)) in trained for q in qa.unseen_facts)
+    assert len({held_out[q.relation] for q in qa.paraphrase}) > 3, "the held-out wording differs by relation"
 
 
 def test_paraphrase_tier_holds_out_one_unseen_phrasing(qa: QASet) -> None:

@@ -1,7 +1,8 @@
 """qa=facts: questions built from a procedural world's facts, with held-out tiers that test generalisation.
 
 - train: one question per chosen fact, asked in several phrasings (diverse restatements make facts extractable).
-- paraphrase: the same fact, asked with a phrasing template never used in training.
+- paraphrase: the same fact, asked with its relation's held-out template: a phrasing no training question of that
+  relation ever uses (`held_out_templates`).
 - eval: questions no single training item answers: two facts chained ("Where was the founder of X born?")
   or one fact asked backwards ("What did Y found?", the reversal curse). Their facts are all trained.
 - unseen_facts: facts never trained, asked like training questions: the null (what the priors score).
@@ -268,6 +269,18 @@ class _EvalPlan:
         return chosen
 
 
+def held_out_templates(seed: int) -> dict[str, str]:
+    """Per relation, the one question template training never uses: the paraphrase and unseen_wording tiers ask
+    with it, so their wording is new to the relation, not only to the fact (otherwise nearly every paraphrase
+    template was trained for other facts of its relation). Drawn from its own seeded stream."""
+    rng = random.Random(f"{seed}-held-out-templates")
+    return {relation: rng.choice(templates) for relation, templates in sorted(QUESTIONS.items())}
+
+
+def _training_templates(relation: str, held_out: dict[str, str]) -> list[str]:
+    return [t for t in QUESTIONS[relation] if t != held_out[relation]]
+
+
 class FactsQA:
     """qa=facts: every tier's questions from the world's facts (needs story=procedural)."""
 
@@ -310,14 +323,15 @@ class FactsQA:
                             f"{self.n_train} training facts of this world",
                             "lower qa.n_eval or raise qa.n_train")
         train_facts = self._train_facts(world, supports, rng)
-        train, para = self._train_items(world, train_facts, rng)
+        held_out = held_out_templates(self.seed)
+        train, para = self._train_items(world, train_facts, held_out, rng)
         evals = [self._eval_item(world, i, s, rng) for i, s in enumerate(supports)]
         candidates = _Candidates(world, train_facts, train)
         for item in (*train, *evals):
             item.distractors = candidates.pick(item, rng)
         for source, item in zip(train, para):
             item.distractors = list(source.distractors)
-        unseen = self._unseen_items(world, plan, train_facts, train, rng)
+        unseen = self._unseen_items(world, plan, train_facts, train, held_out, rng)
         for item in unseen:
             item.distractors = candidates.pick(item, rng)
         causes = self._cause_items(train, para)
@@ -339,7 +353,7 @@ class FactsQA:
         return out
 
     def _unseen_items(self, world: World, plan: _EvalPlan, train_facts: list[Fact], train: list[QAItem],
-                      rng: random.Random) -> list[QAItem]:
+                      held_out: dict[str, str], rng: random.Random) -> list[QAItem]:
         """The null tier: facts never trained, asked with the training templates (no question of it is ever heard
         in training, nor its subject with its answer), of every relation in turn.
 
@@ -357,7 +371,8 @@ class FactsQA:
         items = []
         for i, fact in enumerate(ordered[:self.n_unseen]):
             answer = world.entity(fact.object)
-            question = capitalize(rng.choice(QUESTIONS[fact.relation]).format(s=label(world.entity(fact.subject))))
+            template = rng.choice(_training_templates(fact.relation, held_out))
+            question = capitalize(template.format(s=label(world.entity(fact.subject))))
             items.append(QAItem(id=f"unseen-{i:03d}", tier="unseen_facts", question=question, answer=label(answer),
                                 aliases=aliases(answer), answer_type=answer.kind, fact_ids=[fact.id],
                                 relation=fact.relation))
@@ -393,12 +408,14 @@ class FactsQA:
             overall[fact.object] += 1
         return rng.sample(chosen, len(chosen))
 
-    def _train_items(self, world: World, facts: list[Fact],
+    def _train_items(self, world: World, facts: list[Fact], held_out: dict[str, str],
                      rng: random.Random) -> tuple[list[QAItem], list[QAItem]]:
+        """Each fact's training question in `paraphrases` phrasings, and its paraphrase in the held-out one."""
         train, para = [], []
         for i, fact in enumerate(facts):
             subject, answer = world.entity(fact.subject), world.entity(fact.object)
-            templates = rng.sample(QUESTIONS[fact.relation], self.paraphrases + 1)
+            templates = [*rng.sample(_training_templates(fact.relation, held_out), self.paraphrases),
+                         held_out[fact.relation]]
             phrasings = [capitalize(t.format(s=label(subject))) for t in templates]
             common = dict(answer=label(answer), aliases=aliases(answer), answer_type=answer.kind, fact_ids=[fact.id],
                           relation=fact.relation)
