@@ -16,6 +16,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from moshi_knowledge.codes.encode import load_split
 from moshi_knowledge.dataset.format import META, read_meta
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.judge import judge_from_config
@@ -40,7 +41,6 @@ from moshi_knowledge.tracking.contract import (
 from moshi_knowledge.tracking.files import dumps, read_metrics
 from moshi_knowledge.tracking.secrets import redact
 from moshi_knowledge.train.distributed import dist_info, init_from_env, parallel_mode
-from moshi_knowledge.train.encode import load_split
 from moshi_knowledge.train.loop import train
 from moshi_knowledge.train.seed import seed_everything
 

@@ -11,12 +11,13 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 import pytest
 import torch
 
+from moshi_knowledge.codes.stream import StreamSpec
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import read_json
 from moshi_knowledge.tracking.files import read_metrics
 from moshi_knowledge.train import checkpoint as checkpoint_module
 from moshi_knowledge.train.attention import segment_attention
-from moshi_knowledge.train.batches import StreamSpec, collate, eval_batches
+from moshi_knowledge.train.batches import collate, eval_batches
 from moshi_knowledge.train.checkpoint import checkpoint_dirs
 from moshi_knowledge.train.config import TrainConfig
 from moshi_knowledge.train.loop import Trainer, evaluate, forward_sums, set_gradient_checkpointing, train

@@ -22,8 +22,8 @@ import torch
 from moshi.models.lm import LMGen, LMModel
 from moshi.modules.transformer import StreamingMultiheadAttention
 
+from moshi_knowledge.codes.samples import ZERO_TOKEN
 from moshi_knowledge.text_norm import normalise
-from moshi_knowledge.train.samples import ZERO_TOKEN
 
 
 @dataclass(frozen=True)

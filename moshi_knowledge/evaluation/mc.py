@@ -29,8 +29,8 @@ from moshi.models.lm_utils import _delay_sequence
 from moshi.modules.streaming import StreamingModule
 from moshi.modules.transformer import RingKVCache
 
+from moshi_knowledge.codes.samples import MOSHI_AUDIO, N_STREAMS, ZERO_TOKEN
 from moshi_knowledge.evaluation.generate import attention_span
-from moshi_knowledge.train.samples import MOSHI_AUDIO, N_STREAMS, ZERO_TOKEN
 
 
 @dataclass

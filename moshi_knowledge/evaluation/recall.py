@@ -26,6 +26,8 @@ from sentencepiece import SentencePieceProcessor
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from moshi_knowledge.codes.samples import FRAME_RATE
+from moshi_knowledge.codes.stream import StreamSpec
 from moshi_knowledge.dataset.format import DatasetMeta
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.config import EvalConfig
@@ -40,8 +42,6 @@ from moshi_knowledge.evaluation.questions import EvalQuestion
 from moshi_knowledge.model import uncompiled
 from moshi_knowledge.model.lora import generation_lm
 from moshi_knowledge.speech.schema import Utterance
-from moshi_knowledge.train.batches import StreamSpec
-from moshi_knowledge.train.samples import FRAME_RATE
 
 # Every attention kernel but cuDNN's. On the H200 cuDNN's (torch's first choice there) ran generation's one-frame
 # steps at 3x the time their KV-cache reads need (20% of generation's GPU time), and it builds a kernel for each new

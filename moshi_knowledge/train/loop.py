@@ -22,11 +22,13 @@ from moshi.modules.transformer import StreamingTransformer
 from torch import nn
 from tqdm import tqdm
 
+from moshi_knowledge.codes.samples import FRAME_RATE, ConversationCodes
+from moshi_knowledge.codes.stream import StreamSpec
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.tracking import RunIdentity, Tracker
 from moshi_knowledge.tracking.contract import INTERRUPTED
 from moshi_knowledge.train.attention import segment_attention
-from moshi_knowledge.train.batches import Batch, PackedRow, StreamSpec, TrainStream, collate, eval_batches
+from moshi_knowledge.train.batches import Batch, PackedRow, TrainStream, collate, eval_batches
 from moshi_knowledge.train.checkpoint import resume_latest, save_checkpoint
 from moshi_knowledge.train.config import TrainConfig
 from moshi_knowledge.train.distributed import (
@@ -42,7 +44,6 @@ from moshi_knowledge.train.distributed import (
 from moshi_knowledge.train.loss import LossSettings, LossSums, loss_sums, step_loss, target_weights
 from moshi_knowledge.train.nan_guard import NanGuard, Snapshot
 from moshi_knowledge.train.optim import build_optimizer, lr_at
-from moshi_knowledge.train.samples import FRAME_RATE, ConversationCodes
 from moshi_knowledge.train.seed import seed_everything
 from moshi_knowledge.train.stop_signals import StopSignals
 
