@@ -54,7 +54,8 @@ from moshi_knowledge.codes.samples import FRAME_RATE, ConversationCodes, TurnSpa
 from moshi_knowledge.codes.stream import StreamSpec
 from moshi_knowledge.io_utils import atomic_write_json, atomic_write_text, read_json
 from moshi_knowledge.model.depformer_patch import patch_depformer
-from moshi_knowledge.model.lora import LoraSpec, apply_lora
+from moshi_knowledge.model.lora import apply_lora
+from moshi_knowledge.specs.lora import LoraSpec
 from moshi_knowledge.train.config import TrainConfig
 from moshi_knowledge.train.distributed import barrier, dist_info, init_from_env
 from moshi_knowledge.train.loop import Trainer  # the loop's step, without its eval and checkpoint writes

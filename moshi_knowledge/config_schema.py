@@ -14,6 +14,7 @@ from omegaconf import MISSING
 from pydantic import BaseModel, ConfigDict, Field
 
 from moshi_knowledge.evaluation.config import EvalConfig
+from moshi_knowledge.specs import lora, tiny
 from moshi_knowledge.train.config import TrainConfig
 
 
@@ -232,29 +233,6 @@ SCHEMAS.update({
 
 
 @dataclass
-class TinyModelSchema:
-    _target_: str = "moshi_knowledge.model.tiny.TinyModel"
-    seed: int = 0
-    fit_seconds: float = 300.0
-    device: str = "auto"
-    dtype: str = "auto"
-    dim: int = 128
-    num_heads: int = 4
-    num_layers: int = 2
-    context: int = 500
-    depformer_dim: int = 64
-    depformer_num_heads: int = 4
-    depformer_num_layers: int = 2
-    depformer_dim_feedforward: int = 264
-    card: int = 1024
-    vocab_size: int = 1000
-    mimi_dim: int = 64
-    mimi_filters: int = 8
-    mimi_layers: int = 1
-    mimi_codebook_dim: int = 32
-
-
-@dataclass
 class LocalModelSchema:
     _target_: str = "moshi_knowledge.model.load.LocalModel"
     moshi_weights: str = MISSING
@@ -275,31 +253,11 @@ class HubModelSchema:
     dtype: str = "auto"
 
 
-@dataclass
-class LoraSchema:
-    _target_: str = "moshi_knowledge.model.lora.LoraSpec"
-    targets: str = "attn_mlp"
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    use_rslora: bool = False
-    use_dora: bool = False
-    train_embeddings: bool = False
-    export_merged: bool = False
-
-
-@dataclass
-class FullFinetuneSchema:
-    _target_: str = "moshi_knowledge.model.lora.FullFinetune"
-
-
 SCHEMAS.update({
-    ("model", "tiny_schema"): TinyModelSchema,
     ("model", "local_schema"): LocalModelSchema,
     ("model", "hub_schema"): HubModelSchema,
-    ("lora", "lora_schema"): LoraSchema,
-    ("lora", "full_schema"): FullFinetuneSchema,
 })
+SCHEMAS.update(tiny.SCHEMAS | lora.SCHEMAS)  # their schemas sit beside the specs they type
 
 
 # ---- logger group (issue 6): where a run's metrics are mirrored besides its run directory's files ----

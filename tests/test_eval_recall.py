@@ -25,8 +25,9 @@ from moshi_knowledge.evaluation.questions import AnswerSpeech, load_questions
 from moshi_knowledge.evaluation.recall import RecallEvaluator
 from moshi_knowledge.evaluation.report import F0, recall_table, summarize
 from moshi_knowledge.model.load import load_model
-from moshi_knowledge.model.lora import LoraSpec, apply_lora
+from moshi_knowledge.model.lora import apply_lora
 from moshi_knowledge.model.tiny import TinyModel, build_tiny_checkpoint
+from moshi_knowledge.specs.lora import LoraSpec
 from moshi_knowledge.speech.audio import read_stereo
 from moshi_knowledge.tracking.files import dumps
 
