@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.specs import lora, tiny
+from moshi_knowledge.speech import layout
 from moshi_knowledge.train.config import TrainConfig
 
 
@@ -75,33 +76,13 @@ class EspeakTTSSchema:
     heldout_voice: VoiceSchema = field(default_factory=VoiceSchema)
 
 
-@dataclass
-class DialogueLayoutSchema:
-    _target_: str = "moshi_knowledge.speech.layout.DialogueLayout"
-    lead_sec: float = 0.3
-    gap_sec: float = 0.4
-    turn_gap_sec: float = 0.8
-    max_duration_sec: float = 60.0
-    max_turns: Optional[int] = None  # 1: every Q/A is its own conversation
-
-
-@dataclass
-class MonoDuplicateLayoutSchema:
-    _target_: str = "moshi_knowledge.speech.layout.MonoDuplicateLayout"
-    lead_sec: float = 0.3
-    turn_gap_sec: float = 0.8
-    max_duration_sec: float = 60.0
-    max_turns: Optional[int] = 1  # one Q/A clip per file, as in the published attempt
-
-
 SCHEMAS = {
     ("story", "procedural_schema"): ProceduralStorySchema,
     ("story", "file_schema"): FileStorySchema,
     ("qa", "facts_schema"): FactsQASchema,
     ("qa", "file_schema"): FileQASchema,
     ("tts", "espeak_schema"): EspeakTTSSchema,
-    ("layout", "dialogue_schema"): DialogueLayoutSchema,
-    ("layout", "mono_duplicate_schema"): MonoDuplicateLayoutSchema,
+    **layout.SCHEMAS,
 }
 
 

@@ -61,6 +61,17 @@ def test_lora_and_tiny_presets_hold_only_what_differs_from_their_dataclasses() -
         compose_cfg(["model=tiny", "model.dimm=4"])
 
 
+def test_a_schema_read_off_a_constructor_types_its_options() -> None:
+    """layout=...'s schema is DialogueLayout's constructor: its defaults, its types, nothing else."""
+    dialogue = instantiate(compose_cfg(["layout=dialogue", "layout.gap_sec=0.6"]).layout)
+    assert (dialogue.gap_sec, dialogue.lead_sec, dialogue.max_turns) == (0.6, 0.3, None)
+    assert instantiate(compose_cfg(["layout=mono_duplicate"]).layout).max_turns == 1
+    with pytest.raises(ConfigCompositionException, match="gap_sek"):
+        compose_cfg(["layout=dialogue", "layout.gap_sek=0.6"])
+    with pytest.raises(ConfigCompositionException, match="max_turns"):
+        compose_cfg(["layout=dialogue", "layout.max_turns=many"])
+
+
 def test_schema_rejects_a_mistyped_key() -> None:
     with pytest.raises(ConfigCompositionException, match="n_trian"):
         compose_cfg(["qa.n_trian=5"])

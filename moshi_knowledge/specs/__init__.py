@@ -1,5 +1,25 @@
-"""Settings of torch-side classes as plain dataclasses, each with the config schema of its option.
+"""Config schemas kept with what they configure, so each setting has one home.
 
-model/ imports torch on import (it sets moshi's compile switch first), so a spec kept there would load torch for
-every config composition and shell completion; here it stays light. config_schema registers the SCHEMAS.
+A light class's schema is read off its constructor (`init_schema`: the defaults stay the constructor's). A class
+in a torch module gets its settings as a plain dataclass in this package (`lora`, `tiny`): model/ imports torch on
+import (it sets moshi's compile switch first), and composing a config or completing the shell must not load it.
+config_schema registers every SCHEMAS mapping.
 """
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+
+
+def init_schema(cls: type) -> type:
+    """A dataclass with `_target_` (the import path of `cls`) and one field per parameter of `cls.__init__`, typed
+    and defaulted as there, so Hydra rejects an unknown key or a wrong type when the config is composed."""
+    hints = typing.get_type_hints(cls.__init__)
+    fields: list[tuple[str, typing.Any, typing.Any]] = [("_target_", str, f"{cls.__module__}.{cls.__qualname__}")]
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if p.default is inspect.Parameter.empty or p.kind is not p.POSITIONAL_OR_KEYWORD:
+            raise TypeError(f"{cls.__qualname__}.__init__: {p.name} needs a default and a name to be a setting")
+        fields.append((p.name, hints[p.name], p.default))
+    return dataclasses.make_dataclass(f"{cls.__name__}Schema", fields)
