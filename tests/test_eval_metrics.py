@@ -64,6 +64,18 @@ def test_a_registered_metric_computes_its_row_field_from_each_answer(top2: Metri
     assert "mc_top2" not in row_fields(Answer(_question(), finite=True))  # no MC scored: no field
 
 
+def test_each_built_in_metric_writes_its_own_row_field() -> None:
+    said = row_fields(Answer(_question(), finite=True, text="Kest, by the river"))  # the first span is the gold
+    assert (said["gen_correct"], said["gen_contains"], said["f1"]) == (True, True, 1.0)
+    rambled = row_fields(Answer(_question(), finite=True, text="Kest by the river"))  # gold inside a longer span
+    assert (rambled["gen_correct"], rambled["gen_contains"]) == (False, True) and 0 < rambled["f1"] < 1
+    assert not {"mc_correct", "mc_rank", "judge_correct"} & set(said)  # no MC scores, no judge
+    broken = row_fields(Answer(_question(), finite=False, text="Kest"))
+    assert (broken["gen_correct"], broken["gen_contains"], broken["f1"]) == (False, False, 0.0)
+    judged = row_fields(Answer(_question(), finite=True, text="Arn", judge=lambda q, gold, aliases, text: True))
+    assert judged["judge_correct"] is True and judged["gen_correct"] is False
+
+
 def test_a_registered_metric_reaches_the_figures_and_the_summary(top2: Metric) -> None:
     base, final = _rows(0, [False] * 6 + [True] * 2), _rows(10, [True] * 7 + [False])
     assert step_metrics(final)["recall/train/mc_acc_top2"] == pytest.approx(7 / 8)

@@ -174,21 +174,35 @@ def accuracy(name: str, field_name: str) -> Callable[[TierRows], dict[str, float
 # ---- the built-in metrics --------------------------------------------------------------------------------------
 
 
-def _mc_fields(a: Answer) -> dict[str, Any]:
-    if a.mc is None:
-        return {}
-    return {"mc_correct": a.finite and a.mc.correct, "mc_correct_sum": a.finite and a.mc.correct_by_sum,
-            "mc_rank": a.mc.gold_rank, "mc_margin": a.mc.margin}
+def _on_mc(field_name: str, value: Callable[[Answer, MCResult], Any]) -> Callable[[Answer], dict[str, Any]]:
+    """A per-question field read from the answer's MC scores (none when MC was not scored)."""
+    return lambda a: {} if a.mc is None else {field_name: value(a, a.mc)}
 
 
-def _gen_fields(a: Answer) -> dict[str, Any]:
-    if a.text is None:
-        return {}
-    from moshi_knowledge.evaluation.generate import contains_answer, exact_match, token_f1  # imports moshi
+def _on_text(field_name: str, value: Callable[[Answer, str], Any]) -> Callable[[Answer], dict[str, Any]]:
+    """A per-question field read from what Moshi said (none when it did not generate)."""
+    return lambda a: {} if a.text is None else {field_name: value(a, a.text)}
 
-    return {"gen_correct": a.finite and exact_match(a.text, a.answers),
-            "gen_contains": a.finite and contains_answer(a.text, a.answers),
-            "f1": token_f1(a.text, a.answers) if a.finite else 0.0}
+
+# generate.py imports moshi, so its answer matchers are imported when a first answer is scored
+
+
+def _exact(a: Answer, text: str) -> bool:
+    from moshi_knowledge.evaluation.generate import exact_match
+
+    return a.finite and exact_match(text, a.answers)
+
+
+def _contains(a: Answer, text: str) -> bool:
+    from moshi_knowledge.evaluation.generate import contains_answer
+
+    return a.finite and contains_answer(text, a.answers)
+
+
+def _f1(a: Answer, text: str) -> float:
+    from moshi_knowledge.evaluation.generate import token_f1
+
+    return token_f1(text, a.answers) if a.finite else 0.0
 
 
 def _judge_acc(t: TierRows) -> dict[str, float]:
@@ -239,23 +253,27 @@ def _vs_null(t: TierRows) -> dict[str, float]:
 for _metric in (
     Metric("n", lambda t: {"n": len(t.rows)}),
     Metric("n_nonfinite", lambda t: {"n_nonfinite": sum(not r["finite"] for r in t.rows)}, field="finite"),
-    Metric(HEADLINE, accuracy(HEADLINE, "mc_correct"), field="mc_correct", per_question=_mc_fields,
+    Metric(HEADLINE, accuracy(HEADLINE, "mc_correct"), field="mc_correct",
+           per_question=_on_mc("mc_correct", lambda a, mc: a.finite and mc.correct),
            extra=("mc_acc_low", "mc_acc_high"), paired="p_value", delta="delta", higher_is_better=True,
            across_seeds=True),
-    Metric("mc_rank", figure("mc_rank", mean("mc_rank")), field="mc_rank", higher_is_better=False),
-    Metric("mc_margin", figure("mc_margin", mean("mc_margin")), field="mc_margin", higher_is_better=True),
+    Metric("mc_rank", figure("mc_rank", mean("mc_rank")), field="mc_rank",
+           per_question=_on_mc("mc_rank", lambda a, mc: mc.gold_rank), higher_is_better=False),
+    Metric("mc_margin", figure("mc_margin", mean("mc_margin")), field="mc_margin",
+           per_question=_on_mc("mc_margin", lambda a, mc: mc.margin), higher_is_better=True),
     Metric("mc_acc_sum", figure("mc_acc_sum", proportion("mc_correct_sum")), field="mc_correct_sum",
+           per_question=_on_mc("mc_correct_sum", lambda a, mc: a.finite and mc.correct_by_sum),
            higher_is_better=True),
     Metric("n_flagged", lambda t: {"n_flagged": sum(bool(r["untrained_candidates"]) for r in t.rows)},
            field="untrained_candidates"),
-    Metric("gen_acc", accuracy("gen_acc", "gen_correct"), field="gen_correct", per_question=_gen_fields,
-           extra=("gen_acc_low", "gen_acc_high"), paired="gen_p_value", delta="gen_delta", higher_is_better=True),
-    Metric("f1", figure("f1", mean("f1")), field="f1", higher_is_better=True),
+    Metric("gen_acc", accuracy("gen_acc", "gen_correct"), field="gen_correct",
+           per_question=_on_text("gen_correct", _exact), extra=("gen_acc_low", "gen_acc_high"),
+           paired="gen_p_value", delta="gen_delta", higher_is_better=True),
+    Metric("f1", figure("f1", mean("f1")), field="f1", per_question=_on_text("f1", _f1), higher_is_better=True),
     Metric("gen_acc_lenient", figure("gen_acc_lenient", proportion("gen_contains")), field="gen_contains",
-           higher_is_better=True),
+           per_question=_on_text("gen_contains", _contains), higher_is_better=True),
     *(_control(c) for c in CONTROLS),
-    Metric("judge_acc", _judge_acc, field="judge_correct",
-           per_question=_judge_fields, higher_is_better=True),
+    Metric("judge_acc", _judge_acc, field="judge_correct", per_question=_judge_fields, higher_is_better=True),
     Metric(f"p_vs_{NULL_TIER}", _vs_unseen_facts, field="mc_correct"),
     Metric("p_vs_null", _vs_null),
 ):
