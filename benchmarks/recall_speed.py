@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from moshi_knowledge.codes.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, USER_AUDIO, ZERO_TOKEN
+from moshi_knowledge.codes.stream import StreamSpec
 from moshi_knowledge.evaluation.generate import Prompt, generate
 from moshi_knowledge.evaluation.mc import Candidate, MCQuestion, score
 from moshi_knowledge.model import uncompiled
-from moshi_knowledge.model.lora import LoraSpec, generation_lm
-from moshi_knowledge.train.batches import StreamSpec
-from moshi_knowledge.train.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, USER_AUDIO, ZERO_TOKEN
+from moshi_knowledge.model.lora import generation_lm
+from moshi_knowledge.specs.lora import LoraSpec
 from train_throughput import FULL, SMOKE, build_model
 
 LORA = LoraSpec(targets="all", rank=64, alpha=128.0)  # experiment=moshiko_h200

@@ -1,7 +1,7 @@
 """Training throughput of the full moshiko LM (random weights) with peft LoRA r128 on pre-tokenised synthetic codes.
 
 Issue 4's benchmark and issue 7's DDP figures. Every step is our training loop's own optimizer step
-(`train.loop._Run._train_step`: batching and packing with the segment mask, our loss, fused AdamW over fp32 LoRA
+(`train.loop.Trainer.train_step`: batching and packing with the segment mask, our loss, fused AdamW over fp32 LoRA
 weights, bf16 autocast, gradient clipping, DDP when launched by torchrun); the benchmark only chooses data, batch
 sizes and switches, and times it. No Mimi in the step: codes are random ints in the right ranges, the text stream
 padded as Moshi's is (pad while the user asks, sparse words with end-of-padding marks while Moshi answers).
@@ -50,15 +50,16 @@ from moshi.models import loaders
 from moshi.models.lm import LMModel
 from torch import nn
 
+from moshi_knowledge.codes.samples import FRAME_RATE, ConversationCodes, TurnSpan
+from moshi_knowledge.codes.stream import StreamSpec
 from moshi_knowledge.io_utils import atomic_write_json, atomic_write_text, read_json
 from moshi_knowledge.model.depformer_patch import patch_depformer
-from moshi_knowledge.model.lora import LoraSpec, apply_lora
-from moshi_knowledge.train.batches import StreamSpec
+from moshi_knowledge.model.lora import apply_lora
+from moshi_knowledge.specs.lora import LoraSpec
 from moshi_knowledge.train.config import TrainConfig
 from moshi_knowledge.train.distributed import barrier, dist_info, init_from_env
-from moshi_knowledge.train.loop import _Run, _Silent  # the loop's step, without its eval and checkpoint writes
+from moshi_knowledge.train.loop import Trainer  # the loop's step, without its eval and checkpoint writes
 from moshi_knowledge.train.nan_guard import NanGuard
-from moshi_knowledge.train.samples import FRAME_RATE, ConversationCodes, TurnSpan
 
 SEED = 0
 GIB = 2**30
@@ -287,7 +288,7 @@ def run_steps(model: nn.Module, samples: Sequence[ConversationCodes], variant: V
     """`steps` optimizer steps of the loop on a fresh optimizer; times and peak memory (GiB, max over ranks)."""
     _release(device)
     cfg = train_config(variant, scale, steps)
-    trainer = _Run(model, samples, [], cfg, NanGuard("skip"), Path(tempfile.gettempdir()), _Silent(), None, ())
+    trainer = Trainer(model, samples, [], cfg, NanGuard("skip"), Path(tempfile.gettempdir()))
     model.train()
     row_frames = variant.batch * trainer.seq_frames
     out = StepTimes()
@@ -487,10 +488,10 @@ def _checkpoint_root(bytes_needed: int) -> Optional[Path]:
     return None
 
 
-def _timed_step(trainer: _Run, device: torch.device, times: StepTimes, row_frames: int) -> None:
+def _timed_step(trainer: Trainer, device: torch.device, times: StepTimes, row_frames: int) -> None:
     _sync(device)
     start = time.perf_counter()
-    row = trainer._train_step(inject=False)
+    row = trainer.train_step()
     _sync(device)
     times.seconds.append(time.perf_counter() - start)
     times.useful_frames.append(round(row["train/useful_fraction"] * row_frames))
@@ -525,7 +526,7 @@ def fsdp(out: Path, scale: Scale) -> None:
     if info.is_main:
         shutil.rmtree(run_dir, ignore_errors=True)
     cfg = replace(train_config(variant, scale, steps), distributed="fsdp", keep_checkpoints=1)
-    trainer = _Run(model, data["qa"], [], cfg, NanGuard("skip"), run_dir, _Silent(), None, ())
+    trainer = Trainer(model, data["qa"], [], cfg, NanGuard("skip"), run_dir)
     model.train()
     _release(device)  # the peak below is training's, not building's (the fp32 copy before sharding)
     row_frames = variant.batch * trainer.seq_frames
@@ -533,13 +534,13 @@ def fsdp(out: Path, scale: Scale) -> None:
     for _ in range(steps):
         _timed_step(trainer, device, times, row_frames)
         if trainer.step == half and root is not None:
-            extra["save_s"] = _timed(trainer._save, device)
+            extra["save_s"] = _timed(trainer.save, device)
     peak = _peak_gib(device)
     reserved = torch.cuda.max_memory_reserved(device) / GIB if device.type == "cuda" else None
     resumed = StepTimes()
     if root is not None:
         extra["checkpoint_gib"] = sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file()) / GIB
-        extra["load_s"] = _timed(trainer._resume, device)
+        extra["load_s"] = _timed(trainer.resume, device)
         extra["resumed_from_step"] = trainer.step
         while trainer.step < steps:
             _timed_step(trainer, device, resumed, row_frames)

@@ -1,7 +1,9 @@
 """Structured-config schemas: Hydra rejects a mistyped key or a wrong type when the config is composed.
 
 Each group option's YAML lists its schema first in its defaults (e.g. `defaults: [espeak_schema, _self_]`).
-`register()` must run before composing; the app and the test fixtures call it.
+`register()` must run before composing; the app and the test fixtures call it. A light class's schema sits beside
+it, read off its constructor (`specs.init_schema`), and a torch-side class's in `specs/`; this module collects
+them and holds the schemas not yet moved.
 """
 
 from __future__ import annotations
@@ -14,49 +16,13 @@ from omegaconf import MISSING
 from pydantic import BaseModel, ConfigDict, Field
 
 from moshi_knowledge.evaluation.config import EvalConfig
+from moshi_knowledge.qa import facts
+from moshi_knowledge.qa import file as file_qa
+from moshi_knowledge.specs import lora, tiny
+from moshi_knowledge.speech import layout, whisperx_align
 from moshi_knowledge.train.config import TrainConfig
-
-
-@dataclass
-class ProceduralStorySchema:
-    _target_: str = "moshi_knowledge.world.procedural.ProceduralStory"
-    seed: int = 0
-    n_people: int = 24
-    n_places: int = 14
-    n_rivers: int = 4
-    n_institutions: int = 6
-    n_artifacts: int = 6
-    n_battles: int = 6
-    n_creatures: int = 5
-
-
-@dataclass
-class FileStorySchema:
-    _target_: str = "moshi_knowledge.world.file.FileStory"
-    path: str = MISSING
-
-
-@dataclass
-class FactsQASchema:
-    _target_: str = "moshi_knowledge.qa.facts.FactsQA"
-    seed: int = 0
-    n_train: int = 100
-    n_eval: int = 20
-    paraphrases: int = 3
-    retain: bool = True  # also ask the general-knowledge retain tier (qa/retain.py), never trained
-    n_unseen: int = 20  # questions on facts never trained (the unseen_facts tier, the null)
-    n_per_cause: int = 20  # trained facts asked in each of unseen_voice, unseen_wording and shifted
-    shift_sec: float = 0.4  # the shifted tier: silence before a trained question's audio (other Mimi codes)
-
-
-@dataclass
-class FileQASchema:
-    _target_: str = "moshi_knowledge.qa.file.FileQA"
-    train_path: str = MISSING
-    eval_path: Optional[str] = None
-    n_eval: int = 20
-    seed: int = 0
-    retain: bool = True  # also ask the general-knowledge retain tier (qa/retain.py), never trained
+from moshi_knowledge.world import file as file_story
+from moshi_knowledge.world import procedural
 
 
 @dataclass
@@ -74,33 +40,13 @@ class EspeakTTSSchema:
     heldout_voice: VoiceSchema = field(default_factory=VoiceSchema)
 
 
-@dataclass
-class DialogueLayoutSchema:
-    _target_: str = "moshi_knowledge.speech.layout.DialogueLayout"
-    lead_sec: float = 0.3
-    gap_sec: float = 0.4
-    turn_gap_sec: float = 0.8
-    max_duration_sec: float = 60.0
-    max_turns: Optional[int] = None  # 1: every Q/A is its own conversation
-
-
-@dataclass
-class MonoDuplicateLayoutSchema:
-    _target_: str = "moshi_knowledge.speech.layout.MonoDuplicateLayout"
-    lead_sec: float = 0.3
-    turn_gap_sec: float = 0.8
-    max_duration_sec: float = 60.0
-    max_turns: Optional[int] = 1  # one Q/A clip per file, as in the published attempt
-
-
 SCHEMAS = {
-    ("story", "procedural_schema"): ProceduralStorySchema,
-    ("story", "file_schema"): FileStorySchema,
-    ("qa", "facts_schema"): FactsQASchema,
-    ("qa", "file_schema"): FileQASchema,
+    **procedural.SCHEMAS,
+    **file_story.SCHEMAS,
+    **facts.SCHEMAS,
+    **file_qa.SCHEMAS,
     ("tts", "espeak_schema"): EspeakTTSSchema,
-    ("layout", "dialogue_schema"): DialogueLayoutSchema,
-    ("layout", "mono_duplicate_schema"): MonoDuplicateLayoutSchema,
+    **layout.SCHEMAS,
 }
 
 
@@ -187,24 +133,13 @@ class KokoroTTSSchema:
     device: str = "cpu"
 
 
-@dataclass
-class WhisperXAlignSchema:
-    _target_: str = "moshi_knowledge.speech.whisperx_align.WhisperXAligner"
-    model: str = "large-v2"
-    language: str = "en"
-    device: str = "cpu"
-    compute_type: str = "int8"
-    batch_size: int = 8
-    align_model: Optional[str] = None  # null: whisperx's default for `language`
-
-
 SCHEMAS.update({
     ("story", "openai_schema"): OpenAIStorySchema,
     ("story", "gemini_schema"): GeminiStorySchema,
     ("qa", "openai_schema"): OpenAIQASchema,
     ("qa", "gemini_schema"): GeminiQASchema,
     ("tts", "kokoro_schema"): KokoroTTSSchema,
-    ("align", "whisperx_schema"): WhisperXAlignSchema,
+    **whisperx_align.SCHEMAS,
 })
 
 
@@ -232,29 +167,6 @@ SCHEMAS.update({
 
 
 @dataclass
-class TinyModelSchema:
-    _target_: str = "moshi_knowledge.model.tiny.TinyModel"
-    seed: int = 0
-    fit_seconds: float = 300.0
-    device: str = "auto"
-    dtype: str = "auto"
-    dim: int = 128
-    num_heads: int = 4
-    num_layers: int = 2
-    context: int = 500
-    depformer_dim: int = 64
-    depformer_num_heads: int = 4
-    depformer_num_layers: int = 2
-    depformer_dim_feedforward: int = 264
-    card: int = 1024
-    vocab_size: int = 1000
-    mimi_dim: int = 64
-    mimi_filters: int = 8
-    mimi_layers: int = 1
-    mimi_codebook_dim: int = 32
-
-
-@dataclass
 class LocalModelSchema:
     _target_: str = "moshi_knowledge.model.load.LocalModel"
     moshi_weights: str = MISSING
@@ -275,31 +187,11 @@ class HubModelSchema:
     dtype: str = "auto"
 
 
-@dataclass
-class LoraSchema:
-    _target_: str = "moshi_knowledge.model.lora.LoraSpec"
-    targets: str = "attn_mlp"
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    use_rslora: bool = False
-    use_dora: bool = False
-    train_embeddings: bool = False
-    export_merged: bool = False
-
-
-@dataclass
-class FullFinetuneSchema:
-    _target_: str = "moshi_knowledge.model.lora.FullFinetune"
-
-
 SCHEMAS.update({
-    ("model", "tiny_schema"): TinyModelSchema,
     ("model", "local_schema"): LocalModelSchema,
     ("model", "hub_schema"): HubModelSchema,
-    ("lora", "lora_schema"): LoraSchema,
-    ("lora", "full_schema"): FullFinetuneSchema,
 })
+SCHEMAS.update(tiny.SCHEMAS | lora.SCHEMAS)  # their schemas sit beside the specs they type
 
 
 # ---- logger group (issue 6): where a run's metrics are mirrored besides its run directory's files ----

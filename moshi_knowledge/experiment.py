@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from moshi_knowledge.codes.encode import load_split
 from moshi_knowledge.dataset.format import META, read_meta
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.judge import judge_from_config
@@ -23,7 +25,6 @@ from moshi_knowledge.evaluation.questions import AnswerSpeech, load_questions
 from moshi_knowledge.evaluation.recall import EvalResult, RecallEvaluator
 from moshi_knowledge.io_utils import atomic_write_text
 from moshi_knowledge.model.depformer_patch import patch_depformer
-from moshi_knowledge.model.load import LoadedModel
 from moshi_knowledge.model.lora import apply_lora, count_parameters, export_adapter
 from moshi_knowledge.preflight import check_config
 from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
@@ -39,8 +40,7 @@ from moshi_knowledge.tracking.contract import (
 )
 from moshi_knowledge.tracking.files import dumps, read_metrics
 from moshi_knowledge.tracking.secrets import redact
-from moshi_knowledge.train.distributed import dist_info, init_from_env, is_sharded, parallel_mode
-from moshi_knowledge.train.encode import load_split
+from moshi_knowledge.train.distributed import dist_info, init_from_env, parallel_mode
 from moshi_knowledge.train.loop import train
 from moshi_knowledge.train.seed import seed_everything
 
@@ -92,55 +92,143 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> float | None:
         return None
     dist, device = init_from_env()
     if not dist.is_main:
-        _train(cfg, entries, run_dir, wanted, device, tracker=None)
+        RunRecipe(cfg, entries, run_dir, wanted, device, tracker=None).run()
         return None
     with Tracker(cfg.logger, run_dir, cfg, run_identity_from_hydra(run_dir.name)) as tracker:
-        _train(cfg, entries, run_dir, wanted, device, tracker)
+        RunRecipe(cfg, entries, run_dir, wanted, device, tracker).run()
         return objective_value(tracker.values, cfg.objective.metric)
 
 
-def _train(cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], device: Any,
-           tracker: Tracker | None) -> None:
-    """Build the (LoRA-wrapped) model, train it with recall hooks, export the adapter, summarise recall."""
-    loaded = load_stage_model(cfg, entries["model"].path, device=device)
-    train_cfg = instantiate(cfg.train)
-    seed_everything(train_cfg.seed)  # peft draws lora_A from torch's global generator
-    spec = instantiate(cfg.lora)
-    model = apply_lora(loaded.lm, spec)
-    patch_depformer(model)
-    params = count_parameters(model)
-    log.info("trainable parameters: %s of %s", f"{params.trainable:,}", f"{params.total:,}")
-    dataset_dir = entries["dataset"].path
-    sharded = "train" in wanted and parallel_mode(model, dist_info(), train_cfg.distributed) == "fsdp"
-    if sharded:
-        # An FSDP forward is collective, while recall runs on rank 0 alone (LMGen, per-question batches).
-        log.warning("recall is not measured during FSDP training; the trained weights are in the sharded "
-                    "checkpoint under %s", run_dir / "checkpoints")
-    hook = None
-    if tracker is not None:
-        tracker.summary({"params/trainable": params.trainable, "params/total": params.total})
-        if not sharded and "eval" in wanted:
-            last_step = train_cfg.max_steps if "train" in wanted else 0
-            hook = _recall_hook(cfg, entries, loaded, run_dir, last_step)
-    if "train" in wanted:
-        codes = entries["tokenize"].path
-        summary = train(model, load_split(codes, "train"), load_split(codes, "eval"), train_cfg,
-                        instantiate(cfg.nan_guard), run_dir, tracker=tracker, on_eval=hook,
-                        inject_nonfinite_at=list(cfg.debug.inject_nonfinite_at))
-        if summary["status"] != INTERRUPTED:  # a preempted job has seconds left: its checkpoint is what counts
-            _after_training(tracker, "export", lambda: _export(model, loaded, run_dir, tracker,
-                                                               getattr(spec, "export_merged", False)))
-    else:
-        summary = {"status": "completed", "step": 0}
-    if tracker is None or hook is None:
-        return
-    if hook.last_evaluated != summary["step"] and summary["status"] != INTERRUPTED:
-        def final_recall() -> None:
-            model.eval()  # a run that stopped early (diverged) still gets its final recall
-            tracker.log({"step": summary["step"], **(hook(summary["step"], model) or {})})
+@dataclass(frozen=True)
+class Choices:
+    """What this rank does, decided once at set-up from the stages wanted, the rank and the parallel mode."""
 
-        _after_training(tracker, "final recall", final_recall)
-    _finish(tracker, hook, dataset_dir, summary)
+    fit: bool  # "train" is among the stages; without it the loaded model's recall is measured as it is
+    recall: bool  # rank 0 measures recall: "eval" wanted and the weights not sharded (an FSDP forward is collective)
+    export: bool  # rank 0 writes the adapter after fitting (sharded weights stay in their checkpoint)
+
+
+class RunRecipe:
+    """One run on one rank, in named phases: set-up, fit, export, final recall, finish.
+
+    `setup` builds the (LoRA-wrapped) model and makes the choices once; the phases after it only read them.
+    Every phase after fitting is guarded (`_after_training`): a failure there is logged and named in
+    summary.json, and never loses a finished run.
+    """
+
+    def __init__(self, cfg: DictConfig, entries: dict, run_dir: Path, wanted: list[str], device: Any,
+                 tracker: Tracker | None) -> None:
+        """`tracker` is rank 0's (None on the other ranks)."""
+        self.cfg, self.entries, self.run_dir, self.wanted = cfg, entries, run_dir, wanted
+        self.device, self.tracker = device, tracker
+
+    def run(self) -> None:
+        self.setup()
+        outcome = self.fit()
+        if outcome["status"] != INTERRUPTED:  # a preempted job has seconds left: its checkpoint is what counts
+            self.export()
+            self.final_recall(outcome)
+        self.finish(outcome)
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.loaded = load_stage_model(cfg, self.entries["model"].path, device=self.device)
+        self.train_cfg = instantiate(cfg.train)
+        seed_everything(self.train_cfg.seed)  # peft draws lora_A from torch's global generator
+        self.lora = instantiate(cfg.lora)
+        self.model = apply_lora(self.loaded.lm, self.lora)
+        patch_depformer(self.model)
+        params = count_parameters(self.model)
+        log.info("trainable parameters: %s of %s", f"{params.trainable:,}", f"{params.total:,}")
+        fit = "train" in self.wanted
+        sharded = fit and parallel_mode(self.model, dist_info(), self.train_cfg.distributed) == "fsdp"
+        if sharded:
+            log.warning("recall is not measured during FSDP training; the trained weights are in the sharded "
+                        "checkpoint under %s", self.run_dir / "checkpoints")
+        main = self.tracker is not None
+        self.choices = Choices(fit=fit, recall=main and not sharded and "eval" in self.wanted,
+                               export=fit and main and not sharded)
+        if self.tracker is not None:
+            self.tracker.summary({"params/trainable": params.trainable, "params/total": params.total})
+        self.hook = (_recall_hook(cfg, self.entries, self.loaded, self.run_dir,
+                                  self.train_cfg.max_steps if fit else 0) if self.choices.recall else None)
+
+    def fit(self) -> dict[str, Any]:
+        """Train with the recall hook; the training summary (status, step and final figures)."""
+        if not self.choices.fit:
+            return {"status": COMPLETED, "step": 0}
+        codes = self.entries["tokenize"].path
+        return train(self.model, load_split(codes, "train"), load_split(codes, "eval"), self.train_cfg,
+                     instantiate(self.cfg.nan_guard), self.run_dir, tracker=self.tracker, on_eval=self.hook,
+                     inject_nonfinite_at=list(self.cfg.debug.inject_nonfinite_at))
+
+    def export(self) -> None:
+        if self.choices.export:
+            _after_training(self.tracker, "export", self._export)
+
+    def final_recall(self, outcome: dict[str, Any]) -> None:
+        """Recall at the step training ended on, unless the hook measured it there (a run that stopped early, e.g.
+        diverged, still gets its final recall)."""
+        hook = self.hook
+        if hook is None or hook.last_evaluated == outcome["step"]:
+            return
+        tracker = self._main
+
+        def measure() -> None:
+            self.model.eval()
+            tracker.log({"step": outcome["step"], **(hook(outcome["step"], self.model) or {})})
+
+        _after_training(tracker, "final recall", measure)
+
+    def finish(self, outcome: dict[str, Any]) -> None:
+        """Recall summary (baseline, final, best, delta, p-value per tier), the final predictions and a few clips.
+
+        The training status goes into summary.json first; each later step is guarded on its own. A run whose
+        final recall came from non-finite weights or scores (an eval-only run of a broken checkpoint) ends as
+        diverged, like training that left non-finite weights: its recall figures are not results.
+        """
+        hook = self.hook
+        if hook is None:
+            return
+        tracker = self._main
+        status = {STATUS: outcome["status"]}
+        tracker.summary(status)
+        recall: dict[str, Any] = {}
+
+        def summarise() -> None:
+            rows = hook.rows()
+            recall.update(report.summarize(rows, read_metrics(tracker.run_dir / METRICS_FILE)))
+            final_step, final = _final_rows(rows)
+            if status[STATUS] == COMPLETED and not all(r.get("finite", True) for r in final):
+                status.update({STATUS: DIVERGED, MESSAGE: f"the recall at step {final_step} was measured on "
+                                                          "non-finite weights or scores"})
+            tracker.summary({**recall, **status})
+
+        def audio() -> None:
+            for wav in sorted((self.entries["dataset"].path / "conv").glob("train-*.wav"))[:tracker.log_audio]:
+                tracker.audio(f"dataset/{wav.stem}", wav)
+
+        _after_training(tracker, "recall summary", summarise)
+        _after_training(tracker, "predictions table", lambda: tracker.table("predictions", _final_rows(hook.rows())[1]))
+        _after_training(tracker, "audio logging", audio)
+        _after_training(tracker, "recall table",
+                        lambda: print("\n" + report.recall_table(recall) + f"\nstatus: {status[STATUS]}\n", flush=True))
+
+    @property
+    def _main(self) -> Tracker:
+        """Rank 0's tracker, for the phases the choices give to rank 0 alone (recall, export)."""
+        if self.tracker is None:
+            raise RuntimeError("a rank-0 phase ran on another rank")
+        return self.tracker
+
+    def _export(self) -> None:
+        """Rank 0 writes the adapter (peft + moshi formats)."""
+        target = self.run_dir / "adapter"
+        export = export_adapter(self.model, target, self.loaded.base_config, self.loaded.checkpoint.mimi_config,
+                                getattr(self.lora, "export_merged", False))
+        log.info("adapter written to %s (%s)", target, export.kind)
+        if self._main.log_adapter:
+            self._main.artifact(target, "adapter")
 
 
 def _after_training(tracker: Tracker | None, name: str, step: Callable[[], None]) -> None:
@@ -166,49 +254,6 @@ def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, las
                                 training_voice_f0(dataset_dir) if eval_cfg.voice else None,
                                 judge_from_config(eval_cfg))
     return RecallHook(evaluator, eval_cfg.recall_every, last_step, run_dir / PREDICTIONS_FILE)
-
-
-def _export(model: Any, loaded: LoadedModel, run_dir: Path, tracker: Tracker | None, also_merged: bool) -> None:
-    """Rank 0 writes the adapter (peft + moshi formats). A model sharded by FSDP is not gathered here: its
-    trained weights are in the sharded checkpoint under checkpoints/."""
-    if tracker is None or is_sharded(model):
-        return
-    export = export_adapter(model, run_dir / "adapter", loaded.base_config, loaded.checkpoint.mimi_config,
-                            also_merged)
-    log.info("adapter written to %s (%s)", run_dir / "adapter", export.kind)
-    if tracker.log_adapter:
-        tracker.artifact(run_dir / "adapter", "adapter")
-
-
-def _finish(tracker: Tracker, hook: RecallHook, dataset_dir: Path, summary: dict[str, Any]) -> None:
-    """Recall summary (baseline, final, best, delta, p-value per tier), the final predictions and a few clips.
-
-    The training status goes into summary.json first; each later step is guarded on its own (`_after_training`).
-    A run whose final recall came from non-finite weights or scores (an eval-only run of a broken checkpoint)
-    ends as diverged, like training that left non-finite weights: its recall figures are not results.
-    """
-    status = {STATUS: summary["status"]}
-    tracker.summary(status)
-    recall: dict[str, Any] = {}
-
-    def summarise() -> None:
-        rows = hook.rows()
-        recall.update(report.summarize(rows, read_metrics(tracker.run_dir / METRICS_FILE)))
-        final_step, final = _final_rows(rows)
-        if status[STATUS] == COMPLETED and not all(r.get("finite", True) for r in final):
-            status.update({STATUS: DIVERGED, MESSAGE: f"the recall at step {final_step} was measured on "
-                                                      "non-finite weights or scores"})
-        tracker.summary({**recall, **status})
-
-    def audio() -> None:
-        for wav in sorted((dataset_dir / "conv").glob("train-*.wav"))[:tracker.log_audio]:
-            tracker.audio(f"dataset/{wav.stem}", wav)
-
-    _after_training(tracker, "recall summary", summarise)
-    _after_training(tracker, "predictions table", lambda: tracker.table("predictions", _final_rows(hook.rows())[1]))
-    _after_training(tracker, "audio logging", audio)
-    _after_training(tracker, "recall table",
-                    lambda: print("\n" + report.recall_table(recall) + f"\nstatus: {status[STATUS]}\n", flush=True))
 
 
 def _final_rows(rows: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.evaluation.metrics import HEADLINE, METRICS
 from moshi_knowledge.evaluation.stats import paired_p_value
 from moshi_knowledge.io_utils import atomic_write_text
 from moshi_knowledge.tracking.contract import (
@@ -117,10 +118,11 @@ def _winner_section(runs: list[RunRecord], labels: list[str], tiers: list[str]) 
             finals[run.path] = _final_predictions(run)
         return finals[run.path].get(tier, {})
 
+    sign = 1 if METRICS[HEADLINE].higher_is_better else -1
     for tier in tiers:
         ranked = sorted(((acc, label, run) for run, label in zip(runs, labels)
                          if (acc := _completed_recall(run, tier)) is not None and math.isfinite(acc)),
-                        key=lambda item: -item[0])
+                        key=lambda item: -sign * item[0])
         if len(ranked) < 2:
             continue
         (best_acc, best, best_run), (next_acc, runner, next_run) = ranked[:2]
@@ -131,7 +133,7 @@ def _winner_section(runs: list[RunRecord], labels: list[str], tiers: list[str]) 
         p = paired_p_value([b[q][0] for q in shared], [a[q][0] for q in shared], [a[q][1] for q in shared])
         wins = sum(a[q][0] and not b[q][0] for q in shared)
         losses = sum(b[q][0] and not a[q][0] for q in shared)
-        clear = p < 0.05 and best_acc > next_acc
+        clear = p < 0.05 and sign * best_acc > sign * next_acc
         rows.append(_row([tier, f"`{best}` {best_acc:.3f}", f"`{runner}` {next_acc:.3f}", str(len(shared)),
                           f"{wins} / {losses}", _num(p), "yes" if clear else "no"]))
         lines.append(f"- **{tier}**: `{best}` is best ({best_acc:.3f})" + (
@@ -240,12 +242,12 @@ def _seed_section(runs: list[RunRecord], varying: list[list[str]], tiers: list[s
     lines = ["## Across seeds", "", _row(["tier", "runs", "mean", "sd", "95% CI of the mean"]),
              _row(["---"] * 5)]
     for tier in tiers:
-        for stat in ("mc_acc", "mc_acc_shuffled", "mc_acc_silence"):  # the real figure, then its controls
+        for stat in (m.name for m in METRICS.values() if m.across_seeds):  # the real figure, then its controls
             values = [v for r in runs if r.status == COMPLETED and (v := r.final(recall_key(tier, stat))) is not None
                       and math.isfinite(v)]
             if not values:
                 continue
-            label = tier if stat == "mc_acc" else f"{tier} ({stat.removeprefix('mc_acc_')})"
+            label = tier if stat == HEADLINE else f"{tier} ({stat.removeprefix(f'{HEADLINE}_')})"
             mean, half = _mean_interval(values)
             sd = statistics.stdev(values) if len(values) > 1 else math.nan
             lines.append(_row([label, str(len(values)), f"{mean:.3f}", f"{sd:.3f}",
@@ -302,8 +304,9 @@ def _paired_row(tier: str, name_a: str, name_b: str, a: dict[str, RunRecord], b:
         p = 1.0 if mean == 0 else 0.0
     else:
         p = float(ttest_rel([vb for _, vb in pairs], [va for va, _ in pairs]).pvalue)
+    higher = METRICS[HEADLINE].higher_is_better
     verdict = (f"indistinguishable (p ≥ {ALPHA})" if p >= ALPHA
-               else f"{'B' if mean > 0 else 'A'} better")
+               else f"{'B' if (mean > 0) == higher else 'A'} better")
     return _row([tier, name_a, name_b, str(len(pairs)), f"{mean:+.3f}", f"[{mean - half:+.3f}, {mean + half:+.3f}]",
                  f"{p:.3g}", verdict])
 

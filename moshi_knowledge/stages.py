@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from moshi_knowledge.cache import CacheEntry, build_or_reuse, cache_key
+from moshi_knowledge.codes.encode import encode_dataset
 from moshi_knowledge.dataset.build import build_dataset
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import atomic_write_json, read_json
@@ -25,7 +26,6 @@ from moshi_knowledge.model.load import LoadedModel, load_codec, load_model
 from moshi_knowledge.qa.schema import QASet
 from moshi_knowledge.speech.script import answer_lines, question_lines
 from moshi_knowledge.speech.synthesize import load_utterance, script_fingerprint, synthesize_script
-from moshi_knowledge.train.encode import encode_dataset
 from moshi_knowledge.world.schema import Story
 
 log = logging.getLogger(__name__)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose_cfg
 from moshi_knowledge.config_schema import SCHEMAS
+from moshi_knowledge.specs.lora import LoraSpec
+from moshi_knowledge.specs.tiny import TinySpec
 
 GROUPS = ["story", "qa", "tts", "layout", "align", "paths", "model", "lora", "train", "nan_guard", "eval", "logger",
           "sweep", "launcher"]
@@ -39,6 +44,32 @@ def test_schemas_are_not_options_of_their_group(group: str, name: str) -> None:
     """A schema only types a group's options; selected as one (`lora=lora_schema`) it would be a bare preset."""
     with pytest.raises(ConfigCompositionException, match=f"Could not find '{group}/{name}'"):
         compose_cfg([f"{group}={name}"])
+
+
+def test_lora_and_tiny_presets_hold_only_what_differs_from_their_dataclasses() -> None:
+    """LoraSpec and TinySpec give every default; a preset sets its own values and overrides still apply."""
+    for preset in ("attn", "mlp", "attn_mlp", "all"):
+        assert instantiate(compose_cfg([f"lora={preset}"]).lora) == LoraSpec(targets=preset)
+    assert instantiate(compose_cfg(["lora=moshiko"]).lora) == LoraSpec("all", rank=64, alpha=128.0)
+    assert instantiate(compose_cfg(["lora=attn", "lora.rank=4"]).lora) == LoraSpec("attn", rank=4)
+    cfg = compose_cfg(["model=tiny", "seed=3", "model.dim=64"])
+    assert OmegaConf.to_container(cfg.model, resolve=True) == {
+        **asdict(TinySpec(dim=64, seed=3)), "_target_": "moshi_knowledge.model.tiny.TinyModel"}
+    with pytest.raises(ConfigCompositionException, match="ranc"):
+        compose_cfg(["lora=attn", "lora.ranc=4"])
+    with pytest.raises(ConfigCompositionException, match="dimm"):
+        compose_cfg(["model=tiny", "model.dimm=4"])
+
+
+def test_a_schema_read_off_a_constructor_types_its_options() -> None:
+    """layout=...'s schema is DialogueLayout's constructor: its defaults, its types, nothing else."""
+    dialogue = instantiate(compose_cfg(["layout=dialogue", "layout.gap_sec=0.6"]).layout)
+    assert (dialogue.gap_sec, dialogue.lead_sec, dialogue.max_turns) == (0.6, 0.3, None)
+    assert instantiate(compose_cfg(["layout=mono_duplicate"]).layout).max_turns == 1
+    with pytest.raises(ConfigCompositionException, match="gap_sek"):
+        compose_cfg(["layout=dialogue", "layout.gap_sek=0.6"])
+    with pytest.raises(ConfigCompositionException, match="max_turns"):
+        compose_cfg(["layout=dialogue", "layout.max_turns=many"])
 
 
 def test_schema_rejects_a_mistyped_key() -> None:

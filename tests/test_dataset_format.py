@@ -25,16 +25,14 @@ from moshi_knowledge.dataset.format import (
     read_conversations_index,
     read_manifest,
     read_meta,
-    read_mono_wav,
-    read_stereo,
     write_conversation,
     write_conversations_index,
     write_manifest,
     write_meta,
-    write_mono_wav,
 )
 from moshi_knowledge.dataset.validate import validate_dataset
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.speech.audio import read_mono_wav, read_stereo, write_mono_wav
 from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SAMPLE_RATE, USER_SPEAKER, Conversation, SpeakerWord, Turn
 from moshi_knowledge.validate import main
 

@@ -11,8 +11,10 @@ from moshi.models.lm import LMGen, LMModel
 from torch import nn
 
 from moshi_knowledge.model.depformer_patch import is_patched, patch_depformer
-from moshi_knowledge.model.lora import LoraSpec, apply_lora, base_lm, merged_copy
-from moshi_knowledge.model.tiny import TinySizes, tiny_lm, tiny_lm_config
+from moshi_knowledge.model.lora import apply_lora, base_lm, merged_copy
+from moshi_knowledge.model.tiny import tiny_lm, tiny_lm_config
+from moshi_knowledge.specs.lora import LoraSpec
+from moshi_knowledge.specs.tiny import TinySizes
 
 torch.set_num_threads(1)
 STEPS_PER_LAYER = 3 * 8  # in_projs, out_projs and gating, one per codebook

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY_RUN, run_app
-from moshi_knowledge.dataset.format import write_mono_wav
 from moshi_knowledge.evaluation.controls import SilentQuestion, derangement, shuffled_pairs
 from moshi_knowledge.evaluation.questions import EvalQuestion
+from moshi_knowledge.speech.audio import write_mono_wav
 
 
 def _question(i: int, tier: str, audio: Path) -> EvalQuestion:

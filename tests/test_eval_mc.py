@@ -17,13 +17,14 @@ import torch
 from moshi.models import loaders
 from moshi.models.lm import LMModel
 
+from moshi_knowledge.codes.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, ZERO_TOKEN
+from moshi_knowledge.codes.stream import StreamSpec
+from moshi_knowledge.codes.text_stream import text_stream
 from moshi_knowledge.evaluation.generate import Prompt, generate
 from moshi_knowledge.evaluation.mc import Candidate, MCQuestion, MCResult, row_codes, score, text_log_probs
 from moshi_knowledge.model.tiny import train_tokenizer
 from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SpeakerWord
-from moshi_knowledge.train.batches import StreamSpec, collate
-from moshi_knowledge.train.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, ZERO_TOKEN
-from moshi_knowledge.train.text_stream import text_stream
+from moshi_knowledge.train.batches import collate
 
 torch.set_num_threads(1)
 

@@ -12,14 +12,11 @@ import torch
 from hydra.utils import instantiate
 from peft.tuners.lora import LoraLayer
 
-from moshi_knowledge.dataset.format import (
-    CONVERSATIONS,
-    META,
-    read_alignments,
-    read_conversations_index,
-    read_meta,
-    read_stereo,
-)
+from moshi_knowledge.codes.encode import mimi_encode
+from moshi_knowledge.codes.samples import MOSHI_AUDIO, USER_AUDIO, ZERO_TOKEN
+from moshi_knowledge.codes.stream import StreamSpec
+from moshi_knowledge.codes.text_stream import text_stream
+from moshi_knowledge.dataset.format import CONVERSATIONS, META, read_alignments, read_conversations_index, read_meta
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.evaluation.mc import answer_mask, row_codes
 from moshi_knowledge.evaluation.pitch import training_voice_f0
@@ -28,13 +25,11 @@ from moshi_knowledge.evaluation.questions import AnswerSpeech, load_questions
 from moshi_knowledge.evaluation.recall import RecallEvaluator
 from moshi_knowledge.evaluation.report import F0, recall_table, summarize
 from moshi_knowledge.model.load import load_model
-from moshi_knowledge.model.lora import LoraSpec, apply_lora
+from moshi_knowledge.model.lora import apply_lora
 from moshi_knowledge.model.tiny import TinyModel, build_tiny_checkpoint
+from moshi_knowledge.specs.lora import LoraSpec
+from moshi_knowledge.speech.audio import read_stereo
 from moshi_knowledge.tracking.files import dumps
-from moshi_knowledge.train.batches import StreamSpec
-from moshi_knowledge.train.encode import mimi_encode
-from moshi_knowledge.train.samples import MOSHI_AUDIO, USER_AUDIO, ZERO_TOKEN
-from moshi_knowledge.train.text_stream import text_stream
 
 torch.set_num_threads(1)
 
@@ -207,10 +202,10 @@ def test_recall_prompts_take_the_gap_the_dataset_was_built_with(tiny_cache, tmp_
     """With layout.gap_sec=0.6 the dataset's meta.json says 0.6, and recall's answer starts 0.6 s after the
     question, where the training turn's answer started: its gold text stream is the training conversation's."""
     from conftest import TINY_RUN, compose_cfg
+    from moshi_knowledge.codes.encode import SAMPLES_PER_FRAME
     from moshi_knowledge.experiment import _recall_hook
     from moshi_knowledge.speech.schema import SAMPLE_RATE
     from moshi_knowledge.stages import load_stage_model, run_stages
-    from moshi_knowledge.train.encode import SAMPLES_PER_FRAME
 
     cfg = compose_cfg([*TINY_RUN, "layout.gap_sec=0.6", "layout.max_turns=1", "eval.tiers=[train]",
                        f"paths.cache_dir={tiny_cache}", "logger=none", "stages=[dataset,model]"])

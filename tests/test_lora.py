@@ -15,8 +15,6 @@ from torch import nn
 
 from moshi_knowledge.model.load import LocalModel, load_model
 from moshi_knowledge.model.lora import (
-    FullFinetune,
-    LoraSpec,
     apply_lora,
     base_lm,
     count_parameters,
@@ -25,6 +23,7 @@ from moshi_knowledge.model.lora import (
     merged_copy,
 )
 from moshi_knowledge.model.tiny import TinyModel, build_tiny_checkpoint
+from moshi_knowledge.specs.lora import FullFinetune, LoraSpec
 
 torch.set_num_threads(1)
 # fp32 rounding of merged weights (W + s*B@A) moves logits of size ~10 by up to ~2e-5; the adapter moves them by ~10
@@ -266,18 +265,3 @@ def test_moshi_server_loads_every_export_offline_from_local_paths(tiny, lm, code
         torch.testing.assert_close(_logits(info.get_moshi(dtype=torch.float32), codes), expected, **CLOSE)
     else:
         assert export.merged_weights is None
-
-
-def test_config_schemas_match_the_runtime_classes() -> None:
-    """LoraSpec and TinySizes live beside torch code, so their schemas repeat them; keep each pair in step."""
-    import dataclasses
-
-    from moshi_knowledge.config_schema import LoraSchema, TinyModelSchema
-    from moshi_knowledge.model.lora import LoraSpec
-    from moshi_knowledge.model.tiny import TinySizes
-
-    def defaults(cls, skip=()):
-        return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in ("_target_", *skip)}
-
-    assert defaults(LoraSchema) == defaults(LoraSpec)
-    assert defaults(TinyModelSchema, skip=("seed", "fit_seconds", "device", "dtype")) == defaults(TinySizes)

@@ -14,7 +14,8 @@ from conftest import compose_cfg
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.model.load import HubModel, LocalModel, load_codec, load_model
 from moshi_knowledge.model.mimi_fit import fit_mimi_codebooks
-from moshi_knowledge.model.tiny import TinyModel, TinySizes, build_tiny_checkpoint, tiny_lm, tiny_lm_config, tiny_mimi
+from moshi_knowledge.model.tiny import TinyModel, build_tiny_checkpoint, tiny_lm, tiny_lm_config, tiny_mimi
+from moshi_knowledge.specs.tiny import TinySizes
 
 torch.set_num_threads(1)
 SR = 24000

@@ -17,16 +17,17 @@ import torch
 from moshi.models import loaders
 from moshi.models.lm import LMModel
 
+from moshi_knowledge.codes.samples import ConversationCodes, TurnSpan, drop_answer_audio, turn_spans
+from moshi_knowledge.codes.stream import StreamSpec
+from moshi_knowledge.codes.text_stream import speaker_words, text_stream
 from moshi_knowledge.config_schema import NanGuardSchema, TrainSchema
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.speech.schema import MOSHI_SPEAKER, USER_SPEAKER, SpeakerWord, Turn
 from moshi_knowledge.train.attention import segment_attention
-from moshi_knowledge.train.batches import StreamSpec, TrainStream, collate, eval_batches
+from moshi_knowledge.train.batches import TrainStream, collate, eval_batches
 from moshi_knowledge.train.config import TrainConfig
 from moshi_knowledge.train.nan_guard import NanGuard
 from moshi_knowledge.train.packing import pack_rows
-from moshi_knowledge.train.samples import ConversationCodes, TurnSpan, drop_answer_audio, turn_spans
-from moshi_knowledge.train.text_stream import speaker_words, text_stream
 
 torch.set_num_threads(1)
 

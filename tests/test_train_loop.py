@@ -11,15 +11,16 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 import pytest
 import torch
 
+from moshi_knowledge.codes.stream import StreamSpec
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import read_json
 from moshi_knowledge.tracking.files import read_metrics
 from moshi_knowledge.train import checkpoint as checkpoint_module
 from moshi_knowledge.train.attention import segment_attention
-from moshi_knowledge.train.batches import StreamSpec, collate, eval_batches
+from moshi_knowledge.train.batches import collate, eval_batches
 from moshi_knowledge.train.checkpoint import checkpoint_dirs
 from moshi_knowledge.train.config import TrainConfig
-from moshi_knowledge.train.loop import evaluate, forward_sums, set_gradient_checkpointing, train
+from moshi_knowledge.train.loop import Trainer, evaluate, forward_sums, set_gradient_checkpointing, train
 from moshi_knowledge.train.loss import LossSettings
 from moshi_knowledge.train.nan_guard import NanGuard
 from moshi_knowledge.train.optim import lr_at
@@ -224,6 +225,22 @@ def test_resume_continues_exactly(tmp_path) -> None:
                 assert b[key] == pytest.approx(a[key], abs=1e-6), (a["step"], key)
     for (name, a), b in zip(trainable(straight).items(), trainable(resumed).values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_the_public_step_api_repeats_the_loop_and_resumes_from_its_own_checkpoint(tmp_path) -> None:
+    """What benchmarks time: `train_step` is the loop's step (same losses as `train`), `save` and `resume` its
+    checkpoint I/O; nothing is logged."""
+    _, rows, _ = run(tmp_path / "loop", max_steps=4, eval_every=0, ckpt_every=0)
+    trainer = Trainer(tiny_lm(), TRAIN, [], config(max_steps=4), NanGuard("skip"), tmp_path / "steps")
+    trainer.model.train()
+    steps = [trainer.train_step() for _ in range(2)]
+    trainer.save()
+    steps += [trainer.train_step() for _ in range(2)]
+    loop = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert [s["train/loss"] for s in steps] == pytest.approx(loop, abs=1e-6) and trainer.step == 4
+    trainer.resume()
+    assert trainer.step == 2 and trainer.train_step()["train/loss"] == pytest.approx(loop[2], abs=1e-6)
+    assert not (tmp_path / "steps" / "metrics.jsonl").exists()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

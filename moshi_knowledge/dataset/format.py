@@ -9,26 +9,15 @@ by moshi-finetune, so the same folder trains there unchanged.
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import numpy as np
-import soundfile as sf
-
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from moshi_knowledge.io_utils import atomic_write_json, atomic_write_text, read_json
+from moshi_knowledge.speech.audio import write_stereo_wav
 from moshi_knowledge.speech.schema import SAMPLE_RATE, Conversation, SpeakerWord, Turn
-
-with warnings.catch_warnings():
-    # pydub warns at import that ffmpeg is missing (needed only for compressed formats, never for wav) and
-    # that audioop goes away in Python 3.13 (the project pins <3.13): neither concerns what we do with it.
-    warnings.simplefilter("ignore", RuntimeWarning)
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from pydub import AudioSegment
 
 TRAIN_MANIFEST = "train.jsonl"
 EVAL_MANIFEST = "eval.jsonl"
@@ -37,7 +26,6 @@ META = "meta.json"
 QUESTIONS = "questions.json"
 
 LayoutName = Literal["dialogue", "mono_duplicate"]
-_INT16_SCALE = 32768  # soundfile reads PCM_16 as int / 32768, so writing with the same scale round-trips
 
 
 @dataclass(frozen=True)
@@ -67,37 +55,11 @@ def write_conversation(
         raise ValueError(f"conversation {conv.id}: left has {len(conv.left)} samples, right {len(conv.right)}")
     if not rel_path.endswith(".wav") or Path(rel_path).is_absolute():
         raise ValueError(f"conversation {conv.id}: rel_path {rel_path!r} must be a relative path ending in .wav")
-    # pydub interleaves the channels; equal frame counts (checked above) keep them in sync.
-    stereo = AudioSegment.from_mono_audiosegments(_mono_segment(conv.left), _mono_segment(conv.right))
-    buffer = io.BytesIO()
-    stereo.export(buffer, format="wav")
     wav_path = Path(dataset_dir) / rel_path
-    atomic_write_bytes(wav_path, buffer.getvalue())
+    write_stereo_wav(conv.left, conv.right, wav_path)
     rows = [[w.word, [w.start, w.end], w.speaker] for w in alignments]
     atomic_write_json(wav_path.with_suffix(".json"), {"alignments": rows})
     return {"path": rel_path, "duration": len(conv.left) / SAMPLE_RATE}
-
-
-def read_stereo(wav_path: Path) -> tuple[np.ndarray, np.ndarray, int]:
-    """(left, right, sample_rate) as float32 in [-1, 1)."""
-    data, sample_rate = sf.read(wav_path, dtype="float32", always_2d=True)
-    if data.shape[1] != 2:
-        raise ValueError(f"{wav_path}: {data.shape[1]} channel(s), expected stereo")
-    return data[:, 0].copy(), data[:, 1].copy(), sample_rate
-
-
-def write_mono_wav(samples: np.ndarray, path: Path) -> None:
-    """A 24 kHz 16-bit mono wav: every utterance the tts stage speaks (and so every question's audio)."""
-    buffer = io.BytesIO()
-    _mono_segment(samples).export(buffer, format="wav")
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def read_mono_wav(path: Path) -> tuple[np.ndarray, int]:
-    data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
-    if data.shape[1] != 1:
-        raise ValueError(f"{path}: {data.shape[1]} channels, expected mono")
-    return data[:, 0].copy(), sample_rate
 
 
 def read_alignments(json_path: Path) -> list[SpeakerWord]:
@@ -203,14 +165,6 @@ def read_meta(path: Path) -> DatasetMeta:
         )
     return DatasetMeta(layout=data["layout"], lead_sec=float(data["lead_sec"]), gap_sec=float(data["gap_sec"]),
                        sample_rate=data["sample_rate"])
-
-
-def _mono_segment(samples: np.ndarray) -> AudioSegment:
-    samples = np.asarray(samples, dtype=np.float32)
-    if samples.ndim != 1 or not np.isfinite(samples).all():
-        raise ValueError(f"audio must be 1-D and finite, got shape {samples.shape}")
-    pcm = np.clip(np.round(samples * _INT16_SCALE), -_INT16_SCALE, _INT16_SCALE - 1).astype("<i2")
-    return AudioSegment(data=pcm.tobytes(), sample_width=2, frame_rate=SAMPLE_RATE, channels=1)
 
 
 def _read_json_file(path: Path) -> Any:

@@ -25,9 +25,9 @@ from moshi_knowledge.dataset.format import (
     read_conversations_index,
     read_manifest,
     read_meta,
-    read_stereo,
 )
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.speech.audio import read_stereo
 from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SAMPLE_RATE, USER_SPEAKER, SpeakerWord
 
 SILENCE_DBFS = -50.0  # a channel quieter than this (RMS) over a span counts as silent

@@ -6,14 +6,15 @@
 
 A model that answers from the question scores near chance (1 / number of candidates) in both. A control above
 chance means answers are picked by something else (how often an answer was trained, its length, the layout), and
-the real figure is inflated by about as much. Both are scored at every evaluation, beside the real questions.
+the real figure is inflated by about as much. Both are scored at every evaluation, beside the real questions;
+their figures are registered metrics (metrics.CONTROLS).
 """
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -21,17 +22,11 @@ import numpy as np
 from moshi.models.lm import LMModel
 
 from moshi_knowledge.evaluation.mc import score
+from moshi_knowledge.evaluation.metrics import correct_field
 from moshi_knowledge.evaluation.prompts import PreparedQuestion
 from moshi_knowledge.evaluation.questions import EvalQuestion
-from moshi_knowledge.evaluation.stats import paired_p_value
 
-CONTROLS = ("shuffled", "silence")
 SHUFFLED_QID = "shuffled_qid"  # prediction-row field: whose candidates the shuffled control scored
-
-
-def correct_field(control: str) -> str:
-    """The prediction-row field holding whether gold won under `control`."""
-    return f"mc_correct_{control}"
 
 
 @dataclass(frozen=True)
@@ -93,19 +88,4 @@ class Controls:
             for i, result in zip(self.index[name], score(lm, [p.mc for p in prepared], batch_size)):
                 out[i][correct_field(name)] = weights_finite and result.correct
         return dict(out)
-
-
-def figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """mc_acc_<control> of one tier's rows, and p_vs_<control>: the one-sided exact McNemar test (clustered by
-    fact) that the real questions beat the control on the same questions, model and step. A control is absent
-    when its rows lack it (a tier of one question)."""
-    out = {}
-    for name in CONTROLS:
-        scored = [r for r in rows if correct_field(name) in r]
-        if scored:
-            control = [bool(r[correct_field(name)]) for r in scored]
-            out[f"mc_acc_{name}"] = sum(control) / len(control)
-            out[f"p_vs_{name}"] = paired_p_value(control, [r["mc_correct"] for r in scored],
-                                                 [r["cluster"] for r in scored], alternative="greater")
-    return out
 

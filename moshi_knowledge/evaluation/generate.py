@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from moshi.models.lm import LMGen, LMModel
 
+from moshi_knowledge.codes.samples import MOSHI_AUDIO, N_STREAMS, USER_AUDIO, ZERO_TOKEN
 from moshi_knowledge.evaluation.streaming import attention_span, delayed_inputs
 from moshi_knowledge.text_norm import normalise
-from moshi_knowledge.train.samples import MOSHI_AUDIO, N_STREAMS, USER_AUDIO, ZERO_TOKEN
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from moshi.models.lm import LMModel
 from moshi.modules.streaming import StreamingModule
 from moshi.modules.transformer import RingKVCache
 
+from moshi_knowledge.codes.samples import MOSHI_AUDIO, N_STREAMS, ZERO_TOKEN
 from moshi_knowledge.evaluation.streaming import attention_span, delayed_inputs
-from moshi_knowledge.train.samples import MOSHI_AUDIO, N_STREAMS, ZERO_TOKEN
 
 
 @dataclass

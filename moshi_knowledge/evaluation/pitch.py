@@ -17,7 +17,8 @@ import librosa
 import numpy as np
 from joblib import Parallel, delayed
 
-from moshi_knowledge.dataset.format import CONVERSATIONS, read_conversations_index, read_stereo
+from moshi_knowledge.dataset.format import CONVERSATIONS, read_conversations_index
+from moshi_knowledge.speech.audio import read_stereo
 from moshi_knowledge.speech.schema import SAMPLE_RATE
 
 _TRACK_RATE = 16_000  # pYIN cost grows with the rate; speech F0 needs far less than 24 kHz

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from moshi.models.compression import MimiModel
 
+from moshi_knowledge.codes.encode import SAMPLES_PER_FRAME, mimi_encode
+from moshi_knowledge.codes.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, USER_AUDIO, ZERO_TOKEN
+from moshi_knowledge.codes.stream import StreamSpec
+from moshi_knowledge.codes.text_stream import Tokenize, text_stream
 from moshi_knowledge.evaluation.generate import Prompt
 from moshi_knowledge.evaluation.mc import Candidate, MCQuestion, answer_mask
 from moshi_knowledge.evaluation.questions import EvalQuestion
 from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SAMPLE_RATE, SpeakerWord, Utterance
-from moshi_knowledge.train.batches import StreamSpec
-from moshi_knowledge.train.encode import SAMPLES_PER_FRAME, mimi_encode
-from moshi_knowledge.train.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, USER_AUDIO, ZERO_TOKEN
-from moshi_knowledge.train.text_stream import Tokenize, text_stream
 
 
 @dataclass

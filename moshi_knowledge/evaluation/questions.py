@@ -18,9 +18,10 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from moshi_knowledge.dataset.format import QUESTIONS, read_mono_wav
+from moshi_knowledge.dataset.format import QUESTIONS
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import read_json
+from moshi_knowledge.speech.audio import read_mono_wav
 from moshi_knowledge.speech.schema import SAMPLE_RATE, Utterance
 from moshi_knowledge.speech.synthesize import load_utterance
 from moshi_knowledge.speech.tts_base import TTSBackend

@@ -26,21 +26,22 @@ from sentencepiece import SentencePieceProcessor
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from moshi_knowledge.codes.samples import FRAME_RATE
+from moshi_knowledge.codes.stream import StreamSpec
 from moshi_knowledge.dataset.format import DatasetMeta
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.evaluation.controls import Controls
-from moshi_knowledge.evaluation.generate import Generation, contains_answer, exact_match, generate, token_f1
+from moshi_knowledge.evaluation.generate import Generation, generate
 from moshi_knowledge.evaluation.judge import Judge
 from moshi_knowledge.evaluation.mc import MCResult, score
+from moshi_knowledge.evaluation.metrics import Answer, row_fields
 from moshi_knowledge.evaluation.pitch import median_f0
 from moshi_knowledge.evaluation.prompts import PreparedQuestion, Timing, prepare
 from moshi_knowledge.evaluation.questions import EvalQuestion
 from moshi_knowledge.model import uncompiled
 from moshi_knowledge.model.lora import generation_lm
 from moshi_knowledge.speech.schema import Utterance
-from moshi_knowledge.train.batches import StreamSpec
-from moshi_knowledge.train.samples import FRAME_RATE
 
 # Every attention kernel but cuDNN's (torch's first choice on the H200). cuDNN builds a kernel for each new shape:
 # multiple choice, with rows of many lengths, took 7x as long on its first pass as on the next. Generation's steps
@@ -116,8 +117,9 @@ class RecallEvaluator:
 
     def _row(self, step: int, i: int, mc: list[MCResult] | None, generations: list[Generation] | None,
              weights_finite: bool) -> dict:
-        """One question's prediction row; with non-finite weights or scores every measure counts it wrong (the
-        MC scores of its prompt are the text logits generation starts from)."""
+        """One question's prediction row: what it is, what Moshi answered and each registered metric's fields; with
+        non-finite weights or scores every measure counts it wrong (the MC scores of its prompt are the text
+        logits generation starts from)."""
         q = self.prepared[i].question
         finite = weights_finite and (mc is None or mc[i].finite)
         row: dict[str, Any] = {"step": step, "qid": q.id, "tier": q.tier, "cluster": q.cluster,
@@ -126,18 +128,11 @@ class RecallEvaluator:
         if q.half is not None:
             row["half"] = q.half
         if mc is not None:
-            result = mc[i]
-            row["candidates"] = [{"text": t, "score": s} for t, s in zip(q.candidates, result.scores)]
-            row.update(mc_correct=finite and result.correct, mc_correct_sum=finite and result.correct_by_sum,
-                       mc_rank=result.gold_rank, mc_margin=result.margin)
-        if generations is not None:
-            text = self.tokenizer.decode(generations[i].tokens)
-            answers = [q.gold, *q.aliases]
-            row.update(generated=text, gen_correct=finite and exact_match(text, answers),
-                       gen_contains=finite and contains_answer(text, answers),
-                       f1=token_f1(text, answers) if finite else 0.0)
-            if self.judge is not None:
-                row["judge_correct"] = finite and self.judge(q.text, q.gold, q.aliases, text)
+            row["candidates"] = [{"text": t, "score": s} for t, s in zip(q.candidates, mc[i].scores)]
+        text = self.tokenizer.decode(generations[i].tokens) if generations is not None else None
+        if text is not None:
+            row["generated"] = text
+        row.update(row_fields(Answer(q, finite, mc[i] if mc is not None else None, text, self.judge)))
         return row
 
     def _voice(self, generations: list[Generation]) -> dict[str, float]:

@@ -4,13 +4,9 @@ Everything is computed from the prediction rows alone (plus the voice figures of
 run or a report script can rebuild the summary from predictions.jsonl. Key layout: `recall/<tier>/<stat>`
 (see tracking/contract.py) and `voice/<stat>`.
 
-Per tier and evaluation: n, mc_acc with its clustered Wilson interval (mc_acc_low, mc_acc_high), mean gold rank
-(mc_rank), mean margin (mc_margin), mc_acc_sum (ranked by summed log-probability), gen_acc (the first answer span
-is the gold, + interval), gen_acc_lenient (the gold anywhere in the text), mean token F1 of the first span (f1),
-judge_acc when judged, the count of questions answered from non-finite weights or scores (n_nonfinite), and, from
-the second evaluation on, the paired p-values against the baseline (p_value for MC, gen_p_value for generation).
-Beside them the nulls, the headline: the MC controls mc_acc_shuffled and mc_acc_silence (controls.py) with
-p_vs_shuffled and p_vs_silence, p_vs_unseen_facts against the never-trained facts, and p_vs_null, the largest.
+Per tier and evaluation: the figures of every metric registered in metrics.py (accuracies with their clustered
+intervals, the controls and the tests against the nulls, from the second evaluation on the paired p-values
+against the baseline); in the summary also each tracked metric's baseline, best and delta.
 
 Rows read back from predictions.jsonl carry null for a non-finite number (the files are strict JSON); it reads as
 NaN here.
@@ -23,10 +19,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from moshi_knowledge.evaluation import controls
+from moshi_knowledge.evaluation.metrics import CONTROLS, METRICS, NULL_TIER, paired_figures, tier_figures
 from moshi_knowledge.evaluation.pitch import semitones
-from moshi_knowledge.evaluation.stats import accuracy_interval, paired_p_value, unpaired_p_value
-from moshi_knowledge.tracking.contract import RECALL_STATS, half_tier, number
+from moshi_knowledge.tracking.contract import half_tier, number
 from moshi_knowledge.tracking.contract import recall_key as key
 
 F0 = "voice/f0_median_hz"
@@ -34,9 +29,6 @@ F0_BASELINE = "voice/f0_baseline_hz"
 F0_TRAIN = "voice/f0_train_hz"
 F0_VS_BASELINE = "voice/f0_semitones_vs_baseline"
 F0_VS_TRAIN = "voice/f0_semitones_vs_train"
-
-NULL_TIER = "unseen_facts"  # facts never trained: what recall scores from the priors alone
-NULL_TESTS = (*(f"p_vs_{c}" for c in controls.CONTROLS), f"p_vs_{NULL_TIER}")
 
 Row = Mapping[str, Any]
 NAN = float("nan")
@@ -47,9 +39,10 @@ def step_metrics(rows: Sequence[Row], baseline: Sequence[Row] | None = None) -> 
     out: dict[str, float] = {}
     base_by_tier = _by_tier(baseline or [])
     by_tier = _by_tier(rows)
-    for tier, figures in _figures_by_tier(by_tier).items():
+    for tier in by_tier:
+        figures = tier_figures(tier, by_tier)
         if baseline is not None:
-            figures.update(_paired(base_by_tier.get(tier, []), by_tier[tier]))
+            figures.update(paired_figures(base_by_tier.get(tier, []), by_tier[tier]))
         out.update({key(tier, k): v for k, v in figures.items()})
     return out
 
@@ -62,11 +55,8 @@ def voice_metrics(f0: float, baseline_f0: float | None, train_f0: float | None) 
 
 
 def summarize(predictions: Iterable[Row], metric_rows: Iterable[Row] = ()) -> dict[str, float]:
-    """summary.json's recall figures: final, baseline (first evaluation), best, delta and the paired p-value.
-
-    Per tier: mc_acc, mc_acc_low, mc_acc_high, baseline_mc_acc, best_mc_acc, delta, p_value, n (the contract's
-    keys) and the same for generation: gen_acc, baseline_gen_acc, best_gen_acc, gen_delta, gen_p_value, f1.
-    """
+    """summary.json's recall figures: each tier's final figures with their paired p-values against the baseline
+    (the first evaluation) and, for each metric with a `delta` (mc_acc, gen_acc), its baseline, best and delta."""
     by_step: dict[int, list[Row]] = defaultdict(list)
     for row in predictions:
         by_step[int(row["step"])].append(row)
@@ -77,16 +67,19 @@ def summarize(predictions: Iterable[Row], metric_rows: Iterable[Row] = ()) -> di
     base = _by_tier(by_step[first])
     history = {step: _by_tier(rows) for step, rows in by_step.items()}
     out: dict[str, float] = {}
-    for tier, figures in _figures_by_tier(final).items():
-        figures.update(_paired(base.get(tier, []), final[tier]))
-        baseline = _tier_figures(base.get(tier, []))
-        for stat, delta_name in (("mc_acc", "delta"), ("gen_acc", "gen_delta")):
-            if stat not in figures:
+    for tier in final:
+        figures = tier_figures(tier, final)
+        figures.update(paired_figures(base.get(tier, []), final[tier]))
+        baseline = tier_figures(tier, base) if tier in base else {}
+        past = [tier_figures(tier, h) for h in history.values() if tier in h]
+        for metric in METRICS.values():
+            if metric.delta is None or metric.name not in figures:
                 continue
-            best = max(_tier_figures(h[tier])[stat] for h in history.values() if tier in h)
+            stat = metric.name
+            best = max(p[stat] for p in past)
             figures.update({f"baseline_{stat}": baseline.get(stat, NAN), f"best_{stat}": best,
-                            delta_name: figures[stat] - baseline.get(stat, NAN)})
-        out.update({key(tier, k): figures[k] for k in RECALL_STATS if k in figures})
+                            metric.delta: figures[stat] - baseline.get(stat, NAN)})
+        out.update({key(tier, k): v for k, v in figures.items()})
     voice = [r for r in metric_rows if F0 in r]
     if voice:
         last_voice = max(voice, key=lambda r: r.get("step", 0))
@@ -134,7 +127,7 @@ def _controls_table(summary: Mapping[str, Any], tiers: Sequence[str]) -> list[st
     """Under the recall table, the headline: per tier, the final MC figure beside each null's (the silence and
     shuffled controls on the same questions, the unseen_facts tier) with the one-sided p-value against each, and
     p_vs_null, the largest of them (none without controls)."""
-    nulls = (*controls.CONTROLS, NULL_TIER)
+    nulls = (*CONTROLS, NULL_TIER)
     shown = [t for t in tiers if key(t, "p_vs_null") in summary or key(t, "mc_acc_silence") in summary]
     if not shown:
         return []
@@ -157,62 +150,6 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def _figures_by_tier(by_tier: Mapping[str, Sequence[Row]]) -> dict[str, dict[str, float]]:
-    """Each tier's figures at one step, with its comparison against the never-trained facts of the same step
-    (p_vs_unseen_facts) and the headline test p_vs_null: the largest p-value against any null it has (the silence
-    and shuffled controls, the unseen_facts tier), so a tier is above the nulls only when it beats every one."""
-    null = [r["mc_correct"] for r in by_tier.get(NULL_TIER, []) if "mc_correct" in r]
-    out = {}
-    for tier, rows in by_tier.items():
-        figures = _tier_figures(rows)
-        if tier != NULL_TIER and null and "mc_correct" in rows[0]:
-            figures["p_vs_unseen_facts"] = unpaired_p_value([r["mc_correct"] for r in rows], null)
-        tests = [figures[k] for k in NULL_TESTS if k in figures]
-        if tests:
-            figures["p_vs_null"] = max(tests)
-        out[tier] = figures
-    return out
-
-
-def _tier_figures(rows: Sequence[Row]) -> dict[str, float]:
-    if not rows:
-        return {}
-    clusters = [r["cluster"] for r in rows]
-    out: dict[str, float] = {"n": len(rows)}
-    if "finite" in rows[0]:
-        out["n_nonfinite"] = sum(not r["finite"] for r in rows)
-    if "mc_correct" in rows[0]:
-        acc = accuracy_interval([r["mc_correct"] for r in rows], clusters)
-        out.update(mc_acc=acc.value, mc_acc_low=acc.low, mc_acc_high=acc.high,
-                   mc_rank=_mean(r["mc_rank"] for r in rows), mc_margin=_mean(r["mc_margin"] for r in rows))
-        if "mc_correct_sum" in rows[0]:
-            out["mc_acc_sum"] = sum(bool(r["mc_correct_sum"]) for r in rows) / len(rows)
-    if "untrained_candidates" in rows[0]:
-        out["n_flagged"] = sum(bool(r["untrained_candidates"]) for r in rows)
-    if "gen_correct" in rows[0]:
-        acc = accuracy_interval([r["gen_correct"] for r in rows], clusters)
-        out.update(gen_acc=acc.value, gen_acc_low=acc.low, gen_acc_high=acc.high, f1=_mean(r["f1"] for r in rows))
-        if "gen_contains" in rows[0]:
-            out["gen_acc_lenient"] = sum(bool(r["gen_contains"]) for r in rows) / len(rows)
-    out.update(controls.figures(rows))
-    judged = [r["judge_correct"] for r in rows if r.get("judge_correct") is not None]
-    if judged:
-        out["judge_acc"] = sum(judged) / len(judged)
-    return out
-
-
-def _paired(baseline: Sequence[Row], rows: Sequence[Row]) -> dict[str, float]:
-    """Exact paired p-values of `rows` against `baseline` on the questions both scored, clustered by fact."""
-    base = {r["qid"]: r for r in baseline}
-    pairs = [(base[r["qid"]], r) for r in rows if r["qid"] in base]
-    out: dict[str, float] = {}
-    for field, name in (("mc_correct", "p_value"), ("gen_correct", "gen_p_value")):
-        if pairs and field in pairs[0][0] and field in pairs[0][1]:
-            out[name] = paired_p_value([b[field] for b, _ in pairs], [r[field] for _, r in pairs],
-                                       [r["cluster"] for _, r in pairs])
-    return out
-
-
 def _by_tier(rows: Iterable[Row]) -> dict[str, list[Row]]:
     """Rows by tier; a row of a split tier also under its half (eval_tune, eval_test: contract.SPLIT_TIERS)."""
     out: dict[str, list[Row]] = defaultdict(list)
@@ -221,11 +158,6 @@ def _by_tier(rows: Iterable[Row]) -> dict[str, list[Row]]:
         if row.get("half"):
             out[half_tier(row["tier"], row["half"])].append(row)
     return dict(out)
-
-
-def _mean(values: Iterable[float | None]) -> float:
-    values = [number(v) for v in values]
-    return sum(values) / len(values) if values else NAN
 
 
 def _or_nan(value: float | None) -> float:

@@ -1,7 +1,6 @@
 """LoRA (peft) and full finetuning of a moshi LMModel, and export in peft's and moshi's formats.
 
-Target presets are regexes over module names (peft full-matches a string `target_modules`), because a suffix
-list like ["in_projs.0"] would catch only step 0 of the depformer's 8 per-codebook linears.
+The spec and its target presets live in specs/lora.py, which the config schema can import without torch.
 
 Exports (`export_adapter`):
 - LoRA: `peft/` (PeftModel.save_pretrained) and `moshi/lora.safetensors` + `moshi/config.json`, served with
@@ -36,55 +35,13 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.nn import functional as F
 
-from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json
 from moshi_knowledge.model.depformer_patch import is_patched, patch_depformer
 from moshi_knowledge.model.load import LOCAL_FILE, MIMI_CONFIG_KEY
+from moshi_knowledge.specs.lora import TARGETS, FullFinetune, LoraSpec
 
 ADAPTER = "default"  # peft's adapter name; we only ever train one
-_LAYER = r"(transformer|depformer)\.layers\.\d+\."
-_ATTN = r"self_attn\.(in|out)_projs\.\d+"
-_MLP = r"gating(\.\d+)?\.linear_(in|out)"
-TARGETS = {
-    "attn": rf"transformer\.layers\.\d+\.{_ATTN}",
-    "mlp": rf"transformer\.layers\.\d+\.{_MLP}",
-    "attn_mlp": rf"transformer\.layers\.\d+\.({_ATTN}|{_MLP})",
-    # every nn.Linear, the same set moshi's own LoRA (and moshi-finetune) wraps: both transformers, all 8 depformer
-    # steps, the depformer input projections and the text and audio output heads
-    "all": rf"{_LAYER}({_ATTN}|{_MLP})|depformer_in\.\d+|linears\.\d+|text_linear",
-}
 _LORA_KEYS = ("lora", "lora_rank", "lora_scaling")
-
-
-@dataclass
-class LoraSpec:
-    """lora=attn|mlp|attn_mlp|all. `train_embeddings` also trains every token embedding in full;
-    `export_merged` also exports the base with the adapter merged in (see export_adapter)."""
-
-    targets: str = "attn_mlp"
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    use_rslora: bool = False
-    use_dora: bool = False
-    train_embeddings: bool = False
-    export_merged: bool = False
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("targets", self.targets in TARGETS, f"one of {', '.join(TARGETS)}"),
-            ("rank", self.rank >= 1, "a positive rank, e.g. 16"),
-            ("alpha", self.alpha > 0, "a positive scale, e.g. 32"),
-            ("dropout", 0.0 <= self.dropout < 1.0, "a fraction in [0, 1)"),
-        ]
-        for name, ok, want in checks:
-            if not ok:
-                raise UserError(f"lora.{name}={getattr(self, name)!r} is invalid", f"set lora.{name} to {want}")
-
-
-@dataclass
-class FullFinetune:
-    """lora=full: every parameter is trained."""
 
 
 def embedding_names(lm: LMModel) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,6 +29,7 @@ from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json
 from moshi_knowledge.model.load import LocalModel
 from moshi_knowledge.model.mimi_fit import fit_mimi_codebooks, tiny_mimi_config
+from moshi_knowledge.specs.tiny import TinySizes, TinySpec
 
 MIMI_CONFIG_NAME = "mimi_config.json"
 NAMES = {
@@ -38,26 +39,6 @@ NAMES = {
     "mimi_config_name": MIMI_CONFIG_NAME,
 }
 N_AUDIO_CODEBOOKS = 8  # per speaker; with text that makes moshi's 17 streams
-
-
-@dataclass(frozen=True)
-class TinySizes:
-    """Widths of the tiny LM (~5 M params at card 1024) and tiny Mimi (encodes ~200x real time on one CPU core)."""
-
-    dim: int = 128
-    num_heads: int = 4
-    num_layers: int = 2
-    context: int = 500
-    depformer_dim: int = 64
-    depformer_num_heads: int = 4
-    depformer_num_layers: int = 2
-    depformer_dim_feedforward: int = 264
-    card: int = 1024  # Mimi bins = LM audio vocabulary
-    vocab_size: int = 1000  # a soft limit: a short text gives fewer pieces, and text_card follows the tokenizer
-    mimi_dim: int = 64
-    mimi_filters: int = 8
-    mimi_layers: int = 1
-    mimi_codebook_dim: int = 32
 
 
 def train_tokenizer(text: str, vocab_size: int) -> bytes:
@@ -146,14 +127,12 @@ class TinyModel:
 
     needs_build: ClassVar[bool] = True
 
-    def __init__(
-        self, seed: int = 0, fit_seconds: float = 300.0, device: str = "auto", dtype: str = "auto", **sizes: int
-    ) -> None:
-        self.seed = seed
-        self.fit_seconds = fit_seconds  # more speech than this adds little to the fit and costs encode time
-        self.device = device
-        self.dtype = dtype
-        self.sizes = TinySizes(**sizes)
+    def __init__(self, **settings: Any) -> None:
+        """`settings`: TinySpec's fields (the sizes, seed, fit_seconds, device, dtype), each defaulting to its own."""
+        spec = TinySpec(**settings)
+        self.seed, self.device, self.dtype = spec.seed, spec.device, spec.dtype
+        self.fit_seconds = spec.fit_seconds  # more speech than this adds little to the fit and costs encode time
+        self.sizes = spec.sizes()
 
     def build(self, out_dir: Path, text: str, audio: Sequence[np.ndarray]) -> Path:
         clips = _first_seconds(audio, self.fit_seconds)

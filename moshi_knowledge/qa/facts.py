@@ -22,6 +22,7 @@ from typing import TypeVar
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.qa.retain import with_retain
 from moshi_knowledge.qa.schema import CAUSE_TIERS, QAItem, QASet
+from moshi_knowledge.specs import init_schema
 from moshi_knowledge.world.procedural import ARTIFACT_NOUNS, BATTLE_SITES, INSTITUTION_TYPES
 from moshi_knowledge.world.prose import capitalize, label
 from moshi_knowledge.world.schema import Entity, Fact, Story, World
@@ -485,3 +486,6 @@ class _Candidates:
                                      abs(relation[a] - relation[item.answer]), abs(len(a) - len(item.answer))))
             picked += rest[:N_DISTRACTORS - len(picked)]
         return picked
+
+
+SCHEMAS = {("qa", "facts_schema"): init_schema(FactsQA)}

@@ -19,6 +19,7 @@ from typing import Any
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.qa.retain import with_retain
 from moshi_knowledge.qa.schema import QAItem, QASet, Tier
+from moshi_knowledge.specs import init_schema
 from moshi_knowledge.text_norm import normalise
 from moshi_knowledge.world.schema import Story
 
@@ -214,3 +215,6 @@ def _check_distractors(distractors: list[str], answer: str, where: str) -> None:
 def _json_kind(value: Any) -> str:
     kinds = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
     return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+SCHEMAS = {("qa", "file_schema"): init_schema(FileQA)}

@@ -19,6 +19,7 @@ import numpy as np
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.qa.schema import QAItem, QASet
+from moshi_knowledge.specs import init_schema
 from moshi_knowledge.speech.layout_base import Layout
 from moshi_knowledge.speech.schema import (
     MOSHI_SPEAKER,
@@ -216,3 +217,7 @@ class MonoDuplicateLayout(_PackingLayout):
         n_question = 1 + len(item.phrasings[phrasing].split())  # "Question:" and the question's tokens
         return _Block(item.id, clip.samples, clip.samples.copy(), words,
                       _span(words[:n_question]), _span(words[n_question:]))
+
+
+SCHEMAS = {("layout", "dialogue_schema"): init_schema(DialogueLayout),
+           ("layout", "mono_duplicate_schema"): init_schema(MonoDuplicateLayout)}

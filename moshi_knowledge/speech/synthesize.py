@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from moshi_knowledge.dataset.format import read_mono_wav, write_mono_wav
 from moshi_knowledge.io_utils import atomic_write_json, read_json
+from moshi_knowledge.speech.audio import read_mono_wav, write_mono_wav
 from moshi_knowledge.speech.schema import SAMPLE_RATE, Line, Utterance, WordSpan
 from moshi_knowledge.speech.tts_base import TTSBackend
 

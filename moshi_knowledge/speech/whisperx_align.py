@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.specs import init_schema
 from moshi_knowledge.speech.audio import resample_to
 from moshi_knowledge.speech.layout_base import Aligner
 from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SAMPLE_RATE, USER_SPEAKER, Conversation, SpeakerWord
@@ -87,3 +88,6 @@ class WhisperXAligner(Aligner):
         words = [*self._channel(conversation.left, MOSHI_SPEAKER, conversation.duration),
                  *self._channel(conversation.right, USER_SPEAKER, conversation.duration)]
         return sorted(words, key=lambda w: (w.start, w.end))
+
+
+SCHEMAS = {("align", "whisperx_schema"): init_schema(WhisperXAligner)}

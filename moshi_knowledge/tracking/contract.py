@@ -1,7 +1,9 @@
 """Key names of the run-directory contract, shared by the writers (train, eval, app) and the readers (report, sweeps).
 
 `metrics.jsonl` holds one JSON object per logged row; every row has `step` (the optimizer step), so train, eval
-and recall rows share one axis. `summary.json` holds the final figures of the run. The exact names:
+and recall rows share one axis. `summary.json` holds the final figures of the run. The `<stat>` of a
+`recall/<tier>/<stat>` key is one registered in `evaluation/metrics.py`; the built-in ones are listed here. The
+exact names:
 
     step                          int, optimizer step (every metrics row; also the final step in the summary)
     status                        "running" | "completed" | "diverged" | "failed" | "interrupted" (summary):
@@ -62,6 +64,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.evaluation.metrics import HEADLINE, recall_stats
 
 STEP = "step"
 STATUS = "status"
@@ -80,13 +83,6 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PREDICTIONS_FILE = "predictions.jsonl"  # one row per question per recall evaluation (evaluation/recall.py)
 
-RECALL_STATS = (
-    "mc_acc", "mc_acc_low", "mc_acc_high", "best_mc_acc", "baseline_mc_acc", "delta", "p_value", "n",
-    # also written by the recall evaluation (evaluation/report.py)
-    "mc_rank", "mc_margin", "gen_acc", "gen_acc_low", "gen_acc_high", "baseline_gen_acc", "best_gen_acc",
-    "gen_delta", "gen_p_value", "f1", "judge_acc", "n_nonfinite", "mc_acc_shuffled", "mc_acc_silence",
-    "mc_acc_sum", "n_flagged", "gen_acc_lenient", "p_vs_shuffled", "p_vs_silence", "p_vs_unseen_facts", "p_vs_null",
-)
 # Final figures of the loop (train/ and eval/) that a sweep may optimise, besides every recall key.
 LOSS_KEYS = (TRAIN_LOSS, "train/text_loss", "train/audio_loss", EVAL_LOSS, "eval/text_loss", "eval/audio_loss",
              "eval/ppl", "eval/text_ppl")
@@ -95,7 +91,7 @@ OBJECTIVE_MODES = ("max", "min")
 # report quotes recall/eval_test/..., so the figure quoted was never the one selected on.
 SPLIT_TIERS = ("eval",)
 HALVES = ("tune", "test")
-_RECALL_KEY = re.compile(r"^recall/(?P<tier>[^/]+)/mc_acc$")
+_RECALL_KEY = re.compile(rf"^recall/(?P<tier>[^/]+)/{HEADLINE}$")
 
 
 def number(value: Any) -> float:
@@ -103,10 +99,11 @@ def number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def recall_key(tier: str, stat: str = "mc_acc") -> str:
-    """`recall/<tier>/<stat>`: the one place the recall key layout is spelled."""
-    if stat not in RECALL_STATS:
-        raise ValueError(f"unknown recall stat {stat!r}; expected one of {RECALL_STATS}")
+def recall_key(tier: str, stat: str = HEADLINE) -> str:
+    """`recall/<tier>/<stat>`: the one place the recall key layout is spelled; `stat` is a registered metric's
+    (evaluation/metrics.py)."""
+    if stat not in recall_stats():
+        raise ValueError(f"unknown recall stat {stat!r}; expected one of {recall_stats()}")
     return f"recall/{tier}/{stat}"
 
 
@@ -130,12 +127,12 @@ def check_objective(metric: str, mode: str, tiers: Sequence[str]) -> None:
     """Refuse, before any stage runs, an objective the run can never report (a typo would make every trial fail)."""
     if mode not in OBJECTIVE_MODES:
         raise UserError(f"objective.mode={mode!r} is not a direction", "set objective.mode to max or min")
-    known = [*LOSS_KEYS, *(recall_key(t, s) for t in reported_tiers(tiers) for s in RECALL_STATS)]
+    known = [*LOSS_KEYS, *(recall_key(t, s) for t in reported_tiers(tiers) for s in recall_stats())]
     if metric not in known:
         raise UserError(f"objective.metric={metric!r} is not a figure this run reports",
                         f"use a key of summary.json: recall/<tier>/<stat> with <tier> one of "
                         f"{reported_tiers(tiers)} (eval.tiers and their halves) and <stat> one of "
-                        f"{', '.join(RECALL_STATS)}, or one of {', '.join(LOSS_KEYS)}")
+                        f"{', '.join(recall_stats())}, or one of {', '.join(LOSS_KEYS)}")
 
 
 def objective_value(summary: Mapping[str, Any], metric: str) -> float | None:

@@ -20,7 +20,7 @@ from moshi.modules import transformer as moshi_transformer
 from torch import nn
 from torch.nn import functional as torch_functional
 
-from moshi_knowledge.train.batches import find_lm
+from moshi_knowledge.codes.stream import find_lm
 
 _active = threading.local()  # autograd may recompute checkpointed layers on another thread: per-thread is right
 

@@ -19,49 +19,14 @@ from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import torch
-from torch import nn
 
+from moshi_knowledge.codes.samples import N_STREAMS, ZERO_TOKEN, ConversationCodes, drop_answer_audio
+from moshi_knowledge.codes.stream import StreamSpec
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.train.packing import Placement, pack_rows
-from moshi_knowledge.train.samples import N_STREAMS, ZERO_TOKEN, ConversationCodes, drop_answer_audio
 
 PackedRow = list[tuple[torch.Tensor, int]]  # (codes [17, L], offset) per conversation in the row
 N_PREDICTED = 9  # text + Moshi's 8 codebooks
-
-
-def find_lm(model: nn.Module) -> nn.Module:
-    """The moshi LMModel inside DDP / peft wrappers (anything with `delays` and `forward_text`)."""
-    for module in model.modules():
-        if hasattr(module, "delays") and hasattr(module, "forward_text"):
-            return module
-    raise TypeError(f"no moshi LMModel inside {type(model).__name__}")
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    """What batches and the loss need to know about the LM: delays, initial-token ids, text padding ids."""
-
-    delays: tuple[int, ...]
-    card: int
-    text_card: int
-    pad_id: int = 3
-    end_pad_id: int = 0
-
-    @classmethod
-    def from_lm(cls, model: nn.Module) -> "StreamSpec":
-        lm = find_lm(model)
-        return cls(tuple(int(d) for d in lm.delays), int(lm.card), int(lm.text_card),
-                   int(lm.text_padding_token_id), int(lm.end_of_text_padding_id))
-
-    @property
-    def gap(self) -> int:
-        """Frames between packed conversations: one more than the largest delay (see module docstring)."""
-        return max(self.delays) + 1
-
-    def initial_frames(self) -> torch.Tensor:
-        frame = torch.full((N_STREAMS, self.gap), self.card, dtype=torch.long)
-        frame[0] = self.text_card
-        return frame
 
 
 @dataclass

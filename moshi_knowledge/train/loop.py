@@ -22,11 +22,13 @@ from moshi.modules.transformer import StreamingTransformer
 from torch import nn
 from tqdm import tqdm
 
+from moshi_knowledge.codes.samples import FRAME_RATE, ConversationCodes
+from moshi_knowledge.codes.stream import StreamSpec
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.tracking import RunIdentity, Tracker
 from moshi_knowledge.tracking.contract import INTERRUPTED
 from moshi_knowledge.train.attention import segment_attention
-from moshi_knowledge.train.batches import Batch, PackedRow, StreamSpec, TrainStream, collate, eval_batches
+from moshi_knowledge.train.batches import Batch, PackedRow, TrainStream, collate, eval_batches
 from moshi_knowledge.train.checkpoint import resume_latest, save_checkpoint
 from moshi_knowledge.train.config import TrainConfig
 from moshi_knowledge.train.distributed import (
@@ -42,7 +44,6 @@ from moshi_knowledge.train.distributed import (
 from moshi_knowledge.train.loss import LossSettings, LossSums, loss_sums, step_loss, target_weights
 from moshi_knowledge.train.nan_guard import NanGuard, Snapshot
 from moshi_knowledge.train.optim import build_optimizer, lr_at
-from moshi_knowledge.train.samples import FRAME_RATE, ConversationCodes
 from moshi_knowledge.train.seed import seed_everything
 from moshi_knowledge.train.stop_signals import StopSignals
 
@@ -59,8 +60,8 @@ class RunLog(Protocol):
     def summary(self, values: Mapping[str, Any]) -> None: ...
 
 
-class _Silent:
-    """The run log of ranks other than 0: they compute the same figures but write nothing."""
+class SilentLog:
+    """The run log of ranks other than 0 (and of benchmarks): the same figures are computed, nothing is written."""
 
     def log(self, row: Mapping[str, Any]) -> None:
         pass
@@ -131,13 +132,18 @@ def evaluate(model: nn.Module, batches: Sequence[Batch], spec: StreamSpec, setti
     return out
 
 
-class _Run:
+class Trainer:
+    """One training run, step by step: `run()` is the whole loop; `train_step`, `save` and `resume` are its parts,
+    public so benchmarks time the loop's own step and checkpoint I/O."""
+
     def __init__(self, model: nn.Module, train_samples: Sequence[ConversationCodes],
                  eval_samples: Sequence[ConversationCodes], cfg: TrainConfig, guard: NanGuard, run_dir: Path,
-                 run_log: RunLog, on_eval: Optional[OnEval], inject_nonfinite_at: Sequence[int]) -> None:
+                 run_log: Optional[RunLog] = None, on_eval: Optional[OnEval] = None,
+                 inject_nonfinite_at: Sequence[int] = ()) -> None:
+        """`run_log` None writes nothing (SilentLog)."""
         self.info = dist_info()
         self.cfg, self.guard, self.run_dir, self.on_eval = cfg, guard, run_dir, on_eval
-        self.run_log = run_log
+        self.run_log = run_log if run_log is not None else SilentLog()
         self.inject = set(int(s) for s in inject_nonfinite_at)
         per_step = self.info.world * cfg.grad_accum
         if cfg.batch_size % per_step:
@@ -214,7 +220,8 @@ class _Run:
                 self.snapshot.take(self.params, self.optimizer)
         return action
 
-    def _train_step(self, inject: bool) -> dict[str, Any]:
+    def train_step(self, inject: bool = False) -> dict[str, Any]:
+        """One optimizer step (`inject`: make its loss NaN); its train/, memory/ and nan_guard/ figures."""
         start = time.time()
         rows = self.stream.next_rows(self.cfg.batch_size)
         lr = lr_at(self.step, self.cfg) * self.lr_scale
@@ -253,11 +260,13 @@ class _Run:
         return {"position": list(self.stream.position), "lr_scale": self.lr_scale,
                 "nan_guard": self.guard.state_dict(), "last": self.last}
 
-    def _save(self) -> None:
+    def save(self) -> None:
+        """A checkpoint of this step (every rank takes part)."""
         save_checkpoint(self.run_dir, self.step, self.params, self.optimizer, self._state(),
                         self.cfg.keep_checkpoints, self.info, model=self.net)
 
-    def _resume(self) -> None:
+    def resume(self) -> None:
+        """Continue from the latest intact checkpoint under the run directory, if any."""
         state = resume_latest(self.run_dir, self.params, self.optimizer, self.info, model=self.net)
         if state is None:
             return
@@ -277,7 +286,7 @@ class _Run:
         seed_everything(cfg.seed, self.info.rank)
         self.model.train()
         if cfg.resume:
-            self._resume()
+            self.resume()
         if self.guard.policy == "rollback":
             self.snapshot.take(self.params, self.optimizer)
         if self.step == 0 and cfg.eval_at_start:
@@ -286,13 +295,13 @@ class _Run:
                    disable=not self.info.is_main)
         with StopSignals() as stop:
             while self.step < cfg.max_steps and self.status == "running":
-                row = self._train_step(inject=self.step + 1 in self.inject)
+                row = self.train_step(inject=self.step + 1 in self.inject)
                 if self.status != "running":
                     self._log(row)
                     break
                 if stop.requested(self.device):
                     self._log(row)
-                    self._save()
+                    self.save()
                     self.status = INTERRUPTED
                     by = stop.received.name if stop.received else "a signal to another rank"
                     self.message = (f"stopped by {by} after step {self.step}; its checkpoint is saved and "
@@ -304,7 +313,7 @@ class _Run:
                 if last or self.step % cfg.log_every == 0 or any(k.startswith("eval/") for k in row):
                     self._log(row)
                 if last or (cfg.ckpt_every > 0 and self.step % cfg.ckpt_every == 0):
-                    self._save()
+                    self.save()
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.last.get('train/loss', math.nan):.3f}", refresh=False)
         bar.close()
@@ -342,11 +351,11 @@ def train(model: nn.Module, train_samples: Sequence[ConversationCodes], eval_sam
     run_dir = Path(run_dir)
 
     def run(run_log: RunLog) -> dict[str, Any]:
-        return _Run(model, train_samples, eval_samples, cfg, nan_guard, run_dir, run_log, on_eval,
-                    inject_nonfinite_at).run()
+        return Trainer(model, train_samples, eval_samples, cfg, nan_guard, run_dir, run_log, on_eval,
+                       inject_nonfinite_at).run()
 
     if not dist_info().is_main:
-        return run(_Silent())
+        return run(SilentLog())
     if tracker is not None:
         return run(tracker)
     with Tracker(None, run_dir, identity=RunIdentity.standalone(run_dir.name)) as own:

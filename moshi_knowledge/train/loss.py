@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from moshi_knowledge.train.batches import Batch, StreamSpec
+from moshi_knowledge.codes.stream import StreamSpec
+from moshi_knowledge.train.batches import Batch
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Which conversations share a training row, and where each starts.
 
 Packing (`packing=True`) fills rows of `seq_frames` first-fit in the given order; consecutive conversations in a
-row are separated by `gap` frames (see batches.StreamSpec.gap for why). Without packing every conversation gets its
+row are separated by `gap` frames (see codes.stream.StreamSpec.gap for why). Without packing every conversation gets its
 own row, padded, as moshi-finetune does. A conversation is never cut: one longer than a row is an error.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from moshi_knowledge.codes.samples import FRAME_RATE, ConversationCodes
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.train.samples import FRAME_RATE, ConversationCodes
 
 
 @dataclass(frozen=True)

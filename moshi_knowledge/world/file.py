@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.specs import init_schema
 from moshi_knowledge.world.schema import Story
 
 
@@ -31,3 +32,6 @@ class FileStory:
         if not text.strip():
             raise UserError(f"{where}: the file is empty", fix="put the story's prose in the file")
         return Story(text=text, world=None)
+
+
+SCHEMAS = {("story", "file_schema"): init_schema(FileStory)}

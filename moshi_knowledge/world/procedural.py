@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.specs import init_schema
 from moshi_knowledge.world.names import NameMaker
 from moshi_knowledge.world.prose import Draft, Section, label, render
 from moshi_knowledge.world.schema import Entity, EntityKind, Story, World
@@ -362,3 +363,6 @@ class _Builder:
                 "Tales of great beasts are told at every hearth in the realm.")),
                 [self._paragraph(c) for c in self.creatures]),
         ]
+
+
+SCHEMAS = {("story", "procedural_schema"): init_schema(ProceduralStory)}

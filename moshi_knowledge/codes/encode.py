@@ -15,12 +15,13 @@ import torch
 from moshi.models.compression import MimiModel
 from tqdm import tqdm
 
-from moshi_knowledge.dataset.format import read_alignments, read_conversations_index, read_stereo
+from moshi_knowledge.codes.samples import ConversationCodes, turn_spans
+from moshi_knowledge.codes.text_stream import text_stream
+from moshi_knowledge.dataset.format import read_alignments, read_conversations_index
 from moshi_knowledge.io_utils import atomic_write_json, read_json
 from moshi_knowledge.model import uncompiled
 from moshi_knowledge.model.load import LoadedCodec
-from moshi_knowledge.train.samples import ConversationCodes, turn_spans
-from moshi_knowledge.train.text_stream import text_stream
+from moshi_knowledge.speech.audio import read_stereo
 
 INDEX = "index.json"
 SAMPLES_PER_FRAME = 1920  # Mimi: 24 kHz / 12.5 Hz

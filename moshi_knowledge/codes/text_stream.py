@@ -16,8 +16,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from moshi_knowledge.codes.samples import FRAME_RATE
 from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SpeakerWord
-from moshi_knowledge.train.samples import FRAME_RATE
 
 Tokenize = Callable[[str], list[int]]  # e.g. sentencepiece.SentencePieceProcessor().encode
 
