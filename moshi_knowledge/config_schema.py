@@ -93,6 +93,17 @@ class MonoDuplicateLayoutSchema:
     max_turns: Optional[int] = 1  # one Q/A clip per file, as in the published attempt
 
 
+@dataclass
+class BuiltDatasetSchema:
+    _target_: str = "moshi_knowledge.dataset.source.BuiltDataset"
+
+
+@dataclass
+class MoshiFinetuneDatasetSchema:
+    _target_: str = "moshi_knowledge.dataset.moshi_finetune.MoshiFinetuneDataset"
+    path: str = MISSING  # a folder holding one *.jsonl manifest, or the manifest
+
+
 SCHEMAS = {
     ("story", "procedural_schema"): ProceduralStorySchema,
     ("story", "file_schema"): FileStorySchema,
@@ -101,6 +112,8 @@ SCHEMAS = {
     ("tts", "espeak_schema"): EspeakTTSSchema,
     ("layout", "dialogue_schema"): DialogueLayoutSchema,
     ("layout", "mono_duplicate_schema"): MonoDuplicateLayoutSchema,
+    ("dataset", "built_schema"): BuiltDatasetSchema,
+    ("dataset", "moshi_finetune_schema"): MoshiFinetuneDatasetSchema,
 }
 
 

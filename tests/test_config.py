@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 from conftest import REPO, compose_cfg
 from moshi_knowledge.config_schema import SCHEMAS
 
-GROUPS = ["story", "qa", "tts", "layout", "align", "paths", "model", "lora", "train", "nan_guard", "eval", "logger",
-          "sweep", "launcher"]
+GROUPS = ["story", "qa", "tts", "layout", "align", "dataset", "paths", "model", "lora", "train", "nan_guard", "eval",
+          "logger", "sweep", "launcher"]
 
 
 def _options(group: str) -> list[str]:

@@ -63,19 +63,26 @@ def write_conversation(
     conv: Conversation, alignments: list[SpeakerWord], dataset_dir: Path, rel_path: str
 ) -> dict[str, Any]:
     """Write `rel_path` (stereo wav, left = Moshi) and its alignment JSON; return the manifest row."""
-    if len(conv.left) != len(conv.right):
-        raise ValueError(f"conversation {conv.id}: left has {len(conv.left)} samples, right {len(conv.right)}")
     if not rel_path.endswith(".wav") or Path(rel_path).is_absolute():
         raise ValueError(f"conversation {conv.id}: rel_path {rel_path!r} must be a relative path ending in .wav")
-    # pydub interleaves the channels; equal frame counts (checked above) keep them in sync.
-    stereo = AudioSegment.from_mono_audiosegments(_mono_segment(conv.left), _mono_segment(conv.right))
+    wav_path = Path(dataset_dir) / rel_path
+    write_stereo_wav(conv.left, conv.right, wav_path)
+    write_alignments(wav_path.with_suffix(".json"), alignments)
+    return {"path": rel_path, "duration": len(conv.left) / SAMPLE_RATE}
+
+
+def write_stereo_wav(left: np.ndarray, right: np.ndarray, path: Path) -> None:
+    """A 24 kHz 16-bit stereo wav; pydub interleaves the channels, so they must have equal lengths."""
+    if len(left) != len(right):
+        raise ValueError(f"{path}: left has {len(left)} samples, right {len(right)}")
+    stereo = AudioSegment.from_mono_audiosegments(_mono_segment(left), _mono_segment(right))
     buffer = io.BytesIO()
     stereo.export(buffer, format="wav")
-    wav_path = Path(dataset_dir) / rel_path
-    atomic_write_bytes(wav_path, buffer.getvalue())
-    rows = [[w.word, [w.start, w.end], w.speaker] for w in alignments]
-    atomic_write_json(wav_path.with_suffix(".json"), {"alignments": rows})
-    return {"path": rel_path, "duration": len(conv.left) / SAMPLE_RATE}
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_alignments(json_path: Path, words: list[SpeakerWord]) -> None:
+    atomic_write_json(json_path, {"alignments": [[w.word, [w.start, w.end], w.speaker] for w in words]})
 
 
 def read_stereo(wav_path: Path) -> tuple[np.ndarray, np.ndarray, int]:
