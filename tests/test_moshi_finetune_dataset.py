@@ -243,3 +243,15 @@ def test_an_unset_or_absent_path_is_named(tmp_path: Path, monkeypatch, capsys, c
         captured = capsys.readouterr()
         output = captured.out + captured.err + caplog.text
         assert stop.value.code == 2 and says in output and "Traceback" not in output, output
+
+
+def test_naming_one_of_several_manifests_reads_that_one(external: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "data"
+    shutil.copytree(external, folder)
+    _write_rows(folder, _rows(folder)[:1])
+    (folder / "other.jsonl").write_text((external / "my_convs.jsonl").read_text())
+    assert validate_main([str(folder / "other.jsonl"), "--moshi-finetune"]) == 0
+    assert capsys.readouterr().out.startswith("OK: 3 conversations")
+    assert len(MoshiFinetuneDataset(str(folder / "my_convs.jsonl")).rows()) == 1
+    assert validate_main([str(folder / "other.json"), "--moshi-finetune"]) == 2
+    assert "other.json: no such folder" in capsys.readouterr().err
