@@ -5,7 +5,9 @@ model sizes without writing a checkpoint: moshi's 7.69 B LM with random weights 
 LoRA (rank 64 on every Linear), and synthetic questions shaped like the default ones (0.5 s lead, 2-4 s of
 question, 0.5 s gap, a 4 s answer window, four candidates of one to three text tokens). It times the app's own
 functions (`mc.score`, `generate`) the way recall calls them (through `generation_lm`, uncompiled), then profiles
-one generation batch and writes the busiest kernels and the CPU's share to recall_speed.md.
+one generation batch and writes the busiest kernels and the CPU's share to recall_speed.md. Attention runs on
+torch's own choice of kernel (cuDNN's on the H200), which recall leaves out (evaluation/recall.py says why): the
+comparison between the two is in benchmarks/README.md.
 
     python benchmarks/recall_speed.py --out results/        # on a GPU
     python benchmarks/recall_speed.py --smoke --out /tmp/x   # tiny sizes, any machine
@@ -32,8 +34,8 @@ from moshi_knowledge.train.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, US
 from train_throughput import FULL, SMOKE, build_model
 
 LORA = LoraSpec(targets="all", rank=64, alpha=128.0)  # experiment=moshiko_h200
-N_QUESTIONS, N_CANDIDATES, ANSWER_SEC = 220, 4, 4.0
-MC_BATCH, GEN_BATCH = 256, 256  # the preset's eval.mc_batch_size and eval.gen_batch_size
+N_QUESTIONS, N_CANDIDATES, ANSWER_SEC = 330, 4, 4.0  # the default recall set
+MC_BATCH, GEN_BATCH = 256, 352  # the preset's eval.mc_batch_size and eval.gen_batch_size
 
 
 def questions(spec: StreamSpec, card: int, n: int, rng: random.Random) -> tuple[list[MCQuestion], list[Prompt]]:
@@ -55,7 +57,7 @@ def questions(spec: StreamSpec, card: int, n: int, rng: random.Random) -> tuple[
             stream[answer_at + 1::2] = torch.randint(4, spec.text_card, (n_tokens,))
             candidates.append(Candidate(f"c{len(candidates)}", stream))
         mc.append(MCQuestion(f"q{i}", context, candidates))
-        prompts.append(Prompt(context[USER_AUDIO], answer_at))
+        prompts.append(Prompt(context[USER_AUDIO], answer_at, context[MOSHI_AUDIO]))
     return mc, prompts
 
 

@@ -7,7 +7,7 @@ from moshi.models import loaders
 from moshi.models.lm import LMModel
 from moshi.modules.transformer import StreamingMultiheadAttention
 
-from moshi_knowledge.evaluation.generate import attention_span
+from moshi_knowledge.evaluation.streaming import attention_span
 
 torch.set_num_threads(1)
 STEPS = 12

@@ -218,20 +218,61 @@ def test_shared_prefix_scores_equal_whole_rows(world: World, train_questions, tr
 
 
 def _prompts(world: World, questions: list[torch.Tensor]) -> list[Prompt]:
-    return [Prompt(world.user(q)[0], LEAD + q.shape[1]) for q in questions]
+    """Answers start when the question ends (lengths differ); Moshi's channel is silence while it listens."""
+    prompts = []
+    for q in questions:
+        user, _ = world.user(q)
+        prompts.append(Prompt(user, LEAD + q.shape[1], torch.full_like(user, SILENCE)))
+    return prompts
+
+
+def _teacher_forced_text(lm: LMModel, prompts: list[Prompt], generations: list, n_frames: int) -> torch.Tensor:
+    """Greedy text of one forward pass over each history: padding and silence while listening, then the codes
+    generation produced; [B, n_frames]."""
+    rows = []
+    for p, g in zip(prompts, generations):
+        codes = torch.full((N_STREAMS, n_frames), PAD, dtype=torch.long)
+        codes[MOSHI_AUDIO, :p.answer_start] = p.moshi_codes[:, :p.answer_start]
+        codes[0, p.answer_start:] = g.text[:n_frames - p.answer_start]
+        codes[MOSHI_AUDIO, p.answer_start:] = g.audio[:, :n_frames - p.answer_start]
+        codes[USER] = p.user_codes[:, :n_frames]
+        rows.append(codes)
+    with torch.no_grad():
+        return lm(torch.stack(rows)).text_logits[:, 0].argmax(-1)
 
 
 def test_generation_matches_teacher_forcing(world: World, train_questions, trained: LMModel) -> None:
     """What LMGen streams is exactly what the LM predicts with the same history in one forward pass."""
-    questions = train_questions[:6]
-    full = [Prompt(p.user_codes, 0) for p in _prompts(world, questions)]
+    full = [Prompt(p.user_codes, 0, p.moshi_codes) for p in _prompts(world, train_questions[:6])]
     n_frames = min(p.user_codes.shape[1] for p in full)
     generations = generate(trained, full, n_frames, batch_size=6)
-    codes = torch.stack([torch.cat([g.text[None], g.audio, p.user_codes[:, :n_frames]])
-                         for g, p in zip(generations, full)])
-    with torch.no_grad():
-        greedy = trained(codes).text_logits[:, 0].argmax(-1)
-    assert torch.equal(greedy, codes[:, 0])
+    greedy = _teacher_forced_text(trained, full, generations, n_frames)
+    assert torch.equal(greedy, torch.stack([g.text for g in generations]))
+
+
+def test_listening_is_teacher_forced(world: World, train_questions, trained: LMModel) -> None:
+    """Until its question ends a row hears padding and silence from Moshi's side, whatever the model would have
+    said: the answer is what one forward pass over that history predicts (the listened frames of the batch run
+    as one prefill, the rest are forced step by step)."""
+    prompts = _prompts(world, train_questions[:6])
+    assert len({p.answer_start for p in prompts}) > 2, "rows listen for different lengths"
+    generations = generate(trained, prompts, TAIL, batch_size=6)
+    n_frames = min(p.answer_start for p in prompts) + TAIL
+    greedy = _teacher_forced_text(trained, prompts, generations, n_frames)
+    for b, (p, g) in enumerate(zip(prompts, generations)):
+        assert torch.equal(greedy[b, p.answer_start:], g.text[:n_frames - p.answer_start])
+
+
+def test_a_rows_answer_does_not_depend_on_its_batch(world: World, train_questions, trained: LMModel) -> None:
+    """Alone (each row's own prefill) and in a batch with a row too short to prefill (every listened frame forced
+    step by step), greedy decoding gives each row the same answer."""
+    prompts = _prompts(world, train_questions[:4])
+    short = Prompt(prompts[0].user_codes, 1, prompts[0].moshi_codes)
+    together = generate(trained, [short, *prompts], TAIL, batch_size=5, top_k=1)[1:]
+    for p, g in zip(prompts, together):
+        alone = generate(trained, [p], TAIL, batch_size=1, top_k=1)[0]
+        assert torch.equal(alone.text, g.text) and torch.equal(alone.audio, g.audio)
+    assert sum(len(g.tokens) > 0 for g in together) >= 2, "the trained model answers"
 
 
 def test_generation_decodes_every_question_in_one_batch(world: World, train_questions, trained: LMModel) -> None:

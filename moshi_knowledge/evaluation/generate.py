@@ -6,32 +6,39 @@ monologue) is read over the answer window that follows the question, padding dro
 Text is greedy (top-k 1) so the answer is deterministic; Moshi's audio is sampled as in a live chat, since
 greedy audio is degenerate and the voice-drift measure needs speech.
 
+Listening is teacher-forced: until a question ends, Moshi's channel holds what training puts there while the user
+speaks (padding on the text stream, the prompt's silence codes as audio), so every answer starts from the same
+history as its multiple-choice rows, and a row's answer does not depend on what happened to share its batch.
+The frames every row of a batch listens to run through the transformer in one pass (a prefill, as multiple
+choice runs its shared prefix); LMGen steps one frame at a time from there (docs/moshi.md, "Generation").
+
 Frame bookkeeping (docs/moshi.md, streaming frames): the first user frame fed is consumed by the initial token, so
 frames go in as [u0, u0, u1, ...]; from step 1 on, step s returns frame s-1 of text and Moshi's audio.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from moshi.models.lm import LMGen, LMModel
-from moshi.modules.transformer import StreamingMultiheadAttention
 
+from moshi_knowledge.evaluation.streaming import attention_span, delayed_inputs
 from moshi_knowledge.text_norm import normalise
-from moshi_knowledge.train.samples import ZERO_TOKEN
+from moshi_knowledge.train.samples import MOSHI_AUDIO, N_STREAMS, USER_AUDIO, ZERO_TOKEN
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """One question for generation: user audio codes [8, T] (question, then silence) and where the answer starts."""
+    """One question for generation: user audio codes [8, T] (question, then silence), where the answer starts and
+    Moshi's audio codes while it listens, [8, >= answer_start] (silence)."""
 
     user_codes: torch.Tensor
     answer_start: int  # first frame of the answer window
+    moshi_codes: torch.Tensor
 
 
 @dataclass
@@ -67,18 +74,22 @@ def generate(lm: LMModel, prompts: Sequence[Prompt], answer_frames: int, batch_s
 def _generate_batch(lm: LMModel, prompts: Sequence[Prompt], answer_frames: int, temp: float,
                     top_k: int) -> list[Generation]:
     pad_id, end_pad_id = int(lm.text_padding_token_id), int(lm.end_of_text_padding_id)
-    n_user = lm.num_audio_codebooks - lm.dep_q
     ends = [p.answer_start + answer_frames for p in prompts]
     n_frames = max(ends)
-    user = torch.stack([_extend(p.user_codes[:n_user], n_frames) for p in prompts]).to(lm.device)  # [B, 8, T]
+    forced = _listening_codes(lm, prompts, n_frames).to(lm.device)  # [B, 17, T]
+    starts = torch.tensor([p.answer_start for p in prompts], device=lm.device)
     # Outputs stay on the device until the end: a copy to the CPU at every step would wait for the GPU each time.
     text = torch.full((len(prompts), n_frames), pad_id, dtype=torch.long, device=lm.device)
     audio = torch.full((len(prompts), lm.dep_q, n_frames), ZERO_TOKEN, dtype=torch.long, device=lm.device)
     gen = LMGen(lm, use_sampling=True, temp=temp, top_k=top_k, temp_text=1.0, top_k_text=1)
     with attention_span(lm, n_frames + 1), gen.streaming(len(prompts)):
-        for step in range(n_frames + 1):
-            frame = user[:, :, max(step - 1, 0):max(step - 1, 0) + 1]
+        first = _prefill(gen, forced, min(p.answer_start for p in prompts))
+        last_forced = max(p.answer_start for p in prompts) + gen.max_delay  # the last step writing a listened frame
+        for step in range(first, n_frames + 1):
+            frame = forced[:, USER_AUDIO, max(step - 1, 0):max(step - 1, 0) + 1]
             out = gen.step(frame)
+            if step < last_forced:
+                _force_listening(gen, forced, starts, step)
             if out is not None:
                 text[:, step - 1] = out[:, 0, 0]
                 audio[:, :, step - 1] = out[:, 1:1 + lm.dep_q, 0]
@@ -91,25 +102,51 @@ def _generate_batch(lm: LMModel, prompts: Sequence[Prompt], answer_frames: int, 
     return results
 
 
-@contextlib.contextmanager
-def attention_span(lm: LMModel, steps: int) -> Iterator[None]:
-    """Size the main transformer's KV cache to `steps` streaming steps instead of the model's whole context.
+def _listening_codes(lm: LMModel, prompts: Sequence[Prompt], n_frames: int) -> torch.Tensor:
+    """[B, 17, T]: the codes a row's history holds while it listens (padding text, its silence codes, the user's
+    audio); after its answer starts only the user's audio is meant, the rest being Moshi's own to generate."""
+    n_user = lm.num_audio_codebooks - lm.dep_q
+    codes = torch.full((len(prompts), N_STREAMS, n_frames), int(lm.text_padding_token_id), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        codes[b, MOSHI_AUDIO] = _extend(p.moshi_codes[:, :max(p.answer_start, 1)], n_frames)
+        codes[b, USER_AUDIO] = _extend(p.user_codes[:n_user], n_frames)
+    return codes
 
-    moshi allocates each layer's cache for `context` positions (3,000 for moshiko: 47 GiB at batch 32), while a
-    question and its answer window need a few hundred. With `steps` no larger than the context, every key the
-    full cache would hold is still held and unmasked, so the outputs are the same up to rounding (the attention
-    sums over fewer empty, masked slots).
+
+def _prefill(gen: LMGen, forced: torch.Tensor, listen: int) -> int:
+    """Run the first `listen` steps (every row still listening) as one pass of the transformer; the first step
+    left to stream.
+
+    LMGen's state is then what `listen` forced steps would have left (written against moshi 0.2's LMGen): the
+    step offsets, and its ring of delayed tokens holding at slot `listen` the history's delayed codes there, the
+    only slot a later step reads before writing it. Too short a prefix to be worth it (or to pass the delays'
+    initial tokens) streams from step 0.
     """
-    modules = [m for m in lm.transformer.modules() if isinstance(m, StreamingMultiheadAttention)]
-    saved = [m.context for m in modules]
-    try:
-        for m in modules:
-            if m.context is not None:
-                m.context = min(m.context, steps)
-        yield
-    finally:
-        for m, context in zip(modules, saved):
-            m.context = context
+    lm, state = gen.lm_model, gen._streaming_state
+    if listen <= gen.max_delay + 1:
+        return 0
+    inputs = delayed_inputs(lm, forced[:, :, :listen + 1])  # [B, 17, listen + 1]: positions 0 .. listen
+    lm.forward_text(inputs[:, :, :listen])
+    state.cache[:, :, listen % state.cache.shape[2]] = inputs[:, :, listen]
+    state.offsets[:] = listen
+    state.offset_cpu = listen
+    return listen
+
+
+def _force_listening(gen: LMGen, forced: torch.Tensor, starts: torch.Tensor, step: int) -> None:
+    """After `step`, put the forced codes in place of what was generated for frames a row still listens to.
+
+    Step s generates text frame s and audio frame s - delay of each codebook, into slot s + 1 of LMGen's ring;
+    the next step reads that slot, so the history it sees is the forced one.
+    """
+    state = gen._streaming_state
+    n_gen = 1 + gen.lm_model.dep_q
+    frames = step - gen.delays_cuda[:n_gen]  # [9]: the frame each generated stream wrote at this step
+    keep = (frames[None, :] >= starts[:, None]) | (frames[None, :] < 0)  # [B, 9]: generated, or nothing to force
+    index = frames.clamp(0, forced.shape[2] - 1)[None, :, None].expand(forced.shape[0], -1, 1)
+    values = forced[:, :n_gen].gather(2, index)[..., 0]
+    slot = (step + 1) % state.cache.shape[2]
+    state.cache[:, :n_gen, slot] = torch.where(keep, state.cache[:, :n_gen, slot], values)
 
 
 def _extend(codes: torch.Tensor, n_frames: int) -> torch.Tensor:

@@ -25,11 +25,10 @@ from dataclasses import dataclass, fields
 
 import torch
 from moshi.models.lm import LMModel
-from moshi.models.lm_utils import _delay_sequence
 from moshi.modules.streaming import StreamingModule
 from moshi.modules.transformer import RingKVCache
 
-from moshi_knowledge.evaluation.generate import attention_span
+from moshi_knowledge.evaluation.streaming import attention_span, delayed_inputs
 from moshi_knowledge.train.samples import MOSHI_AUDIO, N_STREAMS, ZERO_TOKEN
 
 
@@ -111,15 +110,6 @@ def row_codes(question: MCQuestion, candidate: Candidate) -> torch.Tensor:
 def answer_mask(tokens: torch.Tensor, pad_id: int, end_pad_id: int) -> torch.Tensor:
     """The frames holding the candidate's own tokens (not padding, not end-of-padding, not the zero token)."""
     return (tokens != pad_id) & (tokens != end_pad_id) & (tokens != ZERO_TOKEN)
-
-
-def delayed_inputs(lm: LMModel, codes: torch.Tensor) -> torch.Tensor:
-    """What LMModel.forward feeds its transformer for `codes` [B, 17, T]: the initial token, then the delayed codes.
-
-    Text has delay 0, so output position t predicts codes[:, 0, t].
-    """
-    initial = lm._get_initial_token().to(codes.device).expand(codes.shape[0], -1, -1)
-    return torch.cat([initial, _delay_sequence(lm.delays, codes, initial)], dim=2)[:, :, :-1]
 
 
 def text_log_probs(lm: LMModel, codes: torch.Tensor) -> torch.Tensor:

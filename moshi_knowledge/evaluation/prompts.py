@@ -70,7 +70,7 @@ def prepare(questions: Sequence[EvalQuestion], mimi: MimiModel, tokenize: Tokeni
         context[USER_AUDIO] = user_codes[i]
         candidates = [Candidate(text, stream, None if audio_codes is None else audio_codes[i][k])
                       for k, (text, stream) in enumerate(zip(plan.question.candidates, plan.streams))]
-        prompt = Prompt(user_codes[i], plan.question_end // SAMPLES_PER_FRAME)
+        prompt = Prompt(user_codes[i], plan.question_end // SAMPLES_PER_FRAME, context[MOSHI_AUDIO])
         prepared.append(PreparedQuestion(plan.question, MCQuestion(plan.question.id, context, candidates), prompt))
     return prepared
 

@@ -42,9 +42,11 @@ from moshi_knowledge.speech.schema import Utterance
 from moshi_knowledge.train.batches import StreamSpec
 from moshi_knowledge.train.samples import FRAME_RATE
 
-# Every attention kernel but cuDNN's. On the H200 cuDNN's (torch's first choice there) ran generation's one-frame
-# steps at 3x the time their KV-cache reads need (20% of generation's GPU time), and it builds a kernel for each new
-# shape: the likely cause of a first recall point 7x slower than the next (benchmarks/results/recall_speed.md).
+# Every attention kernel but cuDNN's (torch's first choice on the H200). cuDNN builds a kernel for each new shape:
+# multiple choice, with rows of many lengths, took 7x as long on its first pass as on the next. Generation's steps
+# have one shape, and there cuDNN's kernel is faster (4.6-4.7 s against 4.9-5.0 s per recall point), but in the
+# full-scale rehearsal its builds added 1.2 s to the first point, more than three points saved
+# (benchmarks/README.md, "Recall's kernels").
 RECALL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
