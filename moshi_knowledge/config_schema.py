@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 from pydantic import BaseModel, ConfigDict, Field
 
+from moshi_knowledge.dataset import moshi_finetune, source
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.qa import facts
 from moshi_knowledge.qa import file as file_qa
@@ -47,6 +48,8 @@ SCHEMAS = {
     **file_qa.SCHEMAS,
     ("tts", "espeak_schema"): EspeakTTSSchema,
     **layout.SCHEMAS,
+    **source.SCHEMAS,
+    **moshi_finetune.SCHEMAS,
 }
 
 

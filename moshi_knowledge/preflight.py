@@ -2,11 +2,14 @@
 
 Hydra's structured schemas reject unknown keys and wrong types at composition; this adds what they cannot see:
 the root's own settings (pydantic), unset mandatory values, and the value checks of the objects the run will build
-(TrainConfig, LoraSpec, NanGuard, EvalConfig, a light TTS backend, the model's device and dtype). Each raises a
-UserError naming the setting, its value and the fix, which the app reports with exit status 2.
+(TrainConfig, LoraSpec, NanGuard, EvalConfig, a light TTS backend, the model's device and dtype, the files of an
+imported dataset). Each raises a UserError naming the setting, its value and the fix, which the app reports with
+exit status 2.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -31,6 +34,8 @@ def check_config(cfg: DictConfig) -> None:
     for key in BUILT_FIRST:
         if key in keys:
             _build(cfg, key)
+    if "dataset" in keys:
+        _build(cfg, "dataset").check()
     if "model" in keys:
         resolve_dtype(cfg.model.dtype, resolve_device(cfg.model.device))
     tts = get_class(cfg.tts._target_) if "tts" in keys else None
@@ -72,11 +77,11 @@ def _check_missing(cfg: DictConfig, keys: set[str]) -> None:
                         "give it on the command line: " + " ".join(f"{k}=..." for k in missing))
 
 
-def _build(cfg: DictConfig, key: str) -> None:
+def _build(cfg: DictConfig, key: str) -> Any:
     """Instantiate `cfg[key]` for its constructor's checks, raising the UserError itself rather than Hydra's
     wrapper around it."""
     try:
-        instantiate(cfg[key])
+        return instantiate(cfg[key])
     except Exception as err:
         cause: BaseException | None = err
         while cause is not None and not isinstance(cause, UserError):

@@ -1,8 +1,9 @@
 """The sweep report: `python -m moshi_knowledge.report SWEEP_DIR` (or `moshi-knowledge report SWEEP_DIR`).
 
 Reads every run under SWEEP_DIR (each directory holding a summary.json; its overrides from .hydra/overrides.yaml),
-writes `report.md`, `loss_curves.png` and one `recall_heatmap_<tier>.png` per tier into SWEEP_DIR, and prints the
-table. It is for people who can't open the W&B dashboard, and for the paper.
+writes `report.md`, `loss_curves.png` and one `recall_heatmap_<tier>.png` per tier into SWEEP_DIR (each cell with
+its n, the colour scale centred on chance), and prints the table. It is for people who can't open the W&B
+dashboard, and for the paper.
 
 Keys read (written by train/eval through the Tracker; `moshi_knowledge.tracking.contract` is the full list):
 
@@ -385,13 +386,18 @@ def _heatmap_section(runs: list[RunRecord], tiers: list[str], out: Path) -> str:
     if len(params) < 2:
         return f"{title}\n\nNo plot: no parameter varies across these runs."
     x_key, y_key = params[0], params[1]
-    parts = [title]
+    chance = _chance(runs)
+    parts = [title, "Each cell gives the final recall and n, the number of questions its runs were asked (×k: "
+                    "the mean of k runs). " + ("The colour scale is centred on chance "
+                    f"({chance:.2f}, one of the candidates at random; the dashed line on the scale): blue above, red "
+                    "below." if chance is not None else "Chance is unknown (no run has predictions.jsonl): the "
+                    "colour scale runs from 0 to 1.")]
     if len(params) > 2:
         others = ", ".join(params[2:])
         parts.append(f"Over `{x_key}` × `{y_key}`; each cell averages the runs that differ only in {others}.")
     for tier in tiers:
         name = f"recall_heatmap_{tier}.png"
-        _heatmap(runs, tier, x_key, y_key, out / name)
+        _heatmap(runs, tier, x_key, y_key, chance, out / name)
         parts.append(f"![{tier} recall]({name})")
     return "\n\n".join(parts)
 
@@ -452,36 +458,58 @@ def _swept_params(runs: list[RunRecord]) -> list[str]:
     return sorted((k for k in keys if counts[k] > 1), key=lambda k: -counts[k])
 
 
-def _heatmap(runs: list[RunRecord], tier: str, x_key: str, y_key: str, path: Path) -> None:
+def _heatmap(runs: list[RunRecord], tier: str, x_key: str, y_key: str, chance: float | None, path: Path) -> None:
+    """Mean final recall per cell, annotated with n; with chance known, a diverging scale centred on it. The
+    title and every cell's text are also the PNG's metadata, so the figure says what it shows without being seen."""
+    from matplotlib.colors import Normalize, TwoSlopeNorm
+
     xs = _axis_values(runs, x_key)
     ys = _axis_values(runs, y_key)
     cells: dict[tuple[str, str], list[RunRecord]] = {}
     for run in runs:
         p = run.param_values()
         cells.setdefault((p.get(x_key, _MISSING), p.get(y_key, _MISSING)), []).append(run)
+    centred = chance is not None and 0 < chance < 1
+    norm = TwoSlopeNorm(vcenter=chance, vmin=0.0, vmax=1.0) if centred else Normalize(0.0, 1.0)
     plt = _pyplot()
     grid = [[math.nan] * len(xs) for _ in ys]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(xs), 1.4 + 0.8 * len(ys)))
+    labels = []
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(xs), 1.6 + 0.9 * len(ys)))
     for (x, y), members in cells.items():
-        scores = [v for r in members if (v := r.final(recall_key(tier))) is not None and math.isfinite(v)]
+        scored = [(r, v) for r in members if (v := r.final(recall_key(tier))) is not None and math.isfinite(v)]
         i, j = ys.index(y), xs.index(x)
-        if scores:
-            grid[i][j] = sum(scores) / len(scores)
-            text = f"{grid[i][j]:.2f}"
+        if scored:
+            grid[i][j] = sum(v for _, v in scored) / len(scored)
+            text = f"{grid[i][j]:.2f}\n{_n_label([r for r, _ in scored], tier)}"
+            far = abs(norm(grid[i][j]) - 0.5) > 0.3  # the ends of either scale are dark
+            color = "white" if far or not centred and grid[i][j] < 0.6 else "black"
         else:  # no score: say why (diverged, failed...), or that a completed run has no recall
             text = "/".join(sorted({r.status for r in members} - {COMPLETED})) or "no recall"
-        color = "red" if not scores else "black" if grid[i][j] > 0.6 else "white"  # readable on viridis
+            color = "red"
         ax.text(j, i, text, ha="center", va="center", fontsize=9, color=color)
-    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower", aspect="auto")
+        labels.append(f"{x_key}={x} {y_key}={y}: {text}".replace("\n", " "))
+    # a cell without recall must not look like chance (white on RdBu)
+    cmap = plt.get_cmap("RdBu" if centred else "viridis").with_extremes(bad="lightgrey")
+    image = ax.imshow(grid, norm=norm, cmap=cmap, origin="lower", aspect="auto")
     ax.set_xticks(range(len(xs)), xs)
     ax.set_yticks(range(len(ys)), ys)
     ax.set_xlabel(x_key)
     ax.set_ylabel(y_key)
-    ax.set_title(f"final {recall_key(tier)}")
-    fig.colorbar(image, ax=ax)
+    title = f"final {recall_key(tier)}" + (f" (chance {chance:.2f})" if chance is not None else "")
+    ax.set_title(title)
+    bar = fig.colorbar(image, ax=ax)
+    if chance is not None:
+        bar.ax.axhline(chance, color="black", linestyle="--", linewidth=1)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Title": title, "Description": "; ".join(sorted(labels))})
     plt.close(fig)
+
+
+def _n_label(runs: list[RunRecord], tier: str) -> str:
+    """`n = 40` (questions per run), `n = 40 ×3` for the mean of three runs; `n = ?` when no run recorded it."""
+    ns = sorted({int(n) for r in runs if (n := r.final(recall_key(tier, "n"))) is not None})
+    text = f"n = {'/'.join(map(str, ns)) or '?'}"
+    return text if len(runs) == 1 else f"{text} ×{len(runs)}"
 
 
 def _axis_values(runs: list[RunRecord], key: str) -> list[str]:

@@ -64,7 +64,8 @@ def _tts(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
 
 
 def _dataset(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
-    build_dataset(QASet.load(inputs["qa"]), instantiate(cfg.layout), instantiate(cfg.align), inputs["tts"], out)
+    build_dataset(QASet.load(inputs["qa"]), instantiate(cfg.layout), instantiate(cfg.align), instantiate(cfg.dataset),
+                  inputs["tts"], out)
 
 
 def _model(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
@@ -100,7 +101,8 @@ STAGES: dict[str, Stage] = {
         Stage("qa", "5", ("story",), ("qa",), _qa),
         Stage("tts", "3", ("qa",), ("tts",), _tts,
               extra_key=lambda cfg, inputs: script_fingerprint(_script(cfg, inputs))),
-        Stage("dataset", "6", ("qa", "tts"), ("layout", "align"), _dataset),
+        Stage("dataset", "6", ("qa", "tts"), ("layout", "align", "dataset"), _dataset,
+              extra_key=lambda cfg, inputs: instantiate(cfg.dataset).identity()),
         Stage("model", "1", ("story", "qa", "tts"), ("model",), _model, ignore=("model.device", "model.dtype")),
         Stage("tokenize", "1", ("dataset", "model"), (), _tokenize),
     ]

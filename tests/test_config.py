@@ -14,8 +14,8 @@ from moshi_knowledge.config_schema import SCHEMAS
 from moshi_knowledge.specs.lora import LoraSpec
 from moshi_knowledge.specs.tiny import TinySpec
 
-GROUPS = ["story", "qa", "tts", "layout", "align", "paths", "model", "lora", "train", "nan_guard", "eval", "logger",
-          "sweep", "launcher"]
+GROUPS = ["story", "qa", "tts", "layout", "align", "dataset", "paths", "model", "lora", "train", "nan_guard", "eval",
+          "logger", "sweep", "launcher"]
 
 
 def _options(group: str) -> list[str]:

@@ -3,7 +3,8 @@ run here, so the docs cannot drift from the code.
 
 An app command is composed as Hydra composes its jobs (a sweep's grid, an Optuna search's choices and interval
 ends: every value of every axis in some job) and put through the checks a run makes before its first stage.
-`--cfg job` commands and text-only runs (`stages=[story,qa]` offline) run for real as subprocesses. Commands of
+The README's `my_dataset` (a moshi-finetune folder of the user's) is a real one, made from a small run's training
+split. `--cfg job` commands and text-only runs (`stages=[story,qa]` offline) run for real as subprocesses. Commands of
 other programs are listed in OTHER_PROGRAMS with the reason they are not run; a new command that fits nowhere
 fails the test.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,7 @@ APP = re.compile(r"^(?:\S+=\S+\s+)*(?:torchrun\s.*?-m moshi_knowledge|(?:\.venv/
                  r"|moshi-knowledge)(?=\s|$)(?P<args>.*)$")
 VALIDATE = re.compile(r"^(?:\.venv/bin/)?python -m moshi_knowledge\.validate\s+(?P<args>.*)$")
 TEXT_ONLY = {"story", "qa"}
+MY_DATASET = "my_dataset"  # the README's folder of a moshi-finetune dataset, made by the `my_dataset` fixture
 
 
 def _readme_commands() -> list[str]:
@@ -138,9 +141,28 @@ def test_every_sweep_and_launcher_config_is_shown_in_the_readme() -> None:
 APP_COMMANDS = [c for c in COMMANDS if _app_args(c) is not None and _other_program(c) is None]
 
 
+@pytest.fixture(scope="module")
+def my_dataset(small_data_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's `my_dataset`: a moshi-finetune folder of one manifest (the small run's training split)."""
+    _, run_dir, _ = small_data_run
+    folder = tmp_path_factory.mktemp("docs") / MY_DATASET
+    folder.mkdir()
+    shutil.copyfile(run_dir / "dataset" / "train.jsonl", folder / "train.jsonl")
+    (folder / "conv").symlink_to((run_dir / "dataset" / "conv").resolve(), target_is_directory=True)
+    return folder
+
+
+def _with_my_dataset(args: list[str], request: pytest.FixtureRequest) -> list[str]:
+    """The README's placeholder folder replaced by a real one, where a command names it."""
+    if not any(a == f"dataset.path={MY_DATASET}" or a == MY_DATASET for a in args):
+        return args
+    folder = str(request.getfixturevalue("my_dataset"))
+    return [a.replace(MY_DATASET, folder) if a in (f"dataset.path={MY_DATASET}", MY_DATASET) else a for a in args]
+
+
 @pytest.mark.parametrize("command", [c for c in APP_COMMANDS if not _runs_for_real(_app_args(c))])
-def test_app_command_composes_and_passes_the_checks_for_every_job(command: str) -> None:
-    args = _app_args(command)
+def test_app_command_composes_and_passes_the_checks_for_every_job(command: str, request: pytest.FixtureRequest) -> None:
+    args = _with_my_dataset(_app_args(command), request)
     assert not [a for a in args if a.startswith("-") and a not in ("-m", "--multirun")], command
     jobs = _jobs(args)
     assert jobs
@@ -160,11 +182,13 @@ def test_short_commands_run_for_real(command: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if VALIDATE.match(c)])
-def test_validate_commands_run_on_a_real_dataset(command: str, small_data_run, capsys) -> None:
+def test_validate_commands_run_on_a_real_dataset(command: str, small_data_run, capsys,
+                                                 request: pytest.FixtureRequest) -> None:
     from moshi_knowledge.validate import main
 
     _, run_dir, _ = small_data_run
     args = shlex.split(VALIDATE.match(command)["args"])
-    assert args[0] == "runs/demo/dataset"
-    assert main([str(run_dir / "dataset"), *args[1:]]) == 0
+    assert args[0] in ("runs/demo/dataset", MY_DATASET)
+    folder = run_dir / "dataset" if args[0] == "runs/demo/dataset" else _with_my_dataset(args[:1], request)[0]
+    assert main([str(folder), *args[1:]]) == 0
     assert capsys.readouterr().out.startswith("OK: ")

@@ -9,6 +9,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import yaml
+from PIL import Image
 
 from moshi_knowledge.report import main
 from moshi_knowledge.tracking.runs import find_runs
@@ -118,6 +119,27 @@ def test_one_swept_parameter_gets_a_recall_plot_with_chance_and_n(tmp_path: Path
     assert "![recall over train.lr](recall_train.lr.png)" in report and "chance (0.20" in report
     assert matplotlib.image.imread(tmp_path / "recall_train.lr.png").shape[0] > 100
     assert not list(tmp_path.glob("recall_heatmap_*.png")) and (tmp_path / "loss_curves.png").exists()
+
+
+def test_the_heatmaps_say_chance_and_n_and_centre_their_scale_on_chance(sweep: Path) -> None:
+    assert main([str(sweep)]) == 0  # no predictions.jsonl: chance unknown
+    assert "Chance is unknown" in (sweep / "report.md").read_text()
+    assert Image.open(sweep / "recall_heatmap_eval.png").text["Title"] == "final recall/eval/mc_acc"
+
+    rows = [{"step": 4, "qid": "q0", "tier": "eval", "candidates": [{"text": t} for t in "abcd"]}]
+    (sweep / "1" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _write_run(sweep / "11", ["sweep=lora_rank_lr", "experiment=demo", "lora.rank=8", "train.lr=0.001"],
+               "completed", [3.0, 1.0], {"train": 0.8, "eval": 0.75, "paraphrase": 0.5})  # a second run of a cell
+    assert main([str(sweep)]) == 0
+    report = (sweep / "report.md").read_text()
+    assert "centred on chance (0.25, one of the candidates at random" in report
+    assert "the final recall and n, the number of questions" in report
+    meta = Image.open(sweep / "recall_heatmap_eval.png").text
+    assert meta["Title"] == "final recall/eval/mc_acc (chance 0.25)"
+    cells = meta["Description"].split("; ")
+    assert "lora.rank=8 train.lr=0.0001: 0.85 n = 40" in cells
+    assert "lora.rank=8 train.lr=0.001: 0.85 n = 40 ×2" in cells  # the mean of 0.95 and 0.75
+    assert "lora.rank=32 train.lr=0.0001: diverged" in cells and "lora.rank=64 train.lr=0.001: running" in cells
 
 
 def test_a_single_run_dir_without_hydra_is_a_report_of_one(tmp_path: Path) -> None:

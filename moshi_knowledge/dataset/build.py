@@ -5,16 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tqdm import tqdm
-
-from moshi_knowledge.dataset.format import (
-    META,
-    DatasetMeta,
-    write_conversation,
-    write_conversations_index,
-    write_manifest,
-    write_meta,
-)
+from moshi_knowledge.dataset.format import META, DatasetMeta, write_conversations_index, write_manifest, write_meta
+from moshi_knowledge.dataset.source import DatasetSource, write_laid_out
 from moshi_knowledge.dataset.validate import validate_dataset
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import atomic_write_json
@@ -24,30 +16,24 @@ from moshi_knowledge.speech.script import question_line_id
 from moshi_knowledge.speech.synthesize import load_utterance
 
 
-def build_dataset(qa: QASet, layout: Layout, aligner: Aligner, tts_dir: Path, out: Path) -> None:
-    """Write train/eval manifests, conversation wavs + alignments, question audio and questions.json."""
-    speech = _SpeechStore(tts_dir)
-    conversations = layout.compose(qa, speech)
-    rows: dict[str, list[dict]] = {"train": [], "eval": []}
-    index = []
-    for conv in tqdm(conversations, desc="dataset", unit="conv", mininterval=1.0):
-        rel = f"conv/{conv.id}.wav"
-        rows[conv.split].append(write_conversation(conv, aligner.align(conv), out, rel))
-        index.append({
-            "path": rel,
-            "split": conv.split,
-            "turns": [{"qid": t.qid, "question": list(t.question), "answer": list(t.answer)} for t in conv.turns],
-        })
-    for split, split_rows in rows.items():
-        write_manifest(out / f"{split}.jsonl", split_rows)
-    write_conversations_index(out / "conversations.json", index)
+def build_dataset(qa: QASet, layout: Layout, aligner: Aligner, source: DatasetSource, tts_dir: Path,
+                  out: Path) -> None:
+    """Write train/eval manifests, conversation wavs + alignments, question audio and questions.json.
+
+    `source` writes the training split; the eval split is always the layout's, of the run's eval Q/A."""
+    conversations = layout.compose(qa, speech=_SpeechStore(tts_dir))
+    written = {"train": source.write_train([c for c in conversations if c.split == "train"], aligner, out),
+               "eval": [write_laid_out(c, aligner, out) for c in conversations if c.split == "eval"]}
+    for split, items in written.items():
+        write_manifest(out / f"{split}.jsonl", [w.row for w in items])
+    write_conversations_index(out / "conversations.json", [w.entry for split in written.values() for w in split])
     write_meta(out / META, DatasetMeta(layout.name, layout.lead_sec, layout.gap_sec))
     _write_questions(qa, tts_dir, out)
     problems = validate_dataset(out)
     if problems:
         shown = "\n  ".join(problems[:20])
         raise UserError(f"the dataset built in {out} failed validation:\n  {shown}",
-                        "this is a bug in a layout or aligner; please report it with the config")
+                        "this is a bug in a layout, an aligner or the dataset import; please report it with the config")
 
 
 def _write_questions(qa: QASet, tts_dir: Path, out: Path) -> None:

@@ -51,15 +51,16 @@ def write_conversation(
     conv: Conversation, alignments: list[SpeakerWord], dataset_dir: Path, rel_path: str
 ) -> dict[str, Any]:
     """Write `rel_path` (stereo wav, left = Moshi) and its alignment JSON; return the manifest row."""
-    if len(conv.left) != len(conv.right):
-        raise ValueError(f"conversation {conv.id}: left has {len(conv.left)} samples, right {len(conv.right)}")
     if not rel_path.endswith(".wav") or Path(rel_path).is_absolute():
         raise ValueError(f"conversation {conv.id}: rel_path {rel_path!r} must be a relative path ending in .wav")
     wav_path = Path(dataset_dir) / rel_path
     write_stereo_wav(conv.left, conv.right, wav_path)
-    rows = [[w.word, [w.start, w.end], w.speaker] for w in alignments]
-    atomic_write_json(wav_path.with_suffix(".json"), {"alignments": rows})
+    write_alignments(wav_path.with_suffix(".json"), alignments)
     return {"path": rel_path, "duration": len(conv.left) / SAMPLE_RATE}
+
+
+def write_alignments(json_path: Path, words: list[SpeakerWord]) -> None:
+    atomic_write_json(json_path, {"alignments": [[w.word, [w.start, w.end], w.speaker] for w in words]})
 
 
 def read_alignments(json_path: Path) -> list[SpeakerWord]:

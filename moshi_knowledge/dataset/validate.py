@@ -1,8 +1,10 @@
 """Check a written dataset before hours of training are spent on it: every problem names its file.
 
-Beyond the moshi-finetune format itself, a "dialogue" dataset is checked for what the experiment depends on:
-the question is heard only on the user's channel and the answer only on Moshi's, and Moshi's words are
-where the text stream says they are.
+Beyond the moshi-finetune format itself, the Q/A conversations of a "dialogue" dataset are checked for what the
+experiment depends on: the question is heard only on the user's channel and the answer only on Moshi's, and
+Moshi's words are where the text stream says they are. Conversations imported from another dataset
+(`dataset=moshi_finetune`, no Q/A turns) are real dialogue, where both may speak at once: only their format is
+checked.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def _check_conversation(root: Path, row: dict, entry: ConversationEntry | None, 
     problems += _first_of(json_rel, _alignment_problems(words, duration))
     if entry is not None:
         problems += [f"{CONVERSATIONS}: {rel}: {p}" for p in _turn_span_problems(entry, duration)]
-    if layout == "dialogue":
+    if layout == "dialogue" and (entry is None or entry.turns):  # an imported conversation has no Q/A turns
         if entry is not None:
             problems += [f"{rel}: {p}" for p in _channel_separation(entry, left, right)]
         problems += _first_of(rel, _moshi_words_on_left(words, left, right))

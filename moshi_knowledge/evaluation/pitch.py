@@ -17,9 +17,9 @@ import librosa
 import numpy as np
 from joblib import Parallel, delayed
 
-from moshi_knowledge.dataset.format import CONVERSATIONS, read_conversations_index
+from moshi_knowledge.dataset.format import CONVERSATIONS, read_alignments, read_conversations_index
 from moshi_knowledge.speech.audio import read_stereo
-from moshi_knowledge.speech.schema import SAMPLE_RATE
+from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SAMPLE_RATE
 
 _TRACK_RATE = 16_000  # pYIN cost grows with the rate; speech F0 needs far less than 24 kHz
 _FMIN, _FMAX = 50.0, 500.0  # covers low male to high female/child voices
@@ -71,13 +71,22 @@ def _voiced_f0(samples: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def training_voice_f0(dataset_dir: Path, max_clips: int = 32) -> float:
-    """Median F0 of Moshi's answers in the training conversations: the voice the finetuned model should keep."""
+    """Median F0 of Moshi's speech in the training conversations: the voice the finetuned model should keep.
+
+    That speech is the answers of the Q/A turns; a conversation imported without turns (`dataset=moshi_finetune`)
+    gives its Moshi words, one clip per conversation."""
     clips = []
     for entry in read_conversations_index(Path(dataset_dir) / CONVERSATIONS):
         if entry.split != "train":
             continue
-        left, _, rate = read_stereo(Path(dataset_dir) / entry.path)
-        clips += [left[round(t.answer[0] * rate):round(t.answer[1] * rate)] for t in entry.turns]
+        wav = Path(dataset_dir) / entry.path
+        left, _, rate = read_stereo(wav)
+        spans = [t.answer for t in entry.turns]
+        if spans:
+            clips += [left[round(s * rate):round(e * rate)] for s, e in spans]
+        else:
+            words = [w for w in read_alignments(wav.with_suffix(".json")) if w.speaker == MOSHI_SPEAKER]
+            clips += [np.concatenate([left[round(w.start * rate):round(w.end * rate)] for w in words])] if words else []
         if len(clips) >= max_clips:
             break
     return median_f0(clips[:max_clips], SAMPLE_RATE)

@@ -19,8 +19,10 @@ def init_schema(cls: type) -> type:
     """A dataclass with `_target_` (the import path of `cls`) and one field per parameter of `cls.__init__`, typed
     and defaulted as there (a parameter without a default is required: `???` until the preset or the command line
     sets it), so Hydra rejects an unknown key or a wrong type when the config is composed."""
-    hints = typing.get_type_hints(cls.__init__)
     fields: list[tuple[str, typing.Any, typing.Any]] = [("_target_", str, f"{cls.__module__}.{cls.__qualname__}")]
+    if cls.__init__ is object.__init__:  # a class without settings
+        return dataclasses.make_dataclass(f"{cls.__name__}Schema", fields)
+    hints = typing.get_type_hints(cls.__init__)
     for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
         if p.kind is not p.POSITIONAL_OR_KEYWORD:
             raise TypeError(f"{cls.__qualname__}.__init__: *{p.name} cannot be a setting; name each one")

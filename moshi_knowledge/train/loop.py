@@ -167,6 +167,9 @@ class Trainer:
         self.settings = LossSettings(cfg.text_weight, cfg.text_padding_weight, cfg.first_codebook_weight_multiplier)
         self.seq_frames = round(cfg.seq_sec * FRAME_RATE)
         self.stream = TrainStream(train_samples, self.spec, self.seq_frames, cfg.packing, cfg.audio_drop, cfg.seed)
+        # what was trained on, in the summary: with an imported dataset, its size says the import was complete
+        self.data = {"data/train_conversations": len(train_samples),
+                     "data/train_frames": sum(s.n_frames for s in train_samples)}
         self.eval_set = (eval_batches(eval_samples, self.spec, self.seq_frames, cfg.eval_batch_size or cfg.batch_size,
                                       cfg.packing) if eval_samples else [])
         self.snapshot = Snapshot()
@@ -331,7 +334,7 @@ class Trainer:
         return {
             "status": self.status, "message": self.message, "step": self.step, "max_steps": self.cfg.max_steps,
             "trainable_params": sum(p.numel() for p in self.params.values()),
-            "world_size": self.info.world, "wall_sec": time.time() - self.started,
+            "world_size": self.info.world, "wall_sec": time.time() - self.started, **self.data,
             "nan_guard/policy": self.guard.policy, "nan_guard/events": self.guard.events,
             **{k: v for k, v in self.last.items() if k != "nan_guard/events"},
         }
