@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from moshi_knowledge.dataset import moshi_finetune, source
 from moshi_knowledge.evaluation.config import EvalConfig
+from moshi_knowledge.llm.connection import Connection
 from moshi_knowledge.qa import facts
 from moshi_knowledge.qa import file as file_qa
 from moshi_knowledge.specs import lora, tiny
@@ -76,11 +77,8 @@ class LLMStorySchema:
     temperature: Optional[float] = 0.9
     target_words: int = 3000
     refine_passes: int = 2
-    base_url: Optional[str] = None  # an OpenAI-compatible server (vLLM, ...) or a Gemini endpoint
-    timeout_s: float = 600.0
-    max_retries: int = 5
-    backoff_s: float = 2.0  # first retry's wait; doubles each retry
-    cache_dir: Optional[str] = None  # response cache; null: none
+    connection: Connection = field(default_factory=Connection)
+    _convert_: str = "object"  # the connection node reaches the constructor as a Connection
 
 
 @dataclass
@@ -105,11 +103,8 @@ class LLMQASchema:
     paraphrases: int = 3
     n_eval: int = 20
     max_attempts: int = 3
-    base_url: Optional[str] = None
-    timeout_s: float = 600.0
-    max_retries: int = 5
-    backoff_s: float = 2.0
-    cache_dir: Optional[str] = None
+    connection: Connection = field(default_factory=Connection)
+    _convert_: str = "object"
     retain: bool = True  # also ask the general-knowledge retain tier (qa/retain.py), never trained
 
 
@@ -231,6 +226,7 @@ class EvalSchema(EvalConfig):
     """The recall-evaluation knobs are EvalConfig's own fields."""
 
     _target_: str = "moshi_knowledge.evaluation.config.EvalConfig"
+    _convert_: str = "object"  # eval.judge_connection reaches EvalConfig as a Connection
 
 
 SCHEMAS.update({("eval", "default_schema"): EvalSchema})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
@@ -10,6 +12,7 @@ from conftest import compose_cfg
 from moshi_knowledge.config_schema import EvalSchema
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.evaluation.config import EvalConfig
+from moshi_knowledge.llm.connection import Connection
 
 
 def test_schema_is_the_config_class_and_checks_types_at_composition() -> None:
@@ -26,7 +29,8 @@ def test_composed_eval_group_builds_the_config(tmp_path) -> None:
     built = instantiate(cfg.eval)
     assert isinstance(built, EvalConfig)
     assert built.judge == "openai" and built.max_per_tier == 5
-    assert built.judge_cache_dir == f"{tmp_path}/llm"
+    assert isinstance(built.judge_connection, Connection)
+    assert built.judge_connection.cache_dir == f"{tmp_path}/llm" and built.judge_connection.timeout_s == 60.0
     with pytest.raises(Exception, match="recall_evry"):
         compose_cfg([group, "eval.recall_evry=3"])
 
@@ -37,3 +41,15 @@ def test_composed_eval_group_builds_the_config(tmp_path) -> None:
 def test_bad_values_are_user_errors(kwargs: dict, field: str) -> None:
     with pytest.raises(UserError, match=field):
         EvalConfig(**kwargs)
+
+
+def test_every_llm_caller_shares_one_connection_node(tmp_path) -> None:
+    """story, qa and the judge name the same connection settings alike (they had drifted: the judge had no
+    backoff), and a bad value is refused naming its own key before anything runs."""
+    cfg = compose_cfg(["story=openai", "qa=gemini", "eval.judge=openai", f"paths.cache_dir={tmp_path}"])
+    nodes = {"story": cfg.story.connection, "qa": cfg.qa.connection, "eval": cfg.eval.judge_connection}
+    for node in nodes.values():
+        assert set(node) == {f.name for f in dataclasses.fields(Connection)}
+    with pytest.raises(UserError, match=r"eval\.judge_connection\.max_retries=-1") as info:
+        EvalConfig(judge="openai", judge_connection=Connection(max_retries=-1))
+    assert "set eval.judge_connection.max_retries to 0 or more" in info.value.fix

@@ -9,6 +9,7 @@ import pytest
 from llm_stub_server import StubLLMServer
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.evaluation.judge import judge_from_config
+from moshi_knowledge.llm.connection import Connection
 
 PROVIDERS = ["openai", "gemini"]
 KEY_VARIABLE = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
@@ -34,8 +35,9 @@ def server(stub: StubLLMServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
 def _judge(server: StubLLMServer, provider: str, cache_dir: Path | None = None):
     base_url = server.openai_base_url if provider == "openai" else server.gemini_base_url
-    cfg = EvalConfig(judge=provider, judge_model="judge-model", judge_base_url=base_url, judge_timeout_s=5.0,
-                     judge_max_retries=1, judge_cache_dir=str(cache_dir) if cache_dir else None)
+    cfg = EvalConfig(judge=provider, judge_model="judge-model",
+                     judge_connection=Connection(base_url=base_url, timeout_s=5.0, max_retries=1,
+                                                 cache_dir=str(cache_dir) if cache_dir else None))
     return judge_from_config(cfg)
 
 

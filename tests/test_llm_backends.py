@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 
 from llm_stub_server import Reply, StubLLMServer
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.llm.connection import Connection
 from moshi_knowledge.qa.llm import (
     EvalQuestionOut,
     EvalQuestionsOut,
@@ -101,9 +102,12 @@ def server(stub: StubLLMServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
 
 def settings(server: StubLLMServer, provider: str, cache_dir: Path | None = None, **extra) -> dict:
+    """Constructor arguments; `extra` may set the connection's fields too (timeout_s=..., max_retries=...)."""
     base_url = server.openai_base_url if provider == "openai" else server.gemini_base_url
-    return {"model": f"{provider}-test-model", "base_url": base_url, "timeout_s": 5.0, "max_retries": 3,
-            "backoff_s": 0.001, "cache_dir": str(cache_dir) if cache_dir else None, **extra}
+    connection = {"base_url": base_url, "timeout_s": 5.0, "max_retries": 3, "backoff_s": 0.001,
+                  "cache_dir": str(cache_dir) if cache_dir else None}
+    connection |= {k: extra.pop(k) for k in list(extra) if k in connection}
+    return {"model": f"{provider}-test-model", "connection": Connection(**connection), **extra}
 
 
 def make_story(server: StubLLMServer, provider: str, **extra):
@@ -159,7 +163,7 @@ def test_retries_give_up_with_a_clear_error(server: StubLLMServer, provider: str
     server.push(*[Reply.error(429)] * 3)
     with pytest.raises(UserError, match=r"gave up after 2 retries; last failure: HTTP 429") as info:
         make_story(server, provider, refine_passes=0, max_retries=2).generate()
-    assert "story.max_retries" in info.value.fix
+    assert "story.connection.max_retries" in info.value.fix
     assert server.count == 3  # the SDK's own retries are off: exactly 1 + max_retries requests
 
 
@@ -349,9 +353,10 @@ def test_configs_compose_and_build_without_network(server: StubLLMServer, tmp_pa
     from conftest import compose_cfg
 
     cfg = compose_cfg(["story=openai", "qa=gemini", f"paths.cache_dir={tmp_path}"])
-    assert cfg.qa.cache_dir == cfg.story.cache_dir == f"{tmp_path}/llm"
+    assert cfg.qa.connection.cache_dir == cfg.story.connection.cache_dir == f"{tmp_path}/llm"
     story, qa = instantiate(cfg.story), instantiate(cfg.qa)
     assert isinstance(story, OpenAIStory) and isinstance(qa, GeminiQA)
+    assert isinstance(story.client.connection, Connection) and story.client.connection.cache_dir == f"{tmp_path}/llm"
     assert qa.eval_model == cfg.qa.eval_model
     cfg = compose_cfg(["story=gemini", "qa=openai"])
     assert isinstance(instantiate(cfg.story), GeminiStory) and isinstance(instantiate(cfg.qa), OpenAIQA)

@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from typing import Optional, get_args
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.llm.connection import Connection
 from moshi_knowledge.qa.schema import Tier
 
 JUDGES = ("openai", "gemini")
+JUDGE_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -34,10 +36,8 @@ class EvalConfig:
     voice_max_clips: int = 32  # answers pitch-tracked per evaluation (pYIN costs ~0.1 s per second of audio)
     judge: Optional[str] = None  # openai | gemini: an LLM decides whether the generated answer is right
     judge_model: Optional[str] = None  # None: the provider's default in judge.py
-    judge_base_url: Optional[str] = None
-    judge_timeout_s: float = 60.0
-    judge_max_retries: int = 5
-    judge_cache_dir: Optional[str] = None  # LLM response cache (None: no cache)
+    # the judge's server, timeouts, retries and reply cache; one verdict is short, so it times out sooner
+    judge_connection: Connection = field(default_factory=lambda: Connection(timeout_s=JUDGE_TIMEOUT_S))
 
     def __post_init__(self) -> None:
         self.tiers = list(self.tiers)
@@ -58,3 +58,4 @@ class EvalConfig:
         for name, ok, want in checks:
             if not ok:
                 raise UserError(f"eval.{name}={getattr(self, name)!r} is invalid", f"set eval.{name} to {want}")
+        self.judge_connection.check("eval.judge_connection")

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from moshi_knowledge.evaluation.config import EvalConfig
+from moshi_knowledge.evaluation.config import JUDGE_TIMEOUT_S, EvalConfig
 from moshi_knowledge.llm import BadOutput, LLMClient, Message
+from moshi_knowledge.llm.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,10 @@ def judge_prompt(question: str, reference: str, aliases: Sequence[str], answer: 
 class Judge:
     """One verdict per (question, reference, answer); an empty answer is wrong without asking."""
 
-    def __init__(self, provider: str, model: str | None = None, base_url: str | None = None,
-                 timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 2.0,
-                 cache_dir: str | None = None) -> None:
+    def __init__(self, provider: str, model: str | None = None, connection: Connection | None = None) -> None:
         self.client = LLMClient(provider, "eval", model=model or DEFAULT_MODELS[provider], temperature=0.0,
-                                base_url=base_url, timeout_s=timeout_s, max_retries=max_retries,
-                                backoff_s=backoff_s, cache_dir=cache_dir)
+                                connection=connection or Connection(timeout_s=JUDGE_TIMEOUT_S),
+                                model_key="eval.judge_model", connection_key="eval.judge_connection")
 
     def __call__(self, question: str, reference: str, aliases: Sequence[str], answer: str) -> bool | None:
         """True or False, or None when the judge's reply was unusable (counted as unjudged, not as wrong)."""
@@ -66,5 +65,4 @@ def judge_from_config(cfg: EvalConfig) -> Judge | None:
     """The judge `eval.judge` asks for, or None when it is off."""
     if cfg.judge is None:
         return None
-    return Judge(cfg.judge, cfg.judge_model, cfg.judge_base_url, cfg.judge_timeout_s, cfg.judge_max_retries,
-                 cache_dir=cfg.judge_cache_dir)
+    return Judge(cfg.judge, cfg.judge_model, cfg.judge_connection)

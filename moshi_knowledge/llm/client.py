@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.llm.cache import ResponseCache
+from moshi_knowledge.llm.connection import Connection
 from moshi_knowledge.llm.keys import api_key
 from moshi_knowledge.llm.output import BadOutput, Message
 from moshi_knowledge.llm.retry import with_retries
@@ -27,7 +28,7 @@ class Provider(Protocol):
 
     def transient(self, exc: BaseException) -> str | None: ...
 
-    def fatal(self, exc: BaseException, label: str, group: str) -> UserError | None: ...
+    def fatal(self, exc: BaseException, label: str, model_key: str, connection_key: str) -> UserError | None: ...
 
 
 def _provider_class(name: str) -> type:
@@ -43,7 +44,8 @@ def _provider_class(name: str) -> type:
 
 
 class LLMClient:
-    """Chat with one model of one provider. `group` ("story", "qa") names the config node in errors."""
+    """Chat with one model of one provider. `group` ("story", "qa", "eval") labels the log; errors name the settings
+    by `model_key` and `connection_key` (default `<group>.model`, `<group>.connection`)."""
 
     def __init__(
         self,
@@ -52,22 +54,19 @@ class LLMClient:
         *,
         model: str,
         temperature: float | None,
-        base_url: str | None,
-        timeout_s: float,
-        max_retries: int,
-        backoff_s: float,
-        cache_dir: str | None,
+        connection: Connection,
+        model_key: str | None = None,
+        connection_key: str | None = None,
     ) -> None:
         self.provider_name = provider
-        self.group = group
         self.label = f"{group}={provider}"
+        self.model_key = model_key or f"{group}.model"
+        self.connection_key = connection_key or f"{group}.connection"
+        connection.check(self.connection_key)
         self.model = model
         self.temperature = temperature
-        self.base_url = base_url
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.cache = ResponseCache(cache_dir)
+        self.connection = connection
+        self.cache = ResponseCache(connection.cache_dir)
         self._provider: Provider | None = None
         _provider_class(provider)  # an unknown provider fails at construction, not at the first request
 
@@ -98,7 +97,7 @@ class LLMClient:
         """Everything that determines the reply, and nothing secret: this is the cache key."""
         return {
             "provider": self.provider_name,
-            "base_url": self.base_url,
+            "base_url": self.connection.base_url,
             "model": model,
             "temperature": self.temperature,
             "messages": messages,
@@ -114,15 +113,15 @@ class LLMClient:
             return with_retries(
                 lambda: provider.send(model, self.temperature, messages, schema),
                 provider.transient,
-                max_retries=self.max_retries,
-                backoff_s=self.backoff_s,
+                max_retries=self.connection.max_retries,
+                backoff_s=self.connection.backoff_s,
                 label=self.label,
-                fix=f"try again later, or raise {self.group}.max_retries or {self.group}.timeout_s",
+                fix=f"try again later, or raise {self.connection_key}.max_retries or {self.connection_key}.timeout_s",
             )
         except (UserError, BadOutput):
             raise
         except Exception as exc:
-            error = provider.fatal(exc, self.label, self.group)
+            error = provider.fatal(exc, self.label, self.model_key, self.connection_key)
             if error is None:
                 raise
             raise error from exc
@@ -130,5 +129,6 @@ class LLMClient:
     def _connect(self) -> Provider:
         if self._provider is None:
             key = api_key(self.provider_name, self.label)
-            self._provider = _provider_class(self.provider_name)(key, self.base_url, self.timeout_s)
+            connection = self.connection
+            self._provider = _provider_class(self.provider_name)(key, connection.base_url, connection.timeout_s)
         return self._provider

@@ -73,11 +73,11 @@ class GeminiChat:
             return f"{type(exc).__name__} (timeout_s={self._timeout_s})"
         return None
 
-    def fatal(self, exc: BaseException, label: str, group: str) -> UserError | None:
+    def fatal(self, exc: BaseException, label: str, model_key: str, connection_key: str) -> UserError | None:
         if isinstance(exc, errors.APIError) and (exc.code in (401, 403) or "API key" in (exc.message or "")):
             return UserError(f"{label}: the server rejected the key from GEMINI_API_KEY / GOOGLE_API_KEY "
-                             f"(HTTP {exc.code}): {exc.message}", f"check the key and that it may use {group}.model")
+                             f"(HTTP {exc.code}): {exc.message}", f"check the key and that it may use {model_key}")
         if isinstance(exc, errors.APIError):
             return UserError(f"{label}: the server refused the request (HTTP {exc.code}): {exc.message}",
-                             f"check {group}.model and {group}.base_url")
+                             f"check {model_key} and {connection_key}.base_url")
         return None

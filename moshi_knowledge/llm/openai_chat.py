@@ -54,11 +54,11 @@ class OpenAIChat:
             return f"HTTP {exc.status_code}"
         return None
 
-    def fatal(self, exc: BaseException, label: str, group: str) -> UserError | None:
+    def fatal(self, exc: BaseException, label: str, model_key: str, connection_key: str) -> UserError | None:
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
             return UserError(f"{label}: the server rejected the key in OPENAI_API_KEY (HTTP {exc.status_code})",
-                             f"check the key and that it may use {group}.model")
+                             f"check the key and that it may use {model_key}")
         if isinstance(exc, openai.APIStatusError):
             return UserError(f"{label}: the server refused the request (HTTP {exc.status_code}): {exc.message}",
-                             f"check {group}.model and {group}.base_url")
+                             f"check {model_key} and {connection_key}.base_url")
         return None

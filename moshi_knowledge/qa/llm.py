@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.llm import BadOutput, LLMClient, Message
+from moshi_knowledge.llm.connection import Connection
 from moshi_knowledge.qa.retain import with_retain
 from moshi_knowledge.qa.schema import QAItem, QASet
 from moshi_knowledge.text_norm import normalise
@@ -246,11 +247,7 @@ class LLMQA:
         paraphrases: int = 3,
         n_eval: int = 20,
         max_attempts: int = 3,
-        base_url: str | None = None,
-        timeout_s: float = 600.0,
-        max_retries: int = 5,
-        backoff_s: float = 2.0,
-        cache_dir: str | None = None,
+        connection: Connection | None = None,
         retain: bool = True,
     ) -> None:
         label = f"qa={self.provider}"
@@ -261,9 +258,8 @@ class LLMQA:
         self.retain = retain
         self.eval_model = eval_model or model
         self.n_train, self.paraphrases, self.n_eval, self.max_attempts = n_train, paraphrases, n_eval, max_attempts
-        self.client = LLMClient(self.provider, "qa", model=model, temperature=temperature, base_url=base_url,
-                                timeout_s=timeout_s, max_retries=max_retries, backoff_s=backoff_s,
-                                cache_dir=cache_dir)
+        self.client = LLMClient(self.provider, "qa", model=model, temperature=temperature,
+                                connection=connection or Connection())
 
     def build(self, story: Story) -> QASet:
         if not story.text.strip():

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.llm import BadOutput, LLMClient, Message
+from moshi_knowledge.llm.connection import Connection
 from moshi_knowledge.world.schema import Story
 
 SYSTEM = (
@@ -48,11 +49,7 @@ class LLMStory:
         temperature: float | None = 0.9,
         target_words: int = 3000,
         refine_passes: int = 2,
-        base_url: str | None = None,
-        timeout_s: float = 600.0,
-        max_retries: int = 5,
-        backoff_s: float = 2.0,
-        cache_dir: str | None = None,
+        connection: Connection | None = None,
     ) -> None:
         if target_words < 1 or refine_passes < 0:
             raise UserError(f"story={self.provider}: target_words must be >= 1 and refine_passes >= 0 "
@@ -62,9 +59,8 @@ class LLMStory:
         self.premise = premise
         self.target_words = target_words
         self.refine_passes = refine_passes
-        self.client = LLMClient(self.provider, "story", model=model, temperature=temperature, base_url=base_url,
-                                timeout_s=timeout_s, max_retries=max_retries, backoff_s=backoff_s,
-                                cache_dir=cache_dir)
+        self.client = LLMClient(self.provider, "story", model=model, temperature=temperature,
+                                connection=connection or Connection())
 
     def generate(self) -> Story:
         draft = self._ask(first_draft_prompt(self.premise, self.target_words), "first draft")
