@@ -89,8 +89,10 @@ def test_each_tier_is_tested_against_its_controls_and_the_unseen_facts_of_the_sa
     # clustered by fact: 5 facts, 3 better than under silence (facts 1-3), 4 better than shuffled (0-3)
     assert figures["recall/train/p_vs_silence"] == pytest.approx(mcnemar_exact(3, 0, alternative="greater"))
     assert figures["recall/train/p_vs_shuffled"] == pytest.approx(mcnemar_exact(4, 0, alternative="greater"))
+    # against the null tier the unit is the fact too: 4 of 5 facts right against 1 of 8 (whole clusters permuted;
+    # with 0/1 cluster accuracies and few enough permutations to run them all, that is Fisher's test on facts)
     assert figures["recall/train/p_vs_unseen_facts"] == pytest.approx(
-        fisher_exact([[8, 2], [1, 7]], alternative="greater").pvalue)
+        fisher_exact([[4, 1], [1, 7]], alternative="greater").pvalue)
     assert figures["recall/train/p_vs_null"] == max(figures[f"recall/train/p_vs_{n}"]
                                                     for n in ("silence", "shuffled", "unseen_facts"))
     assert figures["recall/unseen_facts/p_vs_silence"] == 1.0 and "recall/unseen_facts/p_vs_unseen_facts" not in figures

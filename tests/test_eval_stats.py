@@ -5,8 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
+from scipy.stats import fisher_exact
 
-from moshi_knowledge.evaluation.stats import accuracy_interval, mcnemar_exact, paired_p_value, wilson
+from moshi_knowledge.evaluation.stats import (
+    accuracy_interval,
+    mcnemar_exact,
+    paired_p_value,
+    unpaired_p_value,
+    wilson,
+)
 
 
 def test_wilson_matches_textbook_values() -> None:
@@ -61,3 +68,27 @@ def test_repeated_phrasings_of_one_fact_count_once() -> None:
     # A paired test over those clusters: 7 facts improved -> sign test on 7 vs 0, not 21 vs 0.
     assert paired_p_value([False] * 30, correct, clusters) == pytest.approx(mcnemar_exact(7, 0))
     assert math.isclose(paired_p_value([False] * 30, correct), mcnemar_exact(21, 0))
+
+
+def _fisher_greater(k: int, n: int, m: int, n_null: int) -> float:
+    return float(fisher_exact([[k, n - k], [m, n_null - m]], alternative="greater").pvalue)
+
+
+def test_unpaired_test_is_fishers_on_independent_questions() -> None:
+    correct, null = [True] * 7 + [False] * 3, [True] * 2 + [False] * 8
+    assert unpaired_p_value(correct, null) == pytest.approx(_fisher_greater(7, 10, 2, 10), rel=1e-12)
+    assert unpaired_p_value(correct, null, [f"c{i}" for i in range(10)]) == unpaired_p_value(correct, null)
+    assert unpaired_p_value([], null) == 1.0
+
+
+def test_unpaired_test_counts_a_cluster_once() -> None:
+    """Each fact asked three times, answered alike: three times the questions but the evidence of ten, so the
+    p-value is that of ten questions against ten (by permutation, to its resolution), not of thirty."""
+    per_fact = [True] * 7 + [False] * 3
+    correct = [a for a in per_fact for _ in range(3)]
+    clusters = [f"fact{i}" for i in range(10) for _ in range(3)]
+    null = [True] * 2 + [False] * 8
+    clustered = unpaired_p_value(correct, null, clusters)
+    assert clustered == pytest.approx(_fisher_greater(7, 10, 2, 10), abs=0.01)
+    assert clustered > 3 * _fisher_greater(21, 30, 2, 10), "thirty independent questions would be far stronger"
+    assert unpaired_p_value(correct, null, clusters) == clustered  # seeded: the same rows, the same p-value

@@ -233,11 +233,13 @@ def _control(name: str) -> Metric:
 
 
 def _vs_unseen_facts(t: TierRows) -> dict[str, float]:
-    """One-sided Fisher exact test that the tier beats the never-trained facts at the same evaluation."""
-    null = [r["mc_correct"] for r in t.step.get(NULL_TIER, []) if "mc_correct" in r]
+    """One-sided test that the tier beats the never-trained facts at the same evaluation, clustered by fact
+    (stats.unpaired_p_value)."""
+    null = [r for r in t.step.get(NULL_TIER, []) if "mc_correct" in r]
     if t.tier == NULL_TIER or not null:
         return {}
-    return {f"p_vs_{NULL_TIER}": unpaired_p_value([r["mc_correct"] for r in t.rows], null)}
+    return {f"p_vs_{NULL_TIER}": unpaired_p_value([r["mc_correct"] for r in t.rows], [r["mc_correct"] for r in null],
+                                                  [r["cluster"] for r in t.rows], [r["cluster"] for r in null])}
 
 
 NULL_TESTS = (*(f"p_vs_{c}" for c in CONTROLS), f"p_vs_{NULL_TIER}")

@@ -12,7 +12,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy.stats import binomtest, fisher_exact
+import numpy as np
+from scipy.stats import binomtest, fisher_exact, permutation_test
 
 Z95 = 1.959963984540054  # two-sided 95% standard normal quantile
 
@@ -94,14 +95,30 @@ def mcnemar_exact(b: int, c: int, alternative: str = "two-sided") -> float:
     return float(binomtest(b, b + c, 0.5, alternative=alternative).pvalue)
 
 
-def unpaired_p_value(correct: Sequence[bool], null: Sequence[bool]) -> float:
-    """One-sided Fisher exact test that `correct` (one set of questions) beats `null` (another set, e.g. facts
-    never trained); 1.0 when either is empty. It treats questions as independent."""
+UNPAIRED_RESAMPLES = 9_999  # permutations of the clustered unpaired test: p-values resolve to 1e-4
+
+
+def unpaired_p_value(correct: Sequence[bool], null: Sequence[bool], clusters: Sequence[str] | None = None,
+                     null_clusters: Sequence[str] | None = None) -> float:
+    """One-sided test that `correct` (one set of questions) beats `null` (another set, e.g. facts never trained);
+    1.0 when either is empty.
+
+    With every question its own cluster it is Fisher's exact test. When questions share a cluster (a fact asked
+    twice is one piece of evidence), it compares the clusters' accuracies instead, by permutation of whole
+    clusters between the two sets (seeded: the same rows give the same p-value).
+    """
     if not correct or not null:
         return 1.0
-    k, m = sum(map(bool, correct)), sum(map(bool, null))
-    table = [[k, len(correct) - k], [m, len(null) - m]]
-    return float(fisher_exact(table, alternative="greater").pvalue)
+    groups = list(_group(correct, clusters or [str(i) for i in range(len(correct))]).values())
+    null_groups = list(_group(null, null_clusters or [str(i) for i in range(len(null))]).values())
+    if all(len(g) == 1 for g in [*groups, *null_groups]):
+        k, m = sum(map(bool, correct)), sum(map(bool, null))
+        table = [[k, len(correct) - k], [m, len(null) - m]]
+        return float(fisher_exact(table, alternative="greater").pvalue)
+    accuracy = [np.array([sum(g) / len(g) for g in gs]) for gs in (groups, null_groups)]
+    test = permutation_test(accuracy, lambda a, b: np.mean(a) - np.mean(b), permutation_type="independent",
+                            alternative="greater", n_resamples=UNPAIRED_RESAMPLES, rng=np.random.default_rng(0))
+    return float(test.pvalue)
 
 
 def _group(values: Sequence[bool], labels: Sequence[str]) -> dict[str, list[bool]]:
