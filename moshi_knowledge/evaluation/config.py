@@ -10,7 +10,6 @@ from moshi_knowledge.llm.connection import Connection
 from moshi_knowledge.qa.schema import Tier
 
 JUDGES = ("openai", "gemini")
-JUDGE_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -37,7 +36,7 @@ class EvalConfig:
     judge: Optional[str] = None  # openai | gemini: an LLM decides whether the generated answer is right
     judge_model: Optional[str] = None  # None: the provider's default in judge.py
     # the judge's server, timeouts, retries and reply cache; one verdict is short, so it times out sooner
-    judge_connection: Connection = field(default_factory=lambda: Connection(timeout_s=JUDGE_TIMEOUT_S))
+    judge_connection: Connection = field(default_factory=lambda: Connection(timeout_s=60.0))
 
     def __post_init__(self) -> None:
         self.tiers = list(self.tiers)

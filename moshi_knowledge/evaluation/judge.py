@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from moshi_knowledge.evaluation.config import JUDGE_TIMEOUT_S, EvalConfig
+from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.llm import BadOutput, LLMClient, Message
 from moshi_knowledge.llm.connection import Connection
 
@@ -43,9 +43,9 @@ def judge_prompt(question: str, reference: str, aliases: Sequence[str], answer: 
 class Judge:
     """One verdict per (question, reference, answer); an empty answer is wrong without asking."""
 
-    def __init__(self, provider: str, model: str | None = None, connection: Connection | None = None) -> None:
+    def __init__(self, provider: str, model: str | None, connection: Connection) -> None:
         self.client = LLMClient(provider, "eval", model=model or DEFAULT_MODELS[provider], temperature=0.0,
-                                connection=connection or Connection(timeout_s=JUDGE_TIMEOUT_S),
+                                connection=connection,
                                 model_key="eval.judge_model", connection_key="eval.judge_connection")
 
     def __call__(self, question: str, reference: str, aliases: Sequence[str], answer: str) -> bool | None:

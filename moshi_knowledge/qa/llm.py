@@ -247,8 +247,9 @@ class LLMQA:
         paraphrases: int = 3,
         n_eval: int = 20,
         max_attempts: int = 3,
-        connection: Connection | None = None,
         retain: bool = True,
+        *,
+        connection: Connection,
     ) -> None:
         label = f"qa={self.provider}"
         if n_train < 1 or n_eval < 0 or paraphrases < 0 or max_attempts < 1:
@@ -259,7 +260,7 @@ class LLMQA:
         self.eval_model = eval_model or model
         self.n_train, self.paraphrases, self.n_eval, self.max_attempts = n_train, paraphrases, n_eval, max_attempts
         self.client = LLMClient(self.provider, "qa", model=model, temperature=temperature,
-                                connection=connection or Connection())
+                                connection=connection)
 
     def build(self, story: Story) -> QASet:
         if not story.text.strip():

@@ -49,7 +49,8 @@ class LLMStory:
         temperature: float | None = 0.9,
         target_words: int = 3000,
         refine_passes: int = 2,
-        connection: Connection | None = None,
+        *,
+        connection: Connection,
     ) -> None:
         if target_words < 1 or refine_passes < 0:
             raise UserError(f"story={self.provider}: target_words must be >= 1 and refine_passes >= 0 "
@@ -60,7 +61,7 @@ class LLMStory:
         self.target_words = target_words
         self.refine_passes = refine_passes
         self.client = LLMClient(self.provider, "story", model=model, temperature=temperature,
-                                connection=connection or Connection())
+                                connection=connection)
 
     def generate(self) -> Story:
         draft = self._ask(first_draft_prompt(self.premise, self.target_words), "first draft")
