@@ -376,17 +376,16 @@ def _heatmap_section(runs: list[RunRecord], tiers: list[str], out: Path) -> str:
     params = _swept_params(runs)
     if not tiers:
         return f"{title}\n\nNo plot: no run's summary has a recall/<tier>/mc_acc."
+    if not params:
+        return f"{title}\n\nNo plot: no parameter varies across these runs."
+    chance = _chance(runs)  # read once, for every plot of the section
     if len(params) == 1:
         name = f"recall_{_file_safe(params[0])}.png"
-        _recall_line(runs, tiers, params[0], out / name)
-        chance = _chance(runs)
+        _recall_line(runs, tiers, params[0], chance, out / name)
         note = "" if chance is None else f" The dashed line is chance ({chance:.2f}, one of the candidates at random)."
         return (f"{title}\n\nFinal recall over `{params[0]}`, with each run's 95% interval; the legend gives each "
                 f"tier's number of questions.{note}\n\n![recall over {params[0]}]({name})")
-    if len(params) < 2:
-        return f"{title}\n\nNo plot: no parameter varies across these runs."
     x_key, y_key = params[0], params[1]
-    chance = _chance(runs)
     parts = [title, "Each cell gives the final recall and n, the number of questions its runs were asked (×k: "
                     "the mean of k runs). " + ("The colour scale is centred on chance "
                     f"({chance:.2f}, one of the candidates at random; the dashed line on the scale): blue above, red "
@@ -402,7 +401,7 @@ def _heatmap_section(runs: list[RunRecord], tiers: list[str], out: Path) -> str:
     return "\n\n".join(parts)
 
 
-def _recall_line(runs: list[RunRecord], tiers: list[str], key: str, path: Path) -> None:
+def _recall_line(runs: list[RunRecord], tiers: list[str], key: str, chance: float | None, path: Path) -> None:
     """Final recall of each tier over the one swept parameter, with Wilson intervals, n and the chance line."""
     xs = _axis_values(runs, key)
     plt = _pyplot()
@@ -423,7 +422,6 @@ def _recall_line(runs: list[RunRecord], tiers: list[str], key: str, path: Path) 
             ax.errorbar([p[0] for p in points], [p[1] for p in points],
                         yerr=[[max(p[2], 0) for p in points], [max(p[3], 0) for p in points]],
                         marker="o", capsize=3, label=label)
-    chance = _chance(runs)
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.2f})")
     ax.set_xticks(range(len(xs)), xs)
