@@ -218,6 +218,33 @@ def test_shared_prefix_scores_equal_whole_rows(world: World, train_questions, tr
     assert len({round(r.scores[0], 3) for r in shared}) > 1, "questions are not all scored alike"
 
 
+def test_questions_sharing_a_prefix_run_it_once_with_the_same_scores(world: World, train_questions,
+                                                                     trained: LMModel, monkeypatch) -> None:
+    """A question and a copy with another question's candidates (a shuffled control) share their prefix: it runs
+    once for both, and every score equals the one scored alone."""
+    questions = world.mc_questions(train_questions[:4])
+    twins = []
+    for q, audio, other in zip(questions, train_questions, questions[1:] + questions[:1]):
+        start, length = world.user(audio)[1], q.context.shape[1]
+        streams = [world.stream(c.text, start, length) for c in other.candidates]  # laid out at q's answer start
+        candidates = [Candidate(c.text, s[:int(_word_frames(s).nonzero().max()) + 1])
+                      for c, s in zip(other.candidates, streams)]
+        twins.append(MCQuestion(f"{q.qid}-twin", q.context, candidates))
+    alone = [score(trained, [q], batch_size=4)[0] for q in questions + twins]
+    prefix_rows = []
+    forward_text = trained.forward_text
+
+    def counting(codes, *args, **kwargs):
+        prefix_rows.append(codes.shape[0])
+        return forward_text(codes, *args, **kwargs)
+
+    monkeypatch.setattr(trained, "forward_text", counting)
+    together = score(trained, questions + twins, batch_size=64)
+    assert prefix_rows[0] == len(questions), "each shared prefix ran once, for the question and its twin"
+    for a, b in zip(together, alone):
+        assert a.qid == b.qid and a.scores == pytest.approx(b.scores, abs=1e-4)
+
+
 def _prompts(world: World, questions: list[torch.Tensor]) -> list[Prompt]:
     """Answers start when the question ends (lengths differ); Moshi's channel is silence while it listens."""
     prompts = []

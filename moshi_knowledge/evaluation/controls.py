@@ -6,8 +6,8 @@
 
 A model that answers from the question scores near chance (1 / number of candidates) in both. A control above
 chance means answers are picked by something else (how often an answer was trained, its length, the layout), and
-the real figure is inflated by about as much. Both are scored at every evaluation, beside the real questions;
-their figures are registered metrics (metrics.CONTROLS).
+the real figure is inflated by about as much. Both are scored at every evaluation, in one pass with the real
+questions; their figures are registered metrics (metrics.CONTROLS).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
-from moshi.models.lm import LMModel
 
-from moshi_knowledge.evaluation.mc import score
+from moshi_knowledge.evaluation.mc import MCQuestion, MCResult
 from moshi_knowledge.evaluation.metrics import correct_field
 from moshi_knowledge.evaluation.prompts import PreparedQuestion
 from moshi_knowledge.evaluation.questions import EvalQuestion
@@ -76,16 +75,20 @@ class Controls:
         self.index = {name: [i for i, _ in items] for name, items in variants.items()}
         self.prepared = {name: prepare([q for _, q in items]) if items else [] for name, items in variants.items()}
 
-    def row_fields(self, lm: LMModel, batch_size: int, weights_finite: bool) -> dict[int, dict[str, Any]]:
-        """Question index -> the control fields of its prediction row, for `lm` (a plain LMModel, see mc.score) as
-        it is now (with non-finite weights, or scores, gold never counts as picked: as for the real questions)."""
+    def mc_questions(self) -> list[MCQuestion]:
+        """Every control's multiple-choice question, to be scored with the real ones (mc.score runs a prefix the
+        real question shares with its shuffled control once); `row_fields` reads their results in this order."""
+        return [p.mc for prepared in self.prepared.values() for p in prepared]
+
+    def row_fields(self, results: Sequence[MCResult], weights_finite: bool) -> dict[int, dict[str, Any]]:
+        """Question index -> the control fields of its prediction row, from the scores of `mc_questions` (with
+        non-finite weights, or scores, gold never counts as picked: as for the real questions)."""
         out: dict[int, dict[str, Any]] = defaultdict(dict)
         for i, qid in self.shuffled_qid.items():
             out[i][SHUFFLED_QID] = qid
+        results = iter(results)
         for name, prepared in self.prepared.items():
-            if not prepared:
-                continue
-            for i, result in zip(self.index[name], score(lm, [p.mc for p in prepared], batch_size)):
+            for i, result in zip(self.index[name], [next(results) for _ in prepared]):
                 out[i][correct_field(name)] = weights_finite and result.correct
         return dict(out)
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 from moshi.models.lm import LMGen, LMModel
+from moshi.modules.streaming import StreamingModule
+from moshi.modules.transformer import RingKVCache
 
 from moshi_knowledge.codes.samples import MOSHI_AUDIO, N_STREAMS, USER_AUDIO, ZERO_TOKEN
 from moshi_knowledge.evaluation.streaming import attention_span, delayed_inputs
@@ -77,22 +79,29 @@ def _generate_batch(lm: LMModel, prompts: Sequence[Prompt], answer_frames: int, 
     ends = [p.answer_start + answer_frames for p in prompts]
     n_frames = max(ends)
     forced = _listening_codes(lm, prompts, n_frames).to(lm.device)  # [B, 17, T]
+    n_user = forced.shape[1] - 1 - lm.dep_q
     starts = torch.tensor([p.answer_start for p in prompts], device=lm.device)
     # Outputs stay on the device until the end: a copy to the CPU at every step would wait for the GPU each time.
     text = torch.full((len(prompts), n_frames), pad_id, dtype=torch.long, device=lm.device)
     audio = torch.full((len(prompts), lm.dep_q, n_frames), ZERO_TOKEN, dtype=torch.long, device=lm.device)
     gen = LMGen(lm, use_sampling=True, temp=temp, top_k=top_k, temp_text=1.0, top_k_text=1)
-    with attention_span(lm, n_frames + 1), gen.streaming(len(prompts)):
-        first = _prefill(gen, forced, min(p.answer_start for p in prompts))
-        last_forced = max(p.answer_start for p in prompts) + gen.max_delay  # the last step writing a listened frame
-        for step in range(first, n_frames + 1):
-            frame = forced[:, USER_AUDIO, max(step - 1, 0):max(step - 1, 0) + 1]
-            out = gen.step(frame)
-            if step < last_forced:
-                _force_listening(gen, forced, starts, step)
+    origins = [p.answer_start if p.answer_start > gen.max_delay + 1 else 0 for p in prompts]
+    n_steps = max(end + gen.max_delay - o for end, o in zip(ends, origins))  # until every row's last frame is out
+    n_forced = max(p.answer_start + gen.max_delay - o for p, o in zip(prompts, origins))
+    rows = torch.arange(len(prompts), device=lm.device)
+    with attention_span(lm, max(origins) + n_steps + 1), gen.streaming(len(prompts)):
+        steps = _prefill(gen, forced, origins)  # [B]: each row's next step
+        for i in range(n_steps):
+            listened = (steps - 1).clamp(0, n_frames - 1)[:, None, None].expand(-1, n_user, 1)
+            out = gen.step(forced[:, USER_AUDIO].gather(2, listened))
+            if i < n_forced:
+                _force_listening(gen, forced, starts, steps)
             if out is not None:
-                text[:, step - 1] = out[:, 0, 0]
-                audio[:, :, step - 1] = out[:, 1:1 + lm.dep_q, 0]
+                frame = steps - gen.max_delay  # the frame each row's output holds
+                ok = (frame >= 0) & (frame < n_frames)
+                text[rows[ok], frame[ok]] = out[ok, 0, 0]
+                audio[rows[ok], :, frame[ok]] = out[ok, 1:1 + lm.dep_q, 0]
+            steps = steps + 1
     text, audio = text.cpu(), audio.cpu()
     results = []
     for b, p in enumerate(prompts):
@@ -113,40 +122,61 @@ def _listening_codes(lm: LMModel, prompts: Sequence[Prompt], n_frames: int) -> t
     return codes
 
 
-def _prefill(gen: LMGen, forced: torch.Tensor, listen: int) -> int:
-    """Run the first `listen` steps (every row still listening) as one pass of the transformer; the first step
-    left to stream.
+def _prefill(gen: LMGen, forced: torch.Tensor, origins: Sequence[int]) -> torch.Tensor:
+    """Run each row's first `origins[b]` steps (all listening) as one pass of the transformer; return each row's
+    first step left to stream, [B].
 
-    LMGen's state is then what `listen` forced steps would have left (written against moshi 0.2's LMGen): the
-    step offsets, and its ring of delayed tokens holding at slot `listen` the history's delayed codes there, the
-    only slot a later step reads before writing it. Too short a prefix to be worth it (or to pass the delays'
-    initial tokens) streams from step 0.
+    The pass runs max(origins) frames for every row; each row is then wound back to its own origin, which leaves
+    every state exactly as that many forced steps would have (written against moshi 0.2, whose streaming states
+    keep one offset per row): the attention offsets, the transformer's and LMGen's step offsets, the KV caches'
+    write positions (the frames run past a row's origin lie beyond it, masked until the row overwrites them), and
+    LMGen's ring of delayed tokens holding at slot `origins[b]` the row's delayed history there, the only slot a
+    later step reads before writing it. A row with origin 0 streams from its first step.
     """
     lm, state = gen.lm_model, gen._streaming_state
-    if listen <= gen.max_delay + 1:
-        return 0
-    inputs = delayed_inputs(lm, forced[:, :, :listen + 1])  # [B, 17, listen + 1]: positions 0 .. listen
-    lm.forward_text(inputs[:, :, :listen])
-    state.cache[:, :, listen % state.cache.shape[2]] = inputs[:, :, listen]
-    state.offsets[:] = listen
-    state.offset_cpu = listen
-    return listen
+    origin = torch.tensor(origins, device=forced.device)
+    longest = max(origins)
+    if longest:
+        inputs = delayed_inputs(lm, forced[:, :, :longest + 1])  # [B, 17, longest + 1]: positions 0 .. longest
+        lm.forward_text(inputs[:, :, :longest])
+        _rewind(lm.transformer, origin)
+        rows = origin.nonzero()[:, 0]
+        slots = (origin[rows] % state.cache.shape[2])[:, None, None].expand(-1, state.cache.shape[1], 1)
+        state.cache[rows] = state.cache[rows].scatter(2, slots, inputs[rows].gather(2, origin[rows, None, None]
+                                                                                    .expand_as(slots)))
+        state.offsets[:] = origin
+        state.offset_cpu = longest
+    return origin.clone()
 
 
-def _force_listening(gen: LMGen, forced: torch.Tensor, starts: torch.Tensor, step: int) -> None:
-    """After `step`, put the forced codes in place of what was generated for frames a row still listens to.
+def _rewind(module: StreamingModule, offsets: torch.Tensor) -> None:
+    """Set every per-row step offset under `module` to `offsets` [B] in place (graph-safe), KV caches included."""
+    for state in module.get_streaming_state().values():
+        for value in (getattr(state, "offset", None), getattr(state, "offsets", None)):
+            if isinstance(value, torch.Tensor) and value.shape == offsets.shape:
+                value.copy_(offsets)
+        cache = getattr(state, "kv_cache", None)
+        if isinstance(cache, RingKVCache):
+            if cache.end_offset.shape != offsets.shape:
+                raise RuntimeError("moshi's KV cache keeps no per-row offsets: rows cannot be prefilled apart")
+            cache.end_offset.copy_(offsets)
+
+
+def _force_listening(gen: LMGen, forced: torch.Tensor, starts: torch.Tensor, steps: torch.Tensor) -> None:
+    """After each row's step `steps[b]`, put the forced codes in place of what was generated for frames the row
+    still listens to.
 
     Step s generates text frame s and audio frame s - delay of each codebook, into slot s + 1 of LMGen's ring;
     the next step reads that slot, so the history it sees is the forced one.
     """
     state = gen._streaming_state
     n_gen = 1 + gen.lm_model.dep_q
-    frames = step - gen.delays_cuda[:n_gen]  # [9]: the frame each generated stream wrote at this step
-    keep = (frames[None, :] >= starts[:, None]) | (frames[None, :] < 0)  # [B, 9]: generated, or nothing to force
-    index = frames.clamp(0, forced.shape[2] - 1)[None, :, None].expand(forced.shape[0], -1, 1)
-    values = forced[:, :n_gen].gather(2, index)[..., 0]
-    slot = (step + 1) % state.cache.shape[2]
-    state.cache[:, :n_gen, slot] = torch.where(keep, state.cache[:, :n_gen, slot], values)
+    frames = steps[:, None] - gen.delays_cuda[None, :n_gen]  # [B, 9]: the frame each generated stream wrote
+    keep = (frames >= starts[:, None]) | (frames < 0)  # generated, or nothing to force
+    values = forced[:, :n_gen].gather(2, frames.clamp(0, forced.shape[2] - 1)[..., None])[..., 0]
+    slots = ((steps + 1) % state.cache.shape[2])[:, None, None].expand(-1, n_gen, 1)
+    ring = state.cache[:, :n_gen]
+    ring.scatter_(2, slots, torch.where(keep, ring.gather(2, slots)[..., 0], values)[..., None])
 
 
 def _extend(codes: torch.Tensor, n_frames: int) -> torch.Tensor:

@@ -8,8 +8,9 @@ log-probability is reported beside it, since each normalisation has its own leng
 
 Speed: a question's candidates differ only from their answer window on, so the part of their rows before that
 (lead, question, gap: most of each row) goes through the transformer once per question, in moshi's streaming
-mode; its KV cache is then given one row per candidate and only the candidates' own frames are run. The LM is
-causal, so the scores are those of whole rows, up to rounding (tests/test_eval_mc.py compares both).
+mode; its KV cache is then given one row per candidate and only the candidates' own frames are run. Questions
+whose prefixes are the same codes (a question and its shuffled control, silences of one length) share one run.
+The LM is causal, so the scores are those of whole rows, up to rounding (tests/test_eval_mc.py compares both).
 
 Fairness: over the answer window Moshi's audio is the zero token (-1) unless a candidate brings its *own* audio; no
 candidate is ever scored next to the gold answer's audio, which would give the answer away (docs/moshi.md, "Training
@@ -124,14 +125,15 @@ def score(lm: LMModel, questions: Sequence[MCQuestion], batch_size: int = 64) ->
     """Score every candidate of every question, about `batch_size` candidate rows per forward pass.
 
     `lm` is a plain LMModel: moshi's streaming attention refuses peft's layers (model.lora.generation_lm lends
-    one). Questions are batched in order of their shared prefix's length, so a batch wastes little on the
-    frames by which its shortest prefix falls short of the others'.
+    one). Questions are batched in order of their shared prefix's length (and, within one length, its codes, so
+    that identical prefixes meet in one batch), so a batch wastes little on the frames by which its shortest
+    prefix falls short of the others'.
     """
     pad_id, end_pad_id = int(lm.text_padding_token_id), int(lm.end_of_text_padding_id)
     rows = [[row_codes(q, c) for c in q.candidates] for q in questions]
     inputs = [delayed_inputs(lm, _stack_padded(r)) for r in rows]
     prefix = [_shared_prefix(x) for x in inputs]
-    order = sorted(range(len(questions)), key=lambda i: prefix[i])
+    order = sorted(range(len(questions)), key=lambda i: (prefix[i], _codes_key(inputs[i][0, :, :prefix[i]])))
     log_probs: list[list[torch.Tensor]] = [[] for _ in questions]
     was_training = lm.training
     lm.eval()
@@ -160,6 +162,10 @@ def _shared_prefix(inputs: torch.Tensor) -> int:
     return min(int(differs[0]) if len(differs) else inputs.shape[2], inputs.shape[2] - 1)
 
 
+def _codes_key(codes: torch.Tensor) -> bytes:
+    return codes.numpy().tobytes()
+
+
 def _groups(order: Sequence[int], sizes: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Consecutive questions of `order` whose candidates add up to at most `batch_size` rows (one at least)."""
     group: list[int] = []
@@ -179,16 +185,18 @@ def _score_group(lm: LMModel, rows: Sequence[Sequence[torch.Tensor]], inputs: Se
     """Per question, per candidate: the log-probabilities of its row's text tokens, [T_c] on the CPU.
 
     The first `shared` input frames are the same for every candidate of every question here: they run once per
-    question, then the streaming state is repeated per candidate and the rest of every row runs.
+    distinct prefix, then the streaming state is repeated per candidate and the rest of every row runs.
     """
-    owner = torch.tensor([q for q, r in enumerate(rows) for _ in r], device=lm.device)
+    distinct: dict[bytes, int] = {}
+    prefix_of = [distinct.setdefault(_codes_key(x[0, :, :shared]), len(distinct)) for x in inputs]
+    owner = torch.tensor([prefix_of[q] for q, r in enumerate(rows) for _ in r], device=lm.device)
     codes = _stack_padded([c for r in rows for c in r]).to(lm.device)
     rest = _stack_padded([row for x in inputs for row in x[:, :, shared:]])
-    with attention_span(lm, shared + rest.shape[2]), lm.transformer.streaming(len(rows)):
+    with attention_span(lm, shared + rest.shape[2]), lm.transformer.streaming(len(distinct)):
         pieces = []
         if shared:
-            first = torch.stack([x[0, :, :shared] for x in inputs]).to(lm.device)
-            _, logits = lm.forward_text(first)
+            firsts = {k: x[0, :, :shared] for k, x in zip(prefix_of, inputs)}
+            _, logits = lm.forward_text(torch.stack([firsts[k] for k in range(len(distinct))]).to(lm.device))
             pieces.append(_gather_targets(logits, codes[:, :, :shared], owner))
         _repeat_rows(lm.transformer, owner)
         _, logits = lm.forward_text(rest.to(lm.device))

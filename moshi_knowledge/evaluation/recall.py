@@ -15,10 +15,12 @@ import contextlib
 import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from moshi.models.compression import MimiModel
 from moshi.models.lm import LMModel
@@ -88,21 +90,24 @@ class RecallEvaluator:
         peak memory (`memory/recall_peak_gib`)."""
         device = next(model.parameters()).device
         clock = _Stopwatch(device)
-        with _peak_memory(device) as peak, uncompiled(), sdpa_kernel(RECALL_ATTENTION), generation_lm(model) as lm:
-            with clock("mc"):
-                mc = score(lm, [p.mc for p in self.prepared], self.cfg.mc_batch_size) if self.cfg.mc else None
+        with _peak_memory(device) as peak, uncompiled(), sdpa_kernel(RECALL_ATTENTION), generation_lm(model) as lm, \
+                ThreadPoolExecutor(max_workers=1) as background:
             with clock("gen"):
                 generations = self._generate(lm) if self.cfg.generate else None
+            # pitch tracking is CPU work in worker processes: it runs while the GPU scores multiple choice
+            voice = background.submit(self._voice, self._voice_clips(generations)) \
+                if self.cfg.voice and generations is not None else None
+            with clock("mc"):  # the real questions and their controls, in one pass
+                mc, control_mc = self._score(lm)
             weights_finite = _finite_weights(model)
             rows = [self._row(step, i, mc, generations, weights_finite) for i in range(len(self.prepared))]
             if self.controls is not None:
-                with clock("controls"):
-                    for i, extra in self.controls.row_fields(lm, self.cfg.mc_batch_size, weights_finite).items():
-                        rows[i].update(extra)
+                for i, extra in self.controls.row_fields(control_mc, weights_finite).items():
+                    rows[i].update(extra)
             metrics = report.step_metrics(rows, self.baseline.predictions if self.baseline else None)
-            if self.cfg.voice and generations is not None:
-                with clock("voice"):
-                    metrics.update(self._voice(generations))
+            if voice is not None:
+                with clock("voice"):  # what is left of it once multiple choice is done
+                    metrics.update(voice.result())
         metrics.update(clock.figures() | peak)
         if self.baseline is None:
             metrics["recall_time/setup_sec"] = self.setup_sec
@@ -110,6 +115,15 @@ class RecallEvaluator:
         if self.baseline is None:
             self.baseline = result
         return result
+
+    def _score(self, lm: LMModel) -> tuple[list[MCResult] | None, list[MCResult]]:
+        """Multiple choice on the real questions and on their controls: one `score` call, so that a question's
+        prefix serves its shuffled control too and the passes stay full."""
+        if not self.cfg.mc:
+            return None, []
+        real = [p.mc for p in self.prepared]
+        results = score(lm, real + (self.controls.mc_questions() if self.controls else []), self.cfg.mc_batch_size)
+        return results[:len(real)], results[len(real):]
 
     def _generate(self, lm: LMModel) -> list[Generation]:
         return generate(lm, [p.prompt for p in self.prepared], round(self.cfg.max_answer_sec * FRAME_RATE),
@@ -135,12 +149,15 @@ class RecallEvaluator:
         row.update(row_fields(Answer(q, finite, mc[i] if mc is not None else None, text, self.judge)))
         return row
 
-    def _voice(self, generations: list[Generation]) -> dict[str, float]:
-        """Median F0 of Moshi's generated speech, against the baseline's and the training voice's."""
+    def _voice_clips(self, generations: list[Generation]) -> np.ndarray:
+        """Moshi's generated speech, [clips, samples], decoded by Mimi (on its device, before the GPU moves on)."""
         clips = [g.audio for g in generations[:self.cfg.voice_max_clips]]
         with torch.no_grad():
             device = next(self.mimi.parameters()).device
-            audio = self.mimi.decode(torch.stack(clips).to(device)).float().cpu().numpy()[:, 0]
+            return self.mimi.decode(torch.stack(clips).to(device)).float().cpu().numpy()[:, 0]
+
+    def _voice(self, audio: np.ndarray) -> dict[str, float]:
+        """Median F0 of Moshi's generated speech, against the baseline's and the training voice's."""
         f0 = median_f0(audio, int(self.mimi.sample_rate))
         baseline = self.baseline.metrics.get(report.F0) if self.baseline else f0
         return report.voice_metrics(f0, baseline, self.train_voice_f0)
