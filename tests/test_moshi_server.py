@@ -42,7 +42,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _trained_export(base: Path, spec, out: Path):
     """An export of `spec` after a stand-in for training (every trainable tensor moved)."""
-    loaded = load_model(TinyModel(), base)
+    loaded = load_model(TinyModel(device="cpu"), base)  # exported on the CPU, served on the GPU
     model = apply_lora(loaded.lm, spec)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
