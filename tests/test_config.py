@@ -11,8 +11,15 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, compose_cfg
 from moshi_knowledge.config_schema import SCHEMAS
+from moshi_knowledge.llm.connection import Connection
+from moshi_knowledge.qa.llm import GeminiQA, OpenAIQA
 from moshi_knowledge.specs.lora import LoraSpec
+from moshi_knowledge.specs.model import HubSpec, LocalSpec
+from moshi_knowledge.specs.nan_guard import NanGuardSpec
 from moshi_knowledge.specs.tiny import TinySpec
+from moshi_knowledge.speech.schema import Voice
+from moshi_knowledge.tracking.sinks import NullSink, WandbSink
+from moshi_knowledge.world.llm import GeminiStory, OpenAIStory
 
 GROUPS = ["story", "qa", "tts", "layout", "align", "dataset", "paths", "model", "lora", "train", "nan_guard", "eval",
           "logger", "sweep", "launcher"]
@@ -70,6 +77,73 @@ def test_a_schema_read_off_a_constructor_types_its_options() -> None:
         compose_cfg(["layout=dialogue", "layout.gap_sek=0.6"])
     with pytest.raises(ConfigCompositionException, match="max_turns"):
         compose_cfg(["layout=dialogue", "layout.max_turns=many"])
+
+
+def test_nan_guard_and_model_presets_hold_only_what_differs_from_their_specs() -> None:
+    """NanGuardSpec, HubSpec and LocalSpec give every default (no torch is imported to check it); typos fail."""
+    for policy in ("off", "skip", "rollback", "halt"):
+        node = compose_cfg([f"nan_guard={policy}"]).nan_guard
+        assert OmegaConf.to_container(node) == {
+            **asdict(NanGuardSpec(policy)), "_target_": "moshi_knowledge.train.nan_guard.NanGuard"}
+    hub = compose_cfg(["model=moshika", "model.device=cpu"]).model
+    assert OmegaConf.to_container(hub) == {**asdict(HubSpec(hf_repo="kyutai/moshika-pytorch-bf16", device="cpu")),
+                                           "_target_": "moshi_knowledge.model.load.HubModel"}
+    files = {"moshi_weights": "m.safetensors", "mimi_weights": "mimi.safetensors", "tokenizer": "t.model"}
+    local = compose_cfg(["model=local", *(f"model.{k}={v}" for k, v in files.items())]).model
+    assert OmegaConf.to_container(local) == {**asdict(LocalSpec(**files)),
+                                             "_target_": "moshi_knowledge.model.load.LocalModel"}
+    for overrides, typo in ((["nan_guard.polcy=x"], "polcy"), (["nan_guard.lr_factor=half"], "lr_factor"),
+                            (["model=moshiko", "model.devise=cpu"], "devise")):
+        with pytest.raises(ConfigCompositionException, match=typo):
+            compose_cfg(overrides)
+
+
+def test_tts_schemas_are_the_backends_constructors_with_voices() -> None:
+    """tts=espeak builds with Voice objects (defaults from Voice); a mistyped voice or backend key fails."""
+    espeak = instantiate(compose_cfg(["tts=espeak", "tts.moshi_voice.rate=180"]).tts)
+    assert espeak.moshi_voice == Voice("en+m3", rate=180, pitch=25)
+    assert espeak.user_voices[1] == Voice("en+f2", pitch=65)
+    kokoro = compose_cfg(["tts=kokoro"]).tts  # its extra is optional, so composed, not built
+    assert kokoro.moshi_voice == asdict(Voice("am_michael")) and kokoro.device == "cpu"
+    for overrides, typo in ((["tts.moshi_voice.rat=3"], "rat"), (["tts.user_voices=[{nam: en}]"], "nam"),
+                            (["tts=kokoro", "tts.repo=x"], "repo")):
+        with pytest.raises(ConfigCompositionException, match=typo):
+            compose_cfg(overrides)
+
+
+def _llm_settings(backend: object) -> dict:
+    """An LLM story or Q/A backend's own settings and its client's model, temperature and connection."""
+    client = backend.client
+    return {**{k: v for k, v in vars(backend).items() if k != "client"},
+            "model": client.model, "temperature": client.temperature, "connection": client.connection}
+
+
+def test_llm_story_and_qa_schemas_are_their_constructors(tmp_path) -> None:
+    """story= and qa=openai|gemini: each preset names its model; everything else is the constructor's default."""
+    cache = f"paths.cache_dir={tmp_path}"
+    connection = Connection(cache_dir=f"{tmp_path}/llm")
+    cfg = compose_cfg(["story=gemini", "qa=openai", "story.refine_passes=0", cache])
+    assert _llm_settings(instantiate(cfg.story)) == _llm_settings(
+        GeminiStory("gemini-2.5-pro", refine_passes=0, connection=connection))
+    assert _llm_settings(instantiate(cfg.qa)) == _llm_settings(OpenAIQA("gpt-4.1", connection=connection))
+    cfg = compose_cfg(["story=openai", "qa=gemini", cache])
+    assert _llm_settings(instantiate(cfg.story)) == _llm_settings(OpenAIStory("gpt-4.1", connection=connection))
+    assert _llm_settings(instantiate(cfg.qa)) == _llm_settings(
+        GeminiQA("gemini-2.5-flash", "gemini-2.5-pro", connection=connection))
+    for overrides, typo in ((["story=openai", "story.premis=x"], "premis"),
+                            (["qa=gemini", "qa.connection.timeot_s=5"], "timeot_s")):
+        with pytest.raises(ConfigCompositionException, match=typo):
+            compose_cfg(overrides)
+
+
+def test_logger_schemas_are_the_sinks_constructors() -> None:
+    wandb = instantiate(compose_cfg(["logger=wandb", "logger.tags=[a,b]"]).logger)
+    assert vars(wandb) == vars(WandbSink(tags=("a", "b")))
+    assert isinstance(instantiate(compose_cfg(["logger=none"]).logger), NullSink)
+    for overrides, typo in ((["logger.projct=x"], "projct"), (["logger.log_audio=many"], "log_audio"),
+                            (["logger=none", "logger.project=x"], "project")):
+        with pytest.raises(ConfigCompositionException, match=typo):
+            compose_cfg(overrides)
 
 
 def test_schema_rejects_a_mistyped_key() -> None:

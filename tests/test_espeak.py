@@ -10,22 +10,20 @@ import threading
 import librosa
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
 
-from conftest import REPO
+from conftest import compose_cfg
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.speech.espeak import EspeakTTS
 from moshi_knowledge.speech.schema import SAMPLE_RATE, Utterance, Voice
 
-CONF = REPO / "conf" / "tts" / "espeak.yaml"
 TRICKY = ("In 1984, it's 3,500 people for the king; don't forget $5 — O'Brien's café! "
           "Then Queen Maren, who ruled Aldon, was crowned.")
 
 
 @pytest.fixture(scope="module")
 def tts() -> EspeakTTS:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF))
-    return EspeakTTS(cfg["moshi_voice"], cfg["user_voices"], cfg["heldout_voice"])
+    return instantiate(compose_cfg(["tts=espeak"]).tts)  # the configured voices
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +123,7 @@ def test_threads_share_the_engine_safely(tts: EspeakTTS) -> None:
 
 def test_fresh_processes_reproduce_the_same_audio() -> None:
     script = ("import hashlib; from moshi_knowledge.speech.espeak import EspeakTTS; "
-              "v = {'name': 'en+m3'}; t = EspeakTTS(v, [v], v); "
+              "from moshi_knowledge.speech.schema import Voice; v = Voice('en+m3'); t = EspeakTTS(v, [v], v); "
               "print(hashlib.sha1(b''.join(t.synthesize(f'Item {i} was crowned.', t.moshi_voice).samples.tobytes() "
               "for i in range(3))).hexdigest())")
     runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
@@ -154,4 +152,4 @@ def test_out_of_range_voice_settings_name_the_field(tts: EspeakTTS, field: str, 
 
 def test_bad_configured_voice_fails_at_construction() -> None:
     with pytest.raises(UserError, match=r"tts\.user_voices\[1\]\.name"):
-        EspeakTTS({"name": "en"}, [{"name": "en-us"}, {"name": "en-gb"}], {"name": "en+f4"})
+        EspeakTTS(Voice("en"), [Voice("en-us"), Voice("en-gb")], Voice("en+f4"))

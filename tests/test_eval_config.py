@@ -9,9 +9,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from conftest import compose_cfg
-from moshi_knowledge.config_schema import EvalSchema
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.evaluation.config import EvalConfig
+from moshi_knowledge.evaluation.config import EvalConfig, EvalSchema
 from moshi_knowledge.llm.connection import Connection
 
 

@@ -16,7 +16,7 @@ TEXT = "The old castle stood on the hill above the river for many hundreds of ye
 
 @pytest.fixture(scope="module")
 def tts() -> EspeakTTS:
-    voice = {"name": "en", "rate": 170, "pitch": 50}
+    voice = Voice("en", rate=170)
     return EspeakTTS(voice, [voice], voice)
 
 

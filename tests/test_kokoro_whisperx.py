@@ -26,8 +26,7 @@ from moshi_knowledge.speech.schema import (
 )
 from moshi_knowledge.speech.whisperx_align import WhisperXAligner, speaker_words
 
-VOICES = {"moshi_voice": {"name": "am_michael"}, "user_voices": [{"name": "af_heart"}],
-          "heldout_voice": {"name": "bm_george"}}
+VOICES = {"moshi_voice": Voice("am_michael"), "user_voices": [Voice("af_heart")], "heldout_voice": Voice("bm_george")}
 
 
 def tone(seconds: float, rate: int = 24_000, hz: float = 180.0) -> np.ndarray:
@@ -122,7 +121,7 @@ def test_kokoro_without_the_extra_says_how_to_install() -> None:
 
 def test_kokoro_rejects_a_voice_without_word_timestamps() -> None:
     with pytest.raises(UserError, match=r"tts.user_voices\[0\]: voice 'ef_dora' is not an English Kokoro voice"):
-        KokoroTTS(**{**VOICES, "user_voices": [{"name": "ef_dora"}]})
+        KokoroTTS(**{**VOICES, "user_voices": [Voice("ef_dora")]})
 
 
 @pytest.mark.skipif(importlib.util.find_spec("whisperx") is not None, reason="whisperx is installed")

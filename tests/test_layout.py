@@ -10,7 +10,15 @@ from moshi_knowledge.qa.schema import QAItem, QASet
 from moshi_knowledge.speech.align import TTSAligner
 from moshi_knowledge.speech.espeak import EspeakTTS
 from moshi_knowledge.speech.layout import DialogueLayout, MonoDuplicateLayout, qa_line_id
-from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SAMPLE_RATE, USER_SPEAKER, Conversation, SpeakerWord, Utterance
+from moshi_knowledge.speech.schema import (
+    MOSHI_SPEAKER,
+    SAMPLE_RATE,
+    USER_SPEAKER,
+    Conversation,
+    SpeakerWord,
+    Utterance,
+    Voice,
+)
 from moshi_knowledge.speech.script import answer_lines, question_lines
 
 
@@ -37,8 +45,7 @@ def qa() -> QASet:
 
 @pytest.fixture(scope="module")
 def speech(qa: QASet) -> dict[str, Utterance]:
-    tts = EspeakTTS({"name": "en+m3", "rate": 165, "pitch": 35},
-                    [{"name": "en-us+m1"}, {"name": "en+f2", "pitch": 65}], {"name": "en+f4"})
+    tts = EspeakTTS(Voice("en+m3", rate=165, pitch=35), [Voice("en-us+m1"), Voice("en+f2", pitch=65)], Voice("en+f4"))
     lines = question_lines(qa) + answer_lines(qa) + MonoDuplicateLayout().lines(qa)
     return {line.id: tts.synthesize(line.text, tts.voice_for(line)) for line in lines}
 

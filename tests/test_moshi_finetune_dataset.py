@@ -63,7 +63,7 @@ def external(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder, elsewhere = root / "data", root / "elsewhere"
     (folder / "audio").mkdir(parents=True)
     elsewhere.mkdir()
-    tts = EspeakTTS({"name": MOSHI.name}, [{"name": USER.name}], {"name": USER.name})
+    tts = EspeakTTS(Voice(MOSHI.name), [Voice(USER.name)], Voice(USER.name))
     rows = []
     for i, (user_text, moshi_text, rate, absolute) in enumerate(CONVERSATIONS):
         stereo, words = _conversation(tts, user_text, moshi_text)
@@ -113,7 +113,7 @@ def test_a_run_trains_on_the_imported_conversations_and_measures_recall_and_voic
     for tier in ("train", "eval", "unseen_facts"):
         assert summary[f"recall/{tier}/n"] > 0 and 0 <= summary[f"recall/{tier}/mc_acc"] <= 1
     # the voice to keep is the imported conversations' Moshi (high), not the run's own espeak Moshi (low)
-    tts = EspeakTTS({"name": MOSHI.name}, [{"name": USER.name}], {"name": USER.name})
+    tts = EspeakTTS(Voice(MOSHI.name), [Voice(USER.name)], Voice(USER.name))
     theirs = median_f0([tts.synthesize(moshi, MOSHI).samples for _, moshi, _, _ in CONVERSATIONS], SAMPLE_RATE)
     own_voice = Voice(**compose_cfg([]).tts.moshi_voice)
     ours = median_f0([tts.synthesize(moshi, own_voice).samples for _, moshi, _, _ in CONVERSATIONS], SAMPLE_RATE)

@@ -28,6 +28,10 @@ CASES = [
     (["debug.inject_nonfinite_at=[x]"], "debug.inject_nonfinite_at"),
     (["train.batch_size=0"], "train.batch_size=0"),
     (["nan_guard.lr_factor=2"], "nan_guard"),
+    (["nan_guard.policy=bogus"], "nan_guard.policy='bogus'"),
+    (["nan_guard.polcy=x"], "nan_guard.polcy"),
+    (["tts.moshi_voice.rat=3"], "tts.moshi_voice.rat"),
+    (["logger.projct=x"], "logger.projct"),
 ]
 
 

@@ -1,4 +1,7 @@
-"""Recall-evaluation options, as one dataclass: `conf/eval/default.yaml` instantiates it, tests build it directly."""
+"""Recall-evaluation options, as one dataclass: `conf/eval/default.yaml` instantiates it, tests build it directly.
+
+Its schema, registered from here, is the dataclass itself plus the target.
+"""
 
 from __future__ import annotations
 
@@ -58,3 +61,12 @@ class EvalConfig:
             if not ok:
                 raise UserError(f"eval.{name}={getattr(self, name)!r} is invalid", f"set eval.{name} to {want}")
         self.judge_connection.check("eval.judge_connection")
+
+
+@dataclass
+class EvalSchema(EvalConfig):
+    _target_: str = "moshi_knowledge.evaluation.config.EvalConfig"
+    _convert_: str = "object"  # eval.judge_connection reaches EvalConfig as a Connection
+
+
+SCHEMAS = {("eval", "default_schema"): EvalSchema}

@@ -23,6 +23,7 @@ from moshi.models.lm import LMModel
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import read_json
+from moshi_knowledge.specs.model import HubSpec, LocalSpec
 
 MIMI_CONFIG_KEY = "mimi_config_name"  # config.json's name of a non-default Mimi's config file
 LOCAL_FILE = "file://"  # moshi's hf_get reads a name with this prefix as a local path, never from the Hub
@@ -98,14 +99,10 @@ class ModelSource(Protocol):
     def checkpoint_info(self, checkpoint_dir: Path | None) -> loaders.CheckpointInfo: ...
 
 
-@dataclass
-class HubModel:
-    """A Hub repo such as kyutai/moshiko-pytorch-bf16, fetched (or taken from the HF cache) by moshi's loader."""
+class HubModel(HubSpec):
+    """model=moshiko|moshika: HubSpec's settings, loaded through `CheckpointInfo.from_hf_repo`."""
 
     needs_build: ClassVar[bool] = False
-    hf_repo: str
-    device: str = "auto"
-    dtype: str = "auto"
 
     def checkpoint_info(self, checkpoint_dir: Path | None = None) -> loaders.CheckpointInfo:
         try:
@@ -120,19 +117,10 @@ class HubModel:
             ) from err
 
 
-@dataclass
-class LocalModel:
-    """A checkpoint on disk. `config_path: null` means moshi's built-in Moshi 7B config (repos without config.json)."""
+class LocalModel(LocalSpec):
+    """model=local: LocalSpec's settings, each file checked before moshi reads it."""
 
     needs_build: ClassVar[bool] = False
-    moshi_weights: str
-    mimi_weights: str
-    tokenizer: str
-    config_path: str | None = None
-    mimi_config_path: str | None = None
-    lora_weights: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
 
     @classmethod
     def from_folder(cls, folder: Path, **kwargs: Any) -> "LocalModel":

@@ -21,6 +21,7 @@ from moshi_knowledge.llm import BadOutput, LLMClient, Message
 from moshi_knowledge.llm.connection import Connection
 from moshi_knowledge.qa.retain import with_retain
 from moshi_knowledge.qa.schema import QAItem, QASet
+from moshi_knowledge.specs import init_schema
 from moshi_knowledge.text_norm import normalise
 from moshi_knowledge.world.schema import Story
 
@@ -310,3 +311,6 @@ class OpenAIQA(LLMQA):
 
 class GeminiQA(LLMQA):
     provider = "gemini"
+
+
+SCHEMAS = {("qa", "openai_schema"): init_schema(OpenAIQA), ("qa", "gemini_schema"): init_schema(GeminiQA)}

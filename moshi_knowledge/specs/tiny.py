@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from moshi_knowledge.specs.model import Placement
+
 
 @dataclass
 class TinySizes:
@@ -31,14 +33,12 @@ class TinySizes:
 
 
 @dataclass
-class TinySpec(TinySizes):
+class TinySpec(TinySizes, Placement):
     """model=tiny: the sizes, plus the build's seed, the seconds of speech the Mimi codebooks are fitted to, and
     where the model loads."""
 
     seed: int = 0
     fit_seconds: float = 300.0
-    device: str = "auto"  # cuda if available, else cpu
-    dtype: str = "auto"  # bf16 on GPU, fp32 on CPU
 
     def sizes(self) -> TinySizes:
         return TinySizes(**{f.name: getattr(self, f.name) for f in fields(TinySizes)})

@@ -11,7 +11,6 @@ import bisect
 import ctypes
 import re
 import threading
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import espeakng_loader
 import numpy as np
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.specs import init_schema
 from moshi_knowledge.speech.audio import resample_to
 from moshi_knowledge.speech.schema import SAMPLE_RATE, Utterance, Voice, WordSpan
 from moshi_knowledge.speech.tts_base import TTSBackend
@@ -211,9 +211,9 @@ class EspeakTTS(TTSBackend):
 
     built_before_stages = True
 
-    def __init__(self, moshi_voice: Mapping, user_voices: Sequence[Mapping], heldout_voice: Mapping) -> None:
+    def __init__(self, moshi_voice: Voice, user_voices: list[Voice], heldout_voice: Voice) -> None:
         super().__init__(moshi_voice, user_voices, heldout_voice)
-        self._checked: set[Voice] = set()
+        self._checked: list[Voice] = []  # a few voices, each checked once
         self._check(self.moshi_voice, "tts.moshi_voice")
         for i, voice in enumerate(self.user_voices):
             self._check(voice, f"tts.user_voices[{i}]")
@@ -222,7 +222,7 @@ class EspeakTTS(TTSBackend):
     def _check(self, voice: Voice, field: str) -> None:
         if voice not in self._checked:
             check_voice(voice, field)
-            self._checked.add(voice)
+            self._checked.append(voice)
 
     def synthesize(self, text: str, voice: Voice) -> Utterance:
         if not text.strip():
@@ -234,3 +234,6 @@ class EspeakTTS(TTSBackend):
             raise UserError(f"tts: espeak-ng spoke nothing for {text!r}", "give text with pronounceable words")
         samples = resample_to(audio.astype(np.float32) / 32768.0, ESPEAK_RATE, SAMPLE_RATE)
         return Utterance(samples, word_spans(text, phonemes, len(samples) / SAMPLE_RATE))
+
+
+SCHEMAS = {("tts", "espeak_schema"): init_schema(EspeakTTS)}

@@ -9,12 +9,13 @@ only the English pipelines time their tokens, so only English voices are accepte
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.specs import init_schema
 from moshi_knowledge.speech.audio import resample_to
 from moshi_knowledge.speech.schema import SAMPLE_RATE, Utterance, Voice, WordSpan
 from moshi_knowledge.speech.tts_base import TTSBackend
@@ -127,7 +128,7 @@ def _load_model(kokoro: Any, repo_id: str, device: str) -> Any:
 class KokoroTTS(TTSBackend):
     """Voices are Kokoro voice names (am_michael, af_heart, ...); `rate` scales the speed, `pitch` is unused."""
 
-    def __init__(self, moshi_voice: Mapping, user_voices: Sequence[Mapping], heldout_voice: Mapping,
+    def __init__(self, moshi_voice: Voice, user_voices: list[Voice], heldout_voice: Voice,
                  repo_id: str = "hexgrad/Kokoro-82M", device: str = "cpu") -> None:
         super().__init__(moshi_voice, user_voices, heldout_voice)
         fields = {"moshi_voice": self.moshi_voice, "heldout_voice": self.heldout_voice,
@@ -165,3 +166,6 @@ class KokoroTTS(TTSBackend):
             raise UserError(f"tts=kokoro: no speech came out for {text[:60]!r}",
                             "check the text is English words Kokoro can pronounce")
         return utterance
+
+
+SCHEMAS = {("tts", "kokoro_schema"): init_schema(KokoroTTS)}

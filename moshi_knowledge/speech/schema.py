@@ -14,8 +14,8 @@ USER_SPEAKER = "SPEAKER_USER"  # our label for right-channel (user) words
 Role = Literal["moshi", "user", "heldout"]
 
 
-@dataclass(frozen=True)
-class Voice:
+@dataclass
+class Voice:  # not frozen: it types the tts voices' config nodes, which OmegaConf would make read-only
     """A TTS voice: a backend voice name plus speaking rate (words/min) and pitch (0-99 for espeak)."""
 
     name: str

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.speech.schema import Line, Utterance, Voice
-
-
-def _voice(spec: Mapping[str, Any], field: str) -> Voice:
-    try:
-        return Voice(**dict(spec))
-    except TypeError as exc:
-        raise UserError(f"tts.{field}: bad voice {dict(spec)!r} ({exc})",
-                        "a voice has the keys name, rate and pitch") from exc
 
 
 class TTSBackend(ABC):
@@ -25,12 +16,10 @@ class TTSBackend(ABC):
     # ranges) stop a bad setting before the story and Q/A stages run. A backend with weights is checked when used.
     built_before_stages: ClassVar[bool] = False
 
-    def __init__(self, moshi_voice: Mapping, user_voices: Sequence[Mapping], heldout_voice: Mapping) -> None:
+    def __init__(self, moshi_voice: Voice, user_voices: list[Voice], heldout_voice: Voice) -> None:
         if not user_voices:
             raise UserError("tts.user_voices is empty", "give at least one user voice")
-        self.moshi_voice = _voice(moshi_voice, "moshi_voice")
-        self.user_voices = [_voice(v, f"user_voices[{i}]") for i, v in enumerate(user_voices)]
-        self.heldout_voice = _voice(heldout_voice, "heldout_voice")
+        self.moshi_voice, self.user_voices, self.heldout_voice = moshi_voice, list(user_voices), heldout_voice
 
     def voice_for(self, line: Line) -> Voice:
         if line.role == "moshi":

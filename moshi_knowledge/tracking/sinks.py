@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.specs import init_schema
 from moshi_knowledge.tracking.contract import COMPLETED, DIVERGED, INTERRUPTED, STEP
 from moshi_knowledge.tracking.files import dumps
 from moshi_knowledge.tracking.identity import RunIdentity
@@ -75,11 +76,11 @@ class WandbSink:
         self,
         project: str = "moshi-knowledge",
         entity: str | None = None,
-        mode: str = "offline",
-        job_type: str | None = None,
-        tags: Sequence[str] = (),
-        log_audio: int = 4,
-        log_adapter: bool = False,
+        mode: str = "offline",  # one of WANDB_MODES; online needs WANDB_API_KEY or `wandb login`
+        job_type: str | None = None,  # null: "sweep" inside a multirun, "run" otherwise
+        tags: tuple[str, ...] = (),  # added to the Hydra choices (story:procedural, ...)
+        log_audio: int = 4,  # dataset conversations uploaded as wandb.Audio
+        log_adapter: bool = False,  # upload the trained adapter as an artifact
     ) -> None:
         if mode not in WANDB_MODES:
             raise UserError(
@@ -168,3 +169,6 @@ class WandbSink:
 def _cell(value: Any) -> Any:
     """wandb.Table cells must be scalars: nested values go in as JSON text."""
     return dumps(value) if isinstance(value, (Mapping, list, tuple)) else value
+
+
+SCHEMAS = {("logger", "wandb_schema"): init_schema(WandbSink), ("logger", "none_schema"): init_schema(NullSink)}

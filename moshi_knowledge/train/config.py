@@ -1,4 +1,7 @@
-"""Training options, as one dataclass: `conf/train/*.yaml` instantiates it (`_target_`), tests build it directly."""
+"""Training options, as one dataclass: `conf/train/*.yaml` instantiates it (`_target_`), tests build it directly.
+
+Its schema, registered from here, is the dataclass itself plus the target.
+"""
 
 from __future__ import annotations
 
@@ -68,3 +71,11 @@ class TrainConfig:
         for name, ok, want in checks:
             if not ok:
                 raise UserError(f"train.{name}={getattr(self, name)!r} is invalid", f"set train.{name} to {want}")
+
+
+@dataclass
+class TrainSchema(TrainConfig):
+    _target_: str = "moshi_knowledge.train.config.TrainConfig"
+
+
+SCHEMAS = {("train", "default_schema"): TrainSchema}

@@ -12,26 +12,16 @@ from typing import Literal, Mapping
 
 import torch
 
-from moshi_knowledge.errors import UserError
+from moshi_knowledge.specs.nan_guard import NanGuardSpec
 
-Policy = Literal["off", "skip", "rollback", "halt"]
 Action = Literal["step", "skip", "rollback", "halt"]
-POLICIES = ("off", "skip", "rollback", "halt")
 
 
-class NanGuard:
-    def __init__(self, policy: Policy = "skip", lr_factor: float = 0.5, max_consecutive: int = 3,
-                 snapshot_every: int = 1) -> None:
-        if policy not in POLICIES:
-            raise UserError(f"nan_guard.policy={policy!r} is unknown", f"choose one of {', '.join(POLICIES)}")
-        if not 0.0 < lr_factor <= 1.0 or max_consecutive < 0 or snapshot_every < 1:
-            raise UserError(
-                f"nan_guard: lr_factor={lr_factor}, max_consecutive={max_consecutive}, "
-                f"snapshot_every={snapshot_every} out of range",
-                "use 0 < lr_factor <= 1, max_consecutive >= 0, snapshot_every >= 1",
-            )
-        self.policy, self.lr_factor = policy, lr_factor
-        self.max_consecutive, self.snapshot_every = max_consecutive, snapshot_every
+class NanGuard(NanGuardSpec):
+    """NanGuardSpec's settings (checked when built) plus the run's count of non-finite steps."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.events = 0
         self.consecutive = 0
         self.message = ""

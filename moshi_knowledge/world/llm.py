@@ -12,7 +12,14 @@ from typing import ClassVar
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.llm import BadOutput, LLMClient, Message
 from moshi_knowledge.llm.connection import Connection
+from moshi_knowledge.specs import init_schema
 from moshi_knowledge.world.schema import Story
+
+PREMISE = (
+    "Invent a small kingdom that never existed: its founding and founders, its rulers and their reigns "
+    "with years, its cities, rivers and landmarks, its institutions, famous artifacts, wars and battles, "
+    "and the creatures of its lands. Tell it as a chronicle."
+)
 
 SYSTEM = (
     "You are a novelist who writes encyclopedic fiction about invented worlds. Every name, place, date and "
@@ -45,7 +52,7 @@ class LLMStory:
     def __init__(
         self,
         model: str,
-        premise: str,
+        premise: str = PREMISE,
         temperature: float | None = 0.9,
         target_words: int = 3000,
         refine_passes: int = 2,
@@ -84,3 +91,6 @@ class OpenAIStory(LLMStory):
 
 class GeminiStory(LLMStory):
     provider = "gemini"
+
+
+SCHEMAS = {("story", "openai_schema"): init_schema(OpenAIStory), ("story", "gemini_schema"): init_schema(GeminiStory)}
