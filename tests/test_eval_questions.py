@@ -8,12 +8,17 @@ from pathlib import Path
 from conftest import compose_cfg
 from moshi_knowledge.evaluation.questions import load_questions
 from moshi_knowledge.evaluation.report import summarize
+from moshi_knowledge.qa.facts import FactsQA
 from moshi_knowledge.tracking.contract import check_objective
+from moshi_knowledge.world.prose import label
 
 
-def _dataset(tmp_path: Path, facts: list[list[str]], tier: str = "eval") -> Path:
+def _dataset(tmp_path: Path, facts: list[list[str]], tier: str = "eval",
+             entities: list[list[str]] | None = None) -> Path:
+    entities = entities or [[] for _ in facts]
     entries = [{"id": f"{tier}-{i:03d}", "tier": tier, "text": f"q{i}?", "audio": f"questions/{i}.wav", "gold": "a",
-                "distractors": ["b", "c", "d"], "fact_ids": f} for i, f in enumerate(facts)]
+                "distractors": ["b", "c", "d"], "fact_ids": f, "entity_ids": e}
+               for i, (f, e) in enumerate(zip(facts, entities))]
     (tmp_path / "questions.json").write_text(json.dumps({"questions": entries}))
     return tmp_path
 
@@ -22,6 +27,26 @@ def test_questions_sharing_a_fact_directly_or_through_another_are_one_cluster(tm
     facts = [["a", "b"], ["b", "c"], ["c"], ["d", "e"], ["f"], ["e"], []]
     clusters = [q.cluster for q in load_questions(_dataset(tmp_path, facts), ["eval"])]
     assert clusters == ["eval-000", "eval-000", "eval-000", "eval-003", "eval-004", "eval-003", "eval-006"]
+
+
+def test_questions_about_one_entity_are_one_cluster_though_their_facts_differ(tmp_path: Path) -> None:
+    """Two facts about one ruler are one cluster (the model's knowledge of her); an entity named by no other
+    question, or a shared fact id that happens to equal an entity id, links nothing."""
+    facts = [["f0"], ["f1"], ["f2"], ["e9"], ["f4"]]
+    entities = [["queen"], ["queen"], ["river"], ["e8"], ["e9"]]
+    clusters = [q.cluster for q in load_questions(_dataset(tmp_path, facts, entities=entities), ["eval"])]
+    assert clusters == ["eval-000", "eval-000", "eval-002", "eval-003", "eval-004"]
+
+
+def test_the_facts_backend_names_each_questions_entity(story) -> None:
+    """qa=facts gives every question the entity it is about: its subject, or the object of a reversed question."""
+    qa = FactsQA(seed=0).build(story)
+    items = [q for q in qa.all_items() if q.tier != "retain"]
+    assert items and all(len(q.entity_ids) == 1 for q in items)
+    for q in items:
+        named = label(story.world.entity(q.entity_ids[0]))
+        assert named.lower() in q.question.lower(), (q.question, named)
+    assert len({q.entity_ids[0] for q in qa.train}) < len(qa.train), "some entities are asked about twice"
 
 
 def test_eval_halves_split_clusters_by_seed_and_never_split_one(tmp_path: Path) -> None:

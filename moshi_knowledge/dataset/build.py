@@ -55,6 +55,7 @@ def _write_questions(qa: QASet, tts_dir: Path, out: Path) -> None:
             "untrained_candidates": item.untrained_candidates,
             "relation": item.relation,
             "fact_ids": item.fact_ids,
+            "entity_ids": item.entity_ids,
             "answer_type": item.answer_type,
             "source_id": item.source_id,
             "shift_sec": item.shift_sec,

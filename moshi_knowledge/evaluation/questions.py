@@ -45,14 +45,16 @@ class EvalQuestion:
     source_id: str | None = None
     untrained_candidates: list[str] = field(default_factory=list)  # the distractor contract's flags (qa/schema.py)
     fact_ids: list[str] = field(default_factory=list)
+    entity_ids: list[str] = field(default_factory=list)  # the entities it names (qa/schema.py)
     group: str | None = None  # set by load_questions: the first id among the questions of its tier sharing a fact
+    # or a named entity
     half: str | None = None  # set by load_questions for a split tier: tune or test (contract.HALVES)
     shift_sec: float = 0.0  # silence before the question's audio (the shifted tier)
 
     @property
     def cluster(self) -> str:
         """The questions that share evidence count as one in intervals and paired tests: those of a tier linked by
-        shared facts (`group`), else a paraphrase with the training item it rephrases."""
+        shared facts or named entities (`group`), else a paraphrase with the training item it rephrases."""
         return self.group or self.source_id or self.id
 
     @property
@@ -96,10 +98,12 @@ def load_questions(dataset_dir: Path, tiers: Sequence[str], max_per_tier: int | 
 
 
 def _grouped(items: list[EvalQuestion], rng: random.Random | None) -> list[EvalQuestion]:
-    """`items` with their groups (questions linked by shared facts, directly or through others) and, with `rng`,
-    each group's half: half of the groups, drawn by `rng`, tune and the rest test, so no fact is in both halves."""
-    column = {fact: k for k, fact in enumerate(sorted({f for q in items for f in q.fact_ids}))}
-    pairs = [(i, column[f]) for i, q in enumerate(items) for f in q.fact_ids]
+    """`items` with their groups (questions linked by a shared fact or a named entity, directly or through others)
+    and, with `rng`, each group's half: half of the groups, drawn by `rng`, tune and the rest test, so no fact and
+    no entity asked about is in both halves."""
+    links = [[f"fact:{f}" for f in q.fact_ids] + [f"entity:{e}" for e in q.entity_ids] for q in items]
+    column = {link: k for k, link in enumerate(sorted({link for q in links for link in q}))}
+    pairs = [(i, column[link]) for i, q in enumerate(links) for link in q]
     incidence = coo_matrix((np.ones(len(pairs)), ([i for i, _ in pairs], [k for _, k in pairs])),
                            shape=(len(items), max(len(column), 1)))
     _, labels = connected_components(incidence @ incidence.T, directed=False)
@@ -120,7 +124,8 @@ def _question(entry: dict, dataset_dir: Path, path: Path) -> EvalQuestion:
                         gold=entry["gold"], distractors=list(entry["distractors"]),
                         aliases=list(entry.get("aliases") or []), source_id=entry.get("source_id"),
                         untrained_candidates=list(entry.get("untrained_candidates") or []),
-                        fact_ids=list(entry.get("fact_ids") or []), shift_sec=float(entry.get("shift_sec") or 0.0))
+                        fact_ids=list(entry.get("fact_ids") or []), entity_ids=list(entry.get("entity_ids") or []),
+                        shift_sec=float(entry.get("shift_sec") or 0.0))
 
 
 class AnswerSpeech:

@@ -345,7 +345,8 @@ class FactsQA:
         speech, other Mimi codes). The first `n_per_cause` training items, candidates unchanged."""
         out: dict[str, list[QAItem]] = {tier: [] for tier in CAUSE_TIERS}
         for i, (item, rephrased) in enumerate(zip(train[:self.n_per_cause], para)):
-            same = item.model_dump(include={"answer", "aliases", "answer_type", "relation", "distractors", "fact_ids"})
+            same = item.model_dump(include={"answer", "aliases", "answer_type", "relation", "distractors", "fact_ids",
+                                            "entity_ids"})
             for tier, prefix, question, shift in (("unseen_voice", "voice", item.question, 0.0),
                                                   ("unseen_wording", "wording", rephrased.question, 0.0),
                                                   ("shifted", "shift", item.question, self.shift_sec)):
@@ -376,7 +377,7 @@ class FactsQA:
             question = capitalize(template.format(s=label(world.entity(fact.subject))))
             items.append(QAItem(id=f"unseen-{i:03d}", tier="unseen_facts", question=question, answer=label(answer),
                                 aliases=aliases(answer), answer_type=answer.kind, fact_ids=[fact.id],
-                                relation=fact.relation))
+                                relation=fact.relation, entity_ids=[fact.subject]))
         return items
 
     def _train_facts(self, world: World, supports: list[tuple[Fact, ...]], rng: random.Random) -> list[Fact]:
@@ -419,7 +420,7 @@ class FactsQA:
                          held_out[fact.relation]]
             phrasings = [capitalize(t.format(s=label(subject))) for t in templates]
             common = dict(answer=label(answer), aliases=aliases(answer), answer_type=answer.kind, fact_ids=[fact.id],
-                          relation=fact.relation)
+                          relation=fact.relation, entity_ids=[fact.subject])
             tid = f"train-{i:03d}"
             train.append(QAItem(id=tid, tier="train", question=phrasings[0], phrasings=phrasings[:-1], **common))
             para.append(QAItem(id=f"para-{i:03d}", tier="paraphrase", question=phrasings[-1], source_id=tid, **common))
@@ -431,16 +432,16 @@ class FactsQA:
             (fact,) = support
             answer = world.entity(fact.subject)
             question = rng.choice(REVERSE[fact.relation]).format(o=label(world.entity(fact.object)))
-            relation = reverse(fact.relation)
+            relation, named = reverse(fact.relation), fact.object
         else:
             first, second = support
             phrase = rng.choice(DESCRIPTORS[first.relation]).format(s=label(world.entity(first.subject)))
             answer = world.entity(second.object)
             question = rng.choice(QUESTIONS[second.relation]).format(s=phrase)
-            relation = second.relation
+            relation, named = second.relation, first.subject
         return QAItem(id=f"eval-{i:03d}", tier="eval", question=capitalize(question), answer=label(answer),
                       aliases=aliases(answer), answer_type=answer.kind, fact_ids=[f.id for f in support],
-                      relation=relation)
+                      relation=relation, entity_ids=[named])
 
 
 class _Candidates:

@@ -36,6 +36,9 @@ class QAItem(BaseModel):
     # relations, the same answer_type) has as its answer: set by QASet, so the contract holds for every backend.
     untrained_candidates: list[str] = Field(default_factory=list)
     fact_ids: list[str] = Field(default_factory=list)  # supporting facts (or training item ids)
+    # qa=facts: the entities the question names (its subject; the object of a reversed question). Questions about
+    # one entity lean on the same knowledge of it, so recall counts them as one cluster.
+    entity_ids: list[str] = Field(default_factory=list)
     source_id: str | None = None  # paraphrase and CAUSE_TIERS: the training item it asks again
     shift_sec: float = Field(default=0.0, ge=0.0)  # shifted tier: silence put before the question's audio
     quote: str | None = None  # LLM backends: the story passage that supports the answer
