@@ -21,7 +21,7 @@ from moshi_knowledge.llm.connection import Connection
 from moshi_knowledge.qa import facts
 from moshi_knowledge.qa import file as file_qa
 from moshi_knowledge.specs import lora, tiny
-from moshi_knowledge.speech import layout, whisperx_align
+from moshi_knowledge.speech import layout, narration, narration_layout, whisperx_align
 from moshi_knowledge.train.config import TrainConfig
 from moshi_knowledge.world import file as file_story
 from moshi_knowledge.world import procedural
@@ -49,6 +49,8 @@ SCHEMAS = {
     **file_qa.SCHEMAS,
     ("tts", "espeak_schema"): EspeakTTSSchema,
     **layout.SCHEMAS,
+    **narration_layout.SCHEMAS,
+    **narration.SCHEMAS,
     **source.SCHEMAS,
     **moshi_finetune.SCHEMAS,
 }

@@ -23,7 +23,7 @@ from moshi_knowledge.stages import RUN_STAGE_KEYS, RUN_STAGES, STAGES, with_deps
 from moshi_knowledge.tracking import check_objective
 
 # Groups whose objects are cheap to build and check their own values in their constructors.
-BUILT_FIRST = ("train", "lora", "nan_guard", "eval")
+BUILT_FIRST = ("layout", "train", "lora", "nan_guard", "eval")
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -20,6 +20,7 @@ from moshi_knowledge.dataset.format import (
     CONVERSATIONS,
     EVAL_MANIFEST,
     META,
+    QA_CHANNEL_LAYOUTS,
     QUESTIONS,
     TRAIN_MANIFEST,
     ConversationEntry,
@@ -138,7 +139,8 @@ def _check_conversation(root: Path, row: dict, entry: ConversationEntry | None, 
     problems += _first_of(json_rel, _alignment_problems(words, duration))
     if entry is not None:
         problems += [f"{CONVERSATIONS}: {rel}: {p}" for p in _turn_span_problems(entry, duration)]
-    if layout == "dialogue" and (entry is None or entry.turns):  # an imported conversation has no Q/A turns
+    # an imported conversation has no Q/A turns, nor does a narration (its user channel is checked by the tests)
+    if layout in QA_CHANNEL_LAYOUTS and (entry is None or entry.turns):
         if entry is not None:
             problems += [f"{rel}: {p}" for p in _channel_separation(entry, left, right)]
         problems += _first_of(rel, _moshi_words_on_left(words, left, right))
