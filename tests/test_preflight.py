@@ -28,6 +28,9 @@ CASES = [
     (["debug.inject_nonfinite_at=[x]"], "debug.inject_nonfinite_at"),
     (["train.batch_size=0"], "train.batch_size=0"),
     (["nan_guard.lr_factor=2"], "nan_guard"),
+    (["layout=narration", "narration.restatements=9"], "narration.restatements=9"),
+    (["layout=mixed", "layout.max_sentences=0"], "layout.max_sentences = 0"),
+    (["qa.heldout_share=1.5"], "qa.heldout_share=1.5"),
 ]
 
 

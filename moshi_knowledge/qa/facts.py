@@ -360,7 +360,7 @@ class FactsQA:
             return []
         needed = {f.id for s in supports for f in s}
         pool = [f for f in train_facts if f.id not in needed]
-        if len(pool) - n < 1:
+        if n > len(pool) or n >= len(train_facts):
             raise UserError(f"qa.heldout_share={self.heldout_share} holds out {n} of {len(train_facts)} training "
                             f"facts, but only {len(pool)} support no eval question and one Q/A must stay trained",
                             "lower qa.heldout_share or qa.n_eval, or raise qa.n_train")
