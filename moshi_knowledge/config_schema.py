@@ -133,11 +133,38 @@ class KokoroTTSSchema:
     device: str = "cpu"
 
 
+@dataclass
+class LLMNarrationSchema:
+    _target_: str = MISSING
+    seed: int = MISSING
+    model: str = MISSING
+    restatements: int = 2  # the story's own sentence and one LLM rewrite of it
+    shuffle: bool = False
+    temperature: Optional[float] = 0.7
+    max_attempts: int = 3
+    connection: Connection = field(default_factory=Connection)
+    _convert_: str = "object"
+
+
+@dataclass
+class OpenAINarrationSchema(LLMNarrationSchema):
+    _target_: str = "moshi_knowledge.speech.narration_llm.OpenAINarration"
+    model: str = "gpt-4.1"
+
+
+@dataclass
+class GeminiNarrationSchema(LLMNarrationSchema):
+    _target_: str = "moshi_knowledge.speech.narration_llm.GeminiNarration"
+    model: str = "gemini-2.5-flash"
+
+
 SCHEMAS.update({
     ("story", "openai_schema"): OpenAIStorySchema,
     ("story", "gemini_schema"): GeminiStorySchema,
     ("qa", "openai_schema"): OpenAIQASchema,
     ("qa", "gemini_schema"): GeminiQASchema,
+    ("narration", "openai_schema"): OpenAINarrationSchema,
+    ("narration", "gemini_schema"): GeminiNarrationSchema,
     ("tts", "kokoro_schema"): KokoroTTSSchema,
     **whisperx_align.SCHEMAS,
 })

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra.utils import instantiate
 
-from conftest import SMALL, compose_cfg
+from conftest import SMALL, compose_cfg, run_app
+from llm_stub_server import StubLLMServer
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.qa.facts import FactsQA
 from moshi_knowledge.qa.schema import QASet
@@ -165,8 +167,6 @@ def test_no_training_conversation_holds_a_held_out_question_or_its_answer_turn(m
 
 def test_the_regimes_sweep_runs_as_a_real_multirun(tmp_path: Path) -> None:
     """`sweep=regimes` launches its whole grid: every regime with every augmentation, the same Q/A in each job."""
-    from conftest import run_app
-
     sweep = tmp_path / "sweep"
     proc = run_app(["sweep=regimes", "stages=[story,qa]", "logger=none", f"paths.cache_dir={tmp_path / 'cache'}",
                     f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
@@ -177,3 +177,30 @@ def test_the_regimes_sweep_runs_as_a_real_multirun(tmp_path: Path) -> None:
     qa_files = {(p / "qa" / "qa.json").resolve() for p in jobs}
     assert len(qa_files) == 1  # one Q/A set (a cached stage) for every regime: the tiers compare across jobs
     assert QASet.load(next(iter(qa_files)).parent).heldout_facts
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+def test_llm_rewrites_are_validated_against_what_each_sentence_states(provider: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rewrite that drops an answer the sentence gives is sent back with the problem; the valid one is the
+    second restatement, and the layout built from the config narrates it (the reply is cached: no second ask)."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("OPENAI_API_KEY" if provider == "openai" else "GEMINI_API_KEY", "test-key")
+    story = Story(text="Marrow founded Olt in 912. The river of Olt is the Dun.\n")
+    qa = QASet(train=[{"id": "train-000", "tier": "train", "question": "Who founded Olt?", "answer": "Marrow"},
+                      {"id": "train-001", "tier": "train", "question": "Which river runs by Olt?",
+                       "answer": "the Dun"}])
+    with StubLLMServer() as server:
+        base_url = server.openai_base_url if provider == "openai" else server.gemini_base_url
+        server.push(json.dumps({"rewrites": ["Olt was founded in 912.", "Olt lies on the Dun."]}),
+                    json.dumps({"rewrites": ["It was Marrow who founded Olt, in 912.", "The Dun flows past Olt."]}))
+        cfg = compose_cfg(["layout=narration", f"narration={provider}", f"narration.connection.base_url={base_url}",
+                           "narration.connection.max_retries=0", f"paths.cache_dir={tmp_path}"])
+        layout = instantiate(cfg.layout)
+        rounds = layout.narration.rounds(story, qa)
+        assert [[line.text for line in r] for r in rounds] == [
+            ["Marrow founded Olt in 912.", "The river of Olt is the Dun."],
+            ["It was Marrow who founded Olt, in 912.", "The Dun flows past Olt."]]
+        assert server.count == 2 and "drops 'Marrow'" in json.dumps(server.received[1].body)
+        assert [line.text for line in layout.lines(qa, story)][2:] == [line.text for line in rounds[1]]
+        assert server.count == 2  # the cached reply
