@@ -1,10 +1,11 @@
 """Check a written dataset before hours of training are spent on it: every problem names its file.
 
-Beyond the moshi-finetune format itself, the Q/A conversations of a "dialogue" dataset are checked for what the
-experiment depends on: the question is heard only on the user's channel and the answer only on Moshi's, and
-Moshi's words are where the text stream says they are. Conversations imported from another dataset
-(`dataset=moshi_finetune`, no Q/A turns) are real dialogue, where both may speak at once: only their format is
-checked.
+Beyond the moshi-finetune format itself, the Q/A conversations of a dialogue (or narration, mixed) dataset are
+checked for what the experiment depends on: the question is heard only on the user's channel and the answer only
+on Moshi's, and Moshi's words are where the text stream says they are. Conversations imported from another
+dataset (`dataset=moshi_finetune`, no Q/A turns) are real dialogue, where both may speak at once, and narration
+passages have no turn either: only their format is checked (tests/test_narration.py checks the passages' silent
+user channel).
 """
 
 from __future__ import annotations

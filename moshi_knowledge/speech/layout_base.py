@@ -12,7 +12,8 @@ from moshi_knowledge.world.schema import Story
 
 
 class Layout(ABC):
-    name: ClassVar[str]  # recorded in the dataset's meta.json; validation checks channel separation for "dialogue"
+    # recorded in the dataset's meta.json; validation checks the Q/A turns' channels for format.QA_CHANNEL_LAYOUTS
+    name: ClassVar[str]
     # Also recorded in meta.json, so that recall lays out its prompts as training turns were laid out:
     lead_sec: float  # silence before a conversation's first turn
     gap_sec: float  # silence between the end of a question's audio and the start of its answer's
