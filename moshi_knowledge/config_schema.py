@@ -20,7 +20,7 @@ from moshi_knowledge.qa import facts
 from moshi_knowledge.qa import file as file_qa
 from moshi_knowledge.qa import llm as llm_qa
 from moshi_knowledge.specs import lora, model, nan_guard, tiny
-from moshi_knowledge.speech import espeak, kokoro, layout, whisperx_align
+from moshi_knowledge.speech import espeak, kokoro, layout, narration, narration_layout, narration_llm, whisperx_align
 from moshi_knowledge.tracking import sinks
 from moshi_knowledge.train import config as train_config
 from moshi_knowledge.world import file as file_story
@@ -31,6 +31,7 @@ SCHEMAS = {
     **procedural.SCHEMAS, **file_story.SCHEMAS, **llm_story.SCHEMAS,
     **facts.SCHEMAS, **file_qa.SCHEMAS, **llm_qa.SCHEMAS,
     **espeak.SCHEMAS, **kokoro.SCHEMAS, **layout.SCHEMAS, **whisperx_align.SCHEMAS,
+    **narration_layout.SCHEMAS, **narration.SCHEMAS, **narration_llm.SCHEMAS,
     **source.SCHEMAS, **moshi_finetune.SCHEMAS,
     **model.SCHEMAS, **tiny.SCHEMAS, **lora.SCHEMAS,
     **train_config.SCHEMAS, **nan_guard.SCHEMAS, **eval_config.SCHEMAS,

@@ -2,9 +2,9 @@
 
 Hydra's structured schemas reject unknown keys and wrong types at composition; this adds what they cannot see:
 the root's own settings (pydantic), unset mandatory values, and the value checks of the objects the run will build
-(TrainConfig, LoraSpec, NanGuard, EvalConfig, a light TTS backend, the model's device and dtype, the files of an
-imported dataset). Each raises a UserError naming the setting, its value and the fix, which the app reports with
-exit status 2.
+(the Q/A backend, the layout and its narration, TrainConfig, LoraSpec, NanGuard, EvalConfig, a light TTS backend,
+the model's device and dtype, the files of an imported dataset). Each raises a UserError naming the setting, its
+value and the fix, which the app reports with exit status 2.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from moshi_knowledge.stages import RUN_STAGE_KEYS, RUN_STAGES, STAGES, with_deps
 from moshi_knowledge.tracking import check_objective
 
 # Groups whose objects are cheap to build and check their own values in their constructors.
-BUILT_FIRST = ("train", "lora", "nan_guard", "eval")
+BUILT_FIRST = ("qa", "layout", "train", "lora", "nan_guard", "eval")
 
 
 def check_config(cfg: DictConfig) -> None:

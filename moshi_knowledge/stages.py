@@ -24,6 +24,7 @@ from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import atomic_write_json, read_json
 from moshi_knowledge.model.load import LoadedModel, load_codec, load_model
 from moshi_knowledge.qa.schema import QASet
+from moshi_knowledge.speech.narration import is_narration_line
 from moshi_knowledge.speech.script import answer_lines, question_lines
 from moshi_knowledge.speech.synthesize import load_utterance, script_fingerprint, synthesize_script
 from moshi_knowledge.world.schema import Story
@@ -54,7 +55,7 @@ def _qa(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
 
 def _script(cfg: DictConfig, inputs: Inputs):
     qa = QASet.load(inputs["qa"])
-    extra = instantiate(cfg.layout).lines(qa)
+    extra = instantiate(cfg.layout).lines(qa, Story.load(inputs["story"]))
     lines = {line.id: line for line in [*question_lines(qa), *answer_lines(qa), *extra]}
     return list(lines.values())
 
@@ -64,8 +65,8 @@ def _tts(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
 
 
 def _dataset(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
-    build_dataset(QASet.load(inputs["qa"]), instantiate(cfg.layout), instantiate(cfg.align), instantiate(cfg.dataset),
-                  inputs["tts"], out)
+    build_dataset(QASet.load(inputs["qa"]), Story.load(inputs["story"]), instantiate(cfg.layout),
+                  instantiate(cfg.align), instantiate(cfg.dataset), inputs["tts"], out)
 
 
 def _model(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
@@ -78,7 +79,9 @@ def _model(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
     qa = QASet.load(inputs["qa"])
     text = "\n".join([Story.load(inputs["story"]).text, *(t for q in qa.all_items() for t in q.phrasings),
                       *(q.answer for q in qa.all_items())])
-    trained_voices = [line["id"] for line in read_json(inputs["tts"] / "index.json") if line["role"] != "heldout"]
+    # the Q/A speech alone (narration is the same Moshi voice): every regime builds the same model from one Q/A set
+    trained_voices = [line["id"] for line in read_json(inputs["tts"] / "index.json")
+                      if line["role"] != "heldout" and not is_narration_line(line["id"])]
     source.build(out, text, [load_utterance(inputs["tts"], i).samples for i in trained_voices])
 
 
@@ -98,10 +101,10 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         Stage("story", "1", (), ("story",), _story),
-        Stage("qa", "6", ("story",), ("qa",), _qa),
-        Stage("tts", "3", ("qa",), ("tts",), _tts,
+        Stage("qa", "7", ("story",), ("qa",), _qa),
+        Stage("tts", "4", ("story", "qa"), ("tts",), _tts,
               extra_key=lambda cfg, inputs: script_fingerprint(_script(cfg, inputs))),
-        Stage("dataset", "7", ("qa", "tts"), ("layout", "align", "dataset"), _dataset,
+        Stage("dataset", "8", ("story", "qa", "tts"), ("layout", "align", "dataset"), _dataset,
               extra_key=lambda cfg, inputs: instantiate(cfg.dataset).identity()),
         Stage("model", "1", ("story", "qa", "tts"), ("model",), _model, ignore=("model.device", "model.dtype")),
         Stage("tokenize", "1", ("dataset", "model"), (), _tokenize),

@@ -32,6 +32,9 @@ CASES = [
     (["nan_guard.polcy=x"], "nan_guard.polcy"),
     (["tts.moshi_voice.rat=3"], "tts.moshi_voice.rat"),
     (["logger.projct=x"], "logger.projct"),
+    (["layout=narration", "narration.restatements=9"], "narration.restatements=9"),
+    (["layout=mixed", "layout.max_sentences=0"], "layout.max_sentences = 0"),
+    (["qa.heldout_share=1.5"], "qa.heldout_share=1.5"),
 ]
 
 

@@ -253,6 +253,7 @@ def test_story_without_world_is_a_user_error() -> None:
     (dict(paraphrases=0), "qa.paraphrases"), (dict(paraphrases=9), "qa.paraphrases"),
     (dict(n_train=10_000), "qa.n_train"), (dict(n_train=5, n_eval=20), "qa.n_eval"),
     (dict(n_train=230, n_eval=0, n_unseen=20), "qa.n_unseen"), (dict(n_unseen=-1), "qa.n_unseen"),
+    (dict(heldout_share=1.0), "qa.heldout_share"), (dict(n_train=20, n_eval=8, heldout_share=0.9), "qa.heldout_share"),
 ])
 def test_impossible_sizes_are_user_errors(story: Story, kwargs: dict[str, int], field: str) -> None:
     with pytest.raises(UserError, match=field):
@@ -278,3 +279,50 @@ def test_many_seeds_keep_the_rules() -> None:
                 assert set(q.fact_ids) <= trained or q.tier == "train"
             assert len(q.distractors) == 3
             assert not {a.lower() for a in [q.answer, *q.aliases]} & {d.lower() for d in q.distractors}
+
+
+@pytest.fixture(scope="module")
+def mixed(story: Story) -> QASet:
+    return FactsQA(seed=0, heldout_share=0.5).build(story)
+
+
+def test_heldout_facts_are_training_facts_whose_qa_nothing_trains(mixed: QASet, qa: QASet, world: World) -> None:
+    """Half the default training facts: none an eval support, none asked by a train or cause item, each asked like
+    a training question; the eval tier asks the facts of the default set's."""
+    facts = _facts_by_id(world)
+    held = {f for q in mixed.heldout_facts for f in q.fact_ids}
+    assert len(mixed.heldout_facts) == 50 and len(mixed.train) == 50
+    assert held | {f for q in mixed.train for f in q.fact_ids} == {f for q in qa.train for f in q.fact_ids}
+    assert not held & {f for q in [*mixed.train, *mixed.eval, *mixed.paraphrase, *mixed.unseen_facts,
+                                   *mixed.unseen_voice, *mixed.unseen_wording, *mixed.shifted] for f in q.fact_ids}
+    assert [(q.fact_ids, q.answer) for q in mixed.eval] == [(q.fact_ids, q.answer) for q in qa.eval]
+    trained_questions = {p for q in mixed.train for p in q.phrasings}
+    for q in mixed.heldout_facts:
+        (fact,) = (facts[f] for f in q.fact_ids)
+        assert q.answer == label(world.entity(fact.object)) and q.question not in trained_questions
+        assert _template_of(q.question, fact.relation) != held_out_templates(0)[fact.relation]
+    assert not qa.heldout_facts  # the default holds nothing out
+
+
+def test_heldout_candidates_share_the_golds_training_status(mixed: QASet, world: World) -> None:
+    """Distractors of a held-out fact are answers of its relation, mostly other held-out answers (narrated, never a
+    Q/A answer, like the gold), so no training frequency picks the gold; the rest are flagged."""
+    facts = _facts_by_id(world)
+    heldout_answers = {q.answer for q in mixed.heldout_facts}
+    answers: dict[str, set[str]] = defaultdict(set)
+    for q in [*mixed.train, *mixed.heldout_facts]:
+        answers[_relation(q, facts)].add(q.answer)
+    same_status = 0
+    for q in mixed.heldout_facts:
+        assert len(q.distractors) == 3
+        assert q.untrained_candidates == [c for c in [q.answer, *q.distractors] if c not in answers[q.relation]]
+        same_status += sum(d in heldout_answers for d in q.distractors)
+    assert sum(bool(q.untrained_candidates) for q in mixed.heldout_facts) <= 5
+    assert same_status >= 0.6 * 3 * len(mixed.heldout_facts)
+
+
+def test_a_heldout_fact_that_a_training_item_trains_is_refused(mixed: QASet) -> None:
+    data = mixed.model_dump()
+    data["heldout_facts"][0]["fact_ids"] = data["train"][0]["fact_ids"]
+    with pytest.raises(ValueError, match="heldout_facts item heldout-000"):
+        QASet.model_validate(data)

@@ -14,14 +14,16 @@ from moshi_knowledge.qa.schema import QASet
 from moshi_knowledge.speech.layout_base import Aligner, Layout
 from moshi_knowledge.speech.script import question_line_id
 from moshi_knowledge.speech.synthesize import load_utterance
+from moshi_knowledge.world.schema import Story
 
 
-def build_dataset(qa: QASet, layout: Layout, aligner: Aligner, source: DatasetSource, tts_dir: Path,
+def build_dataset(qa: QASet, story: Story, layout: Layout, aligner: Aligner, source: DatasetSource, tts_dir: Path,
                   out: Path) -> None:
     """Write train/eval manifests, conversation wavs + alignments, question audio and questions.json.
 
-    `source` writes the training split; the eval split is always the layout's, of the run's eval Q/A."""
-    conversations = layout.compose(qa, speech=_SpeechStore(tts_dir))
+    `source` writes the training split; the eval split is always the layout's, of the run's eval Q/A. `story` is
+    what the narration layouts narrate."""
+    conversations = layout.compose(qa, _SpeechStore(tts_dir), story)
     written = {"train": source.write_train([c for c in conversations if c.split == "train"], aligner, out),
                "eval": [write_laid_out(c, aligner, out) for c in conversations if c.split == "eval"]}
     for split, items in written.items():

@@ -25,7 +25,9 @@ CONVERSATIONS = "conversations.json"
 META = "meta.json"
 QUESTIONS = "questions.json"
 
-LayoutName = Literal["dialogue", "mono_duplicate"]
+LayoutName = Literal["dialogue", "mono_duplicate", "narration", "mixed"]
+# Layouts whose Q/A turns put the question only on the user's channel and the answer only on Moshi's.
+QA_CHANNEL_LAYOUTS = ("dialogue", "narration", "mixed")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """Check a written dataset before hours of training are spent on it: every problem names its file.
 
-Beyond the moshi-finetune format itself, the Q/A conversations of a "dialogue" dataset are checked for what the
-experiment depends on: the question is heard only on the user's channel and the answer only on Moshi's, and
-Moshi's words are where the text stream says they are. Conversations imported from another dataset
-(`dataset=moshi_finetune`, no Q/A turns) are real dialogue, where both may speak at once: only their format is
-checked.
+Beyond the moshi-finetune format itself, the Q/A conversations of a dialogue (or narration, mixed) dataset are
+checked for what the experiment depends on: the question is heard only on the user's channel and the answer only
+on Moshi's, and Moshi's words are where the text stream says they are. Conversations imported from another
+dataset (`dataset=moshi_finetune`, no Q/A turns) are real dialogue, where both may speak at once, and narration
+passages have no turn either: only their format is checked (tests/test_narration.py checks the passages' silent
+user channel).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from moshi_knowledge.dataset.format import (
     CONVERSATIONS,
     EVAL_MANIFEST,
     META,
+    QA_CHANNEL_LAYOUTS,
     QUESTIONS,
     TRAIN_MANIFEST,
     ConversationEntry,
@@ -138,7 +140,8 @@ def _check_conversation(root: Path, row: dict, entry: ConversationEntry | None, 
     problems += _first_of(json_rel, _alignment_problems(words, duration))
     if entry is not None:
         problems += [f"{CONVERSATIONS}: {rel}: {p}" for p in _turn_span_problems(entry, duration)]
-    if layout == "dialogue" and (entry is None or entry.turns):  # an imported conversation has no Q/A turns
+    # an imported conversation has no Q/A turns, nor does a narration (its user channel is checked by the tests)
+    if layout in QA_CHANNEL_LAYOUTS and (entry is None or entry.turns):
         if entry is not None:
             problems += [f"{rel}: {p}" for p in _channel_separation(entry, left, right)]
         problems += _first_of(rel, _moshi_words_on_left(words, left, right))

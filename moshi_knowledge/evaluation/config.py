@@ -21,9 +21,10 @@ class EvalConfig:
 
     recall_every: int = 50  # optimizer steps between recall evaluations (also at step 0 and at the end)
     # retain: qa.retain; qa=facts also asks unseen_facts (facts never trained, the null every tier is compared
-    # with) and unseen_voice, unseen_wording, shifted (trained facts with one thing changed)
+    # with), unseen_voice, unseen_wording, shifted (trained facts with one thing changed) and, with
+    # qa.heldout_share, heldout_facts (facts whose Q/A is never trained; the narration layouts narrate them)
     tiers: list[str] = field(default_factory=lambda: ["train", "paraphrase", "eval", "unseen_facts", "unseen_voice",
-                                                      "unseen_wording", "shifted", "retain"])
+                                                      "unseen_wording", "shifted", "retain", "heldout_facts"])
     max_per_tier: Optional[int] = None  # score a fixed random subset of each tier (None: all questions)
     seed: int = 0  # subset choice, the shuffled-question control and audio sampling
     mc: bool = True

@@ -79,8 +79,8 @@ def _voiced_f0(samples: np.ndarray, sample_rate: int) -> np.ndarray:
 def training_voice_f0(dataset_dir: Path, max_clips: int = 32) -> float:
     """Median F0 of Moshi's speech in the training conversations: the voice the finetuned model should keep.
 
-    That speech is the answers of the Q/A turns; a conversation imported without turns (`dataset=moshi_finetune`)
-    gives its Moshi words, one clip per conversation."""
+    That speech is the answers of the Q/A turns; a conversation without turns (imported by `dataset=moshi_finetune`,
+    or a narration passage) gives its Moshi words, one clip per conversation."""
     clips = []
     for entry in read_conversations_index(Path(dataset_dir) / CONVERSATIONS):
         if entry.split != "train":

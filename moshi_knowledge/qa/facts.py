@@ -7,6 +7,8 @@
   or one fact asked backwards ("What did Y found?", the reversal curse). Their facts are all trained.
 - unseen_facts: facts never trained, asked like training questions: the null (what the priors score).
 - unseen_voice, unseen_wording, shifted: trained facts asked with one thing changed (`_cause_items`).
+- heldout_facts (`heldout_share`): training facts whose Q/A is kept out of training; the narration layouts narrate
+  them with the others, so the tier asks whether facts learned from prose alone can be extracted by questions.
 Distractors are answers the trained facts give for the question's own relation, matched to the gold (kind word,
 training frequency, length: `_Candidates`), so that nothing but the question picks the gold; a candidate never
 trained as an answer of that relation is flagged in the item (QASet.untrained_candidates).
@@ -286,7 +288,8 @@ class FactsQA:
     """qa=facts: every tier's questions from the world's facts (needs story=procedural)."""
 
     def __init__(self, seed: int, n_train: int = 100, n_eval: int = 20, paraphrases: int = 3,
-                 retain: bool = True, n_unseen: int = 20, n_per_cause: int = 20, shift_sec: float = 0.4) -> None:
+                 retain: bool = True, n_unseen: int = 20, n_per_cause: int = 20, shift_sec: float = 0.4,
+                 heldout_share: float = 0.0) -> None:
         most = min(len(t) for t in QUESTIONS.values()) - 1
         if not 1 <= paraphrases <= most:
             raise UserError(f"qa.paraphrases is {paraphrases}; qa=facts has templates for 1 to {most}",
@@ -298,7 +301,11 @@ class FactsQA:
             raise UserError(f"qa.n_train={n_train}, qa.n_eval={n_eval}, qa.n_unseen={n_unseen}: need n_train >= 1 "
                             "and n_eval, n_unseen >= 0",
                             "set qa.n_train to at least 1 and qa.n_eval and qa.n_unseen to 0 or more")
+        if not 0.0 <= heldout_share < 1.0:
+            raise UserError(f"qa.heldout_share={heldout_share}: the share of training facts whose Q/A is held out "
+                            "must be in [0, 1)", "set qa.heldout_share to 0 (every Q/A trained) or up to 0.9")
         self.seed = seed
+        self.heldout_share = heldout_share
         self.n_train = n_train
         self.n_eval = n_eval
         self.paraphrases = paraphrases
@@ -324,8 +331,10 @@ class FactsQA:
                             f"{self.n_train} training facts of this world",
                             "lower qa.n_eval or raise qa.n_train")
         train_facts = self._train_facts(world, supports, rng)
+        heldout_facts = self._heldout_facts(train_facts, supports)
+        heldout_ids = {f.id for f in heldout_facts}
         held_out = held_out_templates(self.seed)
-        train, para = self._train_items(world, train_facts, held_out, rng)
+        train, para = self._train_items(world, [f for f in train_facts if f.id not in heldout_ids], held_out, rng)
         evals = [self._eval_item(world, i, s, rng) for i, s in enumerate(supports)]
         candidates = _Candidates(world, train_facts, train)
         for item in (*train, *evals):
@@ -335,8 +344,41 @@ class FactsQA:
         unseen = self._unseen_items(world, plan, train_facts, train, held_out, rng)
         for item in unseen:
             item.distractors = candidates.pick(item, rng)
+        heldout = self._heldout_items(world, heldout_facts, held_out)
+        for item in heldout:
+            item.distractors = candidates.pick(item, rng)
         causes = self._cause_items(train, para)
-        return with_retain(QASet(train=train, eval=evals, paraphrase=para, unseen_facts=unseen, **causes), self.retain)
+        return with_retain(QASet(train=train, eval=evals, paraphrase=para, unseen_facts=unseen, heldout_facts=heldout,
+                                 **causes), self.retain)
+
+    def _heldout_facts(self, train_facts: list[Fact], supports: list[tuple[Fact, ...]]) -> list[Fact]:
+        """`heldout_share` of the training facts, none of them an eval question's support (those stay Q/A-trained,
+        so the eval tier means what it means without narration), drawn from their own seeded stream: the default
+        (no held-out facts) builds exactly the set it built before the tier existed."""
+        n = round(self.heldout_share * len(train_facts))
+        if n == 0:
+            return []
+        needed = {f.id for s in supports for f in s}
+        pool = [f for f in train_facts if f.id not in needed]
+        if n > len(pool) or n >= len(train_facts):
+            raise UserError(f"qa.heldout_share={self.heldout_share} holds out {n} of {len(train_facts)} training "
+                            f"facts, but only {len(pool)} support no eval question and one Q/A must stay trained",
+                            "lower qa.heldout_share or qa.n_eval, or raise qa.n_train")
+        return random.Random(f"{self.seed}-heldout-facts").sample(pool, n)
+
+    def _heldout_items(self, world: World, facts: list[Fact], held_out: dict[str, str]) -> list[QAItem]:
+        """The held-out facts asked as a training question would ask them (a training template, first of the
+        relation's training templates in a seeded order), so the tier differs from `train` only in its Q/A."""
+        rng = random.Random(f"{self.seed}-heldout-facts-questions")
+        items = []
+        for i, fact in enumerate(facts):
+            answer = world.entity(fact.object)
+            template = rng.choice(_training_templates(fact.relation, held_out))
+            items.append(QAItem(id=f"heldout-{i:03d}", tier="heldout_facts",
+                                question=capitalize(template.format(s=label(world.entity(fact.subject)))),
+                                answer=label(answer), aliases=aliases(answer), answer_type=answer.kind,
+                                fact_ids=[fact.id], relation=fact.relation))
+        return items
 
     def _cause_items(self, train: list[QAItem], para: list[QAItem]) -> dict[str, list[QAItem]]:
         """Tiers that change one thing of a trained question, so a drop from the train tier has one cause: the

@@ -8,7 +8,6 @@ problems, at most `max_attempts` times, then the stage fails saying what was wro
 
 from __future__ import annotations
 
-import logging
 import re
 import unicodedata
 from collections.abc import Callable
@@ -17,8 +16,9 @@ from typing import ClassVar, TypeVar
 from pydantic import BaseModel, Field
 
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.llm import BadOutput, LLMClient, Message
+from moshi_knowledge.llm import LLMClient, Message
 from moshi_knowledge.llm.connection import Connection
+from moshi_knowledge.llm.validated import ask_until_valid
 from moshi_knowledge.qa.retain import with_retain
 from moshi_knowledge.qa.schema import QAItem, QASet
 from moshi_knowledge.specs import init_schema
@@ -26,8 +26,6 @@ from moshi_knowledge.text_norm import normalise
 from moshi_knowledge.world.schema import Story
 
 N_DISTRACTORS = 3
-MAX_PROBLEMS_SHOWN = 30
-log = logging.getLogger(__name__)
 Reply = TypeVar("Reply", bound=BaseModel)
 
 
@@ -223,15 +221,6 @@ def eval_prompt(train: list[QAItem], n_eval: int) -> str:
     )
 
 
-def feedback(problems: list[str]) -> str:
-    shown = problems[:MAX_PROBLEMS_SHOWN]
-    more = f"\n(and {len(problems) - len(shown)} more)" if len(problems) > len(shown) else ""
-    return (
-        "Your reply was rejected:\n" + "\n".join(f"- {p}" for p in shown) + more
-        + "\nReply again with the complete corrected JSON: every item, not only the fixed ones."
-    )
-
-
 # ---- the backend ----
 
 class LLMQA:
@@ -281,28 +270,10 @@ class LLMQA:
     def _ask_until_valid(
         self, what: str, prompt: str, schema: type[Reply], check: Callable[[Reply], list[str]], model: str
     ) -> Reply:
-        """Ask; on problems, send them back (with the rejected reply) and ask again, `max_attempts` in all."""
         base: list[Message] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
-        messages = base
-        problems: list[str] = []
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                reply = self.client.structured(messages, schema, model=model)
-                problems, raw = check(reply), reply.model_dump_json()
-            except BadOutput as exc:
-                problems, raw = [exc.problem], exc.raw
-            if not problems:
-                return reply
-            log.warning("%s: %s attempt %d/%d rejected: %s", self.label, what, attempt, self.max_attempts,
-                        "; ".join(problems[:5]))
-            rejected: list[Message] = [{"role": "assistant", "content": raw}] if raw else []
-            messages = [*base, *rejected, {"role": "user", "content": feedback(problems)}]
-        listed = "\n  - ".join(problems[:MAX_PROBLEMS_SHOWN])
-        raise UserError(
-            f"{self.label}: the {what} from {model} failed validation {self.max_attempts} times; "
-            f"last attempt's problems:\n  - {listed}",
-            "raise qa.max_attempts, try a stronger qa.model, or ask for fewer items (qa.n_train / qa.n_eval)",
-        )
+        return ask_until_valid(
+            self.client, base, schema, check, what=what, max_attempts=self.max_attempts, model=model,
+            fix="raise qa.max_attempts, try a stronger qa.model, or ask for fewer items (qa.n_train / qa.n_eval)")
 
 
 class OpenAIQA(LLMQA):

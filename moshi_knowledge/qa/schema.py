@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field, model_validator
 
 from moshi_knowledge.io_utils import atomic_write_json, read_json
 
-Tier = Literal["train", "eval", "paraphrase", "retain", "unseen_facts", "unseen_voice", "unseen_wording", "shifted"]
+Tier = Literal["train", "eval", "paraphrase", "retain", "unseen_facts", "unseen_voice", "unseen_wording", "shifted",
+               "heldout_facts"]
 # Trained facts asked with one thing changed (qa/facts.py), each tier's source_id naming the training item.
 CAUSE_TIERS = ("unseen_voice", "unseen_wording", "shifted")
 
@@ -63,6 +64,9 @@ class QASet(BaseModel):
     unseen_voice: list[QAItem] = Field(default_factory=list)  # a trained phrasing in the held-out voice
     unseen_wording: list[QAItem] = Field(default_factory=list)  # a held-out phrasing in the trained voice
     shifted: list[QAItem] = Field(default_factory=list)  # a trained question's audio, later in the prompt
+    # qa=facts with qa.heldout_share: facts narrated by the narration layouts whose Q/A no training conversation
+    # holds (under layout=dialogue they are never trained at all: a second null)
+    heldout_facts: list[QAItem] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> "QASet":
@@ -78,14 +82,25 @@ class QASet(BaseModel):
         for q in [*self.paraphrase, *(q for tier in CAUSE_TIERS for q in getattr(self, tier))]:
             if q.source_id not in train_ids:
                 raise ValueError(f"{q.tier} item {q.id} asks again unknown training item {q.source_id!r}")
+        self._check_heldout()
         self._flag_untrained()
         return self
 
+    def _check_heldout(self) -> None:
+        """A held-out fact's Q/A must never be trained: no training item shares its fact or asks its question."""
+        trained_facts = {f for q in self.train for f in q.fact_ids}
+        trained_questions = {p for q in self.train for p in q.phrasings}
+        for q in self.heldout_facts:
+            if set(q.fact_ids) & trained_facts or q.question in trained_questions:
+                raise ValueError(f"heldout_facts item {q.id} asks a fact or question that a training item trains")
+
     def _flag_untrained(self) -> None:
         """The distractor contract: every candidate was trained as an answer of the item's relation, or is listed
-        in `untrained_candidates`. The retain tier is exempt: none of its candidates is ever trained, gold included."""
+        in `untrained_candidates`. The retain tier is exempt: none of its candidates is ever trained, gold included.
+        A held-out fact's answer counts as an answer of its relation: the narration layouts narrate it, so its
+        candidates share the training status of its gold (under layout=dialogue none of them was ever trained)."""
         trained: dict[str, set[str]] = defaultdict(set)
-        for q in self.train:
+        for q in [*self.train, *self.heldout_facts]:
             trained[q.relation or q.answer_type].add(q.answer)
         for q in self.all_items():
             if q.tier != "retain":

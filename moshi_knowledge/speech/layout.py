@@ -32,6 +32,7 @@ from moshi_knowledge.speech.schema import (
     Utterance,
 )
 from moshi_knowledge.speech.script import answer_line_id, question_line_id
+from moshi_knowledge.world.schema import Story
 
 
 def qa_line_id(qid: str, phrasing: int = 0) -> str:
@@ -100,7 +101,7 @@ class _PackingLayout(Layout):
         train = [(item, k) for k in range(rounds) for item in qa.train if k < len(item.phrasings)]
         return train, [(item, 0) for item in qa.eval]
 
-    def compose(self, qa: QASet, speech: Mapping[str, Utterance]) -> list[Conversation]:
+    def compose(self, qa: QASet, speech: Mapping[str, Utterance], story: Story | None = None) -> list[Conversation]:
         train, evals = self._turn_keys(qa)
         return [*self._pack([self._block(item, k, speech) for item, k in train], "train"),
                 *self._pack([self._block(item, k, speech) for item, k in evals], "eval")]
@@ -169,7 +170,7 @@ class DialogueLayout(_PackingLayout):
         _check_seconds("gap_sec", gap_sec)
         self.gap_sec = gap_sec
 
-    def lines(self, qa: QASet) -> list[Line]:
+    def lines(self, qa: QASet, story: Story | None = None) -> list[Line]:
         return []  # questions and answers are the script's own lines
 
     def _block(self, item: QAItem, phrasing: int, speech: Mapping[str, Utterance]) -> _Block:
@@ -206,7 +207,7 @@ class MonoDuplicateLayout(_PackingLayout):
         super().__init__(lead_sec, turn_gap_sec, max_duration_sec, max_turns)
         self.gap_sec = 0.0  # one clip: no silence is inserted, the reader's own pause is inside it
 
-    def lines(self, qa: QASet) -> list[Line]:
+    def lines(self, qa: QASet, story: Story | None = None) -> list[Line]:
         train, evals = self._turn_keys(qa)
         return [Line(qa_line_id(item.id, k), mono_text(item.phrasings[k], item.answer), "moshi")
                 for item, k in train + evals]

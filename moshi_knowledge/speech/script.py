@@ -15,14 +15,14 @@ def answer_line_id(qid: str) -> str:
 
 
 def question_lines(qa: QASet) -> list[Line]:
-    """Every phrasing of every train/eval/retain/unseen_facts question in rotating user voices (the never-trained
-    tiers last, so the other tiers keep their voices); paraphrases and unseen_voice in the held-out voice;
+    """Every phrasing of every train/eval/retain/unseen_facts/heldout_facts question in rotating user voices (the
+    never-trained tiers last, so the other tiers keep their voices); paraphrases and unseen_voice in the held-out voice;
     unseen_wording in the voice of its training item's first phrasing. The shifted tier has no line: it plays its
     training item's own recording (speaking it again would not give the same samples)."""
     lines: list[Line] = []
     voice_of: dict[str, int] = {}
     turn = 0
-    for item in [*qa.train, *qa.eval, *qa.retain, *qa.unseen_facts]:
+    for item in [*qa.train, *qa.eval, *qa.retain, *qa.unseen_facts, *qa.heldout_facts]:
         voice_of[item.id] = turn
         for k, text in enumerate(item.phrasings):
             lines.append(Line(question_line_id(item.id, k), text, "user", voice_index=turn))
@@ -42,7 +42,7 @@ def answer_lines(qa: QASet) -> list[Line]:
     """Every gold answer in Moshi's voice, plus each retain distractor that no gold answer says: other tiers draw
     distractors from golds, the retain tier has its own, and every candidate needs Moshi-voice speech for scoring."""
     lines = [Line(answer_line_id(item.id), item.answer, "moshi")
-             for item in [*qa.train, *qa.eval, *qa.retain, *qa.unseen_facts]]
+             for item in [*qa.train, *qa.eval, *qa.retain, *qa.unseen_facts, *qa.heldout_facts]]
     spoken = {line.text for line in lines}
     extra = dict.fromkeys(d for item in qa.retain for d in item.distractors if d not in spoken)
     return lines + [Line(retain_distractor_line_id(k), text, "moshi") for k, text in enumerate(extra)]

@@ -16,8 +16,8 @@ exact names:
     nan_guard/events              cumulative count of NaN-guard events (metrics rows and summary)
     train/useful_frames_per_sec   throughput (metrics rows; last value in the summary)
     recall/<tier>/mc_acc          multiple-choice accuracy on a tier (train | eval | paraphrase | unseen_facts |
-                                  retain, and eval_tune | eval_test, the halves of eval: SPLIT_TIERS); recall rows
-                                  in metrics, final value in the summary
+                                  heldout_facts | retain | ..., qa/schema.py's Tier, and eval_tune | eval_test, the
+                                  halves of eval: SPLIT_TIERS); recall rows in metrics, final value in the summary
     recall/<tier>/mc_acc_low      lower end of the 95% Wilson interval of the final mc_acc (summary)
     recall/<tier>/mc_acc_high     upper end of that interval (summary)
     recall/<tier>/best_mc_acc     the maximum of mc_acc over the run's evaluations (summary): biased upward by the

@@ -171,6 +171,20 @@ def capitalize(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def restatements(fact: Fact, subject: Entity, obj: Entity, n: int, rng: random.Random) -> list[str]:
+    """`n` sentences stating `fact`: the story's own first, then other templates of its relation in a random
+    order, every entity by its full label (the story's sentence may use a bare name after a first mention)."""
+    kin = next((w for w in ("son", "daughter") if f" {w} of " in fact.sentence), "child")
+    forms = {t: {capitalize(t.format(s=s_, o=o_, kin=kin)) for s_ in {label(subject), subject.name}
+                 for o_ in {label(obj), obj.name}} for t in SENTENCES[fact.relation]}
+    others = [t for t, rendered in forms.items() if fact.sentence not in rendered]
+    picked = rng.sample(others, min(n - 1, len(others)))
+    return [fact.sentence, *(capitalize(t.format(s=label(subject), o=label(obj), kin=kin)) for t in picked)]
+
+
+MAX_RESTATEMENTS = min(len(t) for t in SENTENCES.values())  # every relation has this many templates
+
+
 @dataclass(frozen=True)
 class Draft:
     """A fact before it has a sentence; `kin` words the child_of relation ('son'/'daughter')."""
