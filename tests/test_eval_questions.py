@@ -40,9 +40,9 @@ def test_questions_about_one_entity_are_one_cluster_though_their_facts_differ(tm
 
 def test_the_facts_backend_names_each_questions_entity(story) -> None:
     """qa=facts gives every question the entity it is about: its subject, or the object of a reversed question."""
-    qa = FactsQA(seed=0).build(story)
+    qa = FactsQA(seed=0, heldout_share=0.3).build(story)
     items = [q for q in qa.all_items() if q.tier != "retain"]
-    assert items and all(len(q.entity_ids) == 1 for q in items)
+    assert qa.heldout_facts and all(len(q.entity_ids) == 1 for q in items)
     for q in items:
         named = label(story.world.entity(q.entity_ids[0]))
         assert named.lower() in q.question.lower(), (q.question, named)

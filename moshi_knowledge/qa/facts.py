@@ -377,7 +377,7 @@ class FactsQA:
             items.append(QAItem(id=f"heldout-{i:03d}", tier="heldout_facts",
                                 question=capitalize(template.format(s=label(world.entity(fact.subject)))),
                                 answer=label(answer), aliases=aliases(answer), answer_type=answer.kind,
-                                fact_ids=[fact.id], relation=fact.relation))
+                                fact_ids=[fact.id], relation=fact.relation, entity_ids=[fact.subject]))
         return items
 
     def _cause_items(self, train: list[QAItem], para: list[QAItem]) -> dict[str, list[QAItem]]:
