@@ -19,7 +19,7 @@ from moshi_knowledge.qa.schema import QASet
 from moshi_knowledge.speech.espeak import EspeakTTS
 from moshi_knowledge.speech.narration import Narration, narrated_facts
 from moshi_knowledge.speech.narration_layout import MixedLayout, NarrationLayout
-from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SAMPLE_RATE, USER_SPEAKER, Utterance
+from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SAMPLE_RATE, USER_SPEAKER, Utterance, Voice
 from moshi_knowledge.speech.script import answer_lines, question_lines
 from moshi_knowledge.text_norm import normalise
 from moshi_knowledge.world.prose import label
@@ -34,7 +34,7 @@ def qa(story: Story) -> QASet:
 
 @pytest.fixture(scope="module")
 def speech(qa: QASet, story: Story) -> dict[str, Utterance]:
-    tts = EspeakTTS({"name": "en+m3", "rate": 165, "pitch": 35}, [{"name": "en-us+m1"}], {"name": "en+f4"})
+    tts = EspeakTTS(Voice("en+m3", rate=165, pitch=35), [Voice("en-us+m1")], Voice("en+f4"))
     narration = NarrationLayout(Narration(seed=0, restatements=3)).lines(qa, story)
     return {line.id: tts.synthesize(line.text, tts.voice_for(line))
             for line in [*question_lines(qa), *answer_lines(qa), *narration]}

@@ -11,7 +11,7 @@ Channel work is plain numpy placement into zero buffers: exact, lossless and sam
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,6 +50,24 @@ class _Block:
     words: list[SpeakerWord]
     question: tuple[float, float]
     answer: tuple[float, float]
+
+
+def pack_in_order(lengths: Sequence[int], limit: int, edges: int, gap: int,
+                  max_items: int | None) -> Iterator[list[int]]:
+    """Indices of consecutive items, greedy in order: an item that would take its group past `limit` samples (its
+    items, `gap` between two, `edges` around them all) or past `max_items` starts the next group. Every item must
+    fit alone (the callers check, to name the one that does not)."""
+    group: list[int] = []
+    length = 0
+    for i, n in enumerate(lengths):
+        full = max_items is not None and len(group) == max_items
+        if group and (full or edges + length + gap + n > limit):
+            yield group
+            group, length = [], 0
+        length += n + (gap if group else 0)
+        group.append(i)
+    if group:
+        yield group
 
 
 def _samples(seconds: float) -> int:
@@ -112,25 +130,16 @@ class _PackingLayout(Layout):
     def _groups(self, blocks: list[_Block]) -> Iterator[list[_Block]]:
         """Greedy in order: a turn that would push the conversation past max_duration_sec (or max_turns) starts a new
         one."""
-        ends = 2 * _samples(self.lead_sec)
-        gap, limit = _samples(self.turn_gap_sec), int(self.max_duration_sec * SAMPLE_RATE)
-        group: list[_Block] = []
-        length = 0
+        ends, limit = 2 * _samples(self.lead_sec), int(self.max_duration_sec * SAMPLE_RATE)
         for block in blocks:
-            n = len(block.left)
-            if ends + n > limit:
+            if ends + len(block.left) > limit:
                 raise UserError(
-                    f"layout: the turn of item {block.qid!r} lasts {(ends + n) / SAMPLE_RATE:.1f} s with its "
-                    f"silences, longer than layout.max_duration_sec = {self.max_duration_sec}",
+                    f"layout: the turn of item {block.qid!r} lasts {(ends + len(block.left)) / SAMPLE_RATE:.1f} s "
+                    f"with its silences, longer than layout.max_duration_sec = {self.max_duration_sec}",
                     "raise layout.max_duration_sec, or shorten that question or answer")
-            full = self.max_turns is not None and len(group) == self.max_turns
-            if group and (full or ends + length + gap + n > limit):
-                yield group
-                group, length = [], 0
-            length += n + (gap if group else 0)
-            group.append(block)
-        if group:
-            yield group
+        for group in pack_in_order([len(b.left) for b in blocks], limit, ends, _samples(self.turn_gap_sec),
+                                   self.max_turns):
+            yield [blocks[i] for i in group]
 
     def _render(self, group: list[_Block], conv_id: str, split: Literal["train", "eval"]) -> Conversation:
         lead, gap = _samples(self.lead_sec), _samples(self.turn_gap_sec)

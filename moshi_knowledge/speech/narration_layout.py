@@ -18,7 +18,7 @@ import numpy as np
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.qa.schema import QASet
 from moshi_knowledge.specs import init_schema
-from moshi_knowledge.speech.layout import DialogueLayout, _check_seconds, _samples, _shifted, _utterance
+from moshi_knowledge.speech.layout import DialogueLayout, _check_seconds, _samples, _shifted, _utterance, pack_in_order
 from moshi_knowledge.speech.narration import Narration
 from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SAMPLE_RATE, Conversation, Line, SpeakerWord, Utterance
 from moshi_knowledge.world.schema import Story
@@ -57,25 +57,17 @@ class NarrationLayout(DialogueLayout):
 
     def _passages(self, sentences: list[Line], speech: Mapping[str, Utterance]) -> Iterator[list[Utterance]]:
         """Greedy in order, as Q/A turns are packed: a sentence that would pass either limit starts a passage."""
-        ends, gap = 2 * _samples(self.lead_sec), _samples(self.sentence_gap_sec)
-        limit = int(self.max_duration_sec * SAMPLE_RATE)
-        passage: list[Utterance] = []
-        length = 0
-        for line in sentences:
-            utt = _utterance(speech, line.id, line.id)
-            n = len(utt.samples)
-            if ends + n > limit:
-                raise UserError(f"layout: the sentence {line.text!r} lasts {(ends + n) / SAMPLE_RATE:.1f} s with its "
-                                f"silences, longer than layout.max_duration_sec = {self.max_duration_sec}",
+        ends, limit = 2 * _samples(self.lead_sec), int(self.max_duration_sec * SAMPLE_RATE)
+        utterances = [_utterance(speech, line.id, line.id) for line in sentences]
+        for line, utt in zip(sentences, utterances):
+            seconds = (ends + len(utt.samples)) / SAMPLE_RATE
+            if ends + len(utt.samples) > limit:
+                raise UserError(f"layout: the sentence {line.text!r} lasts {seconds:.1f} s with its silences, longer "
+                                f"than layout.max_duration_sec = {self.max_duration_sec}",
                                 "raise layout.max_duration_sec")
-            full = self.max_sentences is not None and len(passage) == self.max_sentences
-            if passage and (full or ends + length + gap + n > limit):
-                yield passage
-                passage, length = [], 0
-            length += n + (gap if passage else 0)
-            passage.append(utt)
-        if passage:
-            yield passage
+        for group in pack_in_order([len(u.samples) for u in utterances], limit, ends,
+                                   _samples(self.sentence_gap_sec), self.max_sentences):
+            yield [utterances[i] for i in group]
 
     def _render_passage(self, passage: list[Utterance], conv_id: str) -> Conversation:
         lead, gap = _samples(self.lead_sec), _samples(self.sentence_gap_sec)
