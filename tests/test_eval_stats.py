@@ -92,3 +92,11 @@ def test_unpaired_test_counts_a_cluster_once() -> None:
     assert clustered == pytest.approx(_fisher_greater(7, 10, 2, 10), abs=0.01)
     assert clustered > 3 * _fisher_greater(21, 30, 2, 10), "thirty independent questions would be far stronger"
     assert unpaired_p_value(correct, null, clusters) == clustered  # seeded: the same rows, the same p-value
+
+
+def test_unpaired_test_of_a_single_cluster_is_no_evidence() -> None:
+    """All of a small tier's questions about one entity are one piece of evidence: no clusters to permute, so no
+    claim that the tier beats the null, however many of its questions are right."""
+    assert unpaired_p_value([True] * 5, [False] * 5, ["queen"] * 5) == 1.0
+    assert unpaired_p_value([True] * 5, [False] * 5, [f"e{i}" for i in range(5)], ["king"] * 5) == 1.0
+    assert unpaired_p_value([True] * 5, [False] * 5, ["queen", "queen", "a", "b", "c"]) < 0.05

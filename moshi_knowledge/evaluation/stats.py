@@ -105,7 +105,8 @@ def unpaired_p_value(correct: Sequence[bool], null: Sequence[bool], clusters: Se
 
     With every question its own cluster it is Fisher's exact test. When questions share a cluster (a fact asked
     twice is one piece of evidence), it compares the clusters' accuracies instead, by permutation of whole
-    clusters between the two sets (seeded: the same rows give the same p-value).
+    clusters between the two sets (seeded: the same rows give the same p-value). A side of one cluster (a small
+    tier whose questions all ask about one entity) has no spread to compare: 1.0, as for no evidence.
     """
     if not correct or not null:
         return 1.0
@@ -115,6 +116,8 @@ def unpaired_p_value(correct: Sequence[bool], null: Sequence[bool], clusters: Se
         k, m = sum(map(bool, correct)), sum(map(bool, null))
         table = [[k, len(correct) - k], [m, len(null) - m]]
         return float(fisher_exact(table, alternative="greater").pvalue)
+    if len(groups) < 2 or len(null_groups) < 2:
+        return 1.0
     accuracy = [np.array([sum(g) / len(g) for g in gs]) for gs in (groups, null_groups)]
     test = permutation_test(accuracy, lambda a, b: np.mean(a) - np.mean(b), permutation_type="independent",
                             alternative="greater", n_resamples=UNPAIRED_RESAMPLES, rng=np.random.default_rng(0))
