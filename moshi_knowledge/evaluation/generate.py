@@ -146,7 +146,7 @@ def _prefill(gen: LMGen, forced: torch.Tensor, origins: Sequence[int]) -> torch.
                                                                                     .expand_as(slots)))
         state.offsets[:] = origin
         state.offset_cpu = longest
-    return origin.clone()
+    return origin
 
 
 def _rewind(module: StreamingModule, offsets: torch.Tensor) -> None:

@@ -30,12 +30,12 @@ def median_f0(clips: Iterable[np.ndarray], sample_rate: int) -> float:
     """Median F0 in Hz over the voiced frames of all clips pooled; NaN when none is voiced.
 
     pYIN runs on the CPU at 0.1-0.2 s per second of audio, mostly in a Viterbi pass that holds the GIL, so the
-    clips are tracked in worker processes, on half the cores: recall scores multiple choice meanwhile, and on a
-    16-core H200 host 16 workers slowed that by a second. Each clip is tracked on its own either way, so the
-    numbers equal a one-after-the-other run.
+    clips are tracked in worker processes, on half the cores: recall scores multiple choice meanwhile, and the
+    process feeding the GPU keeps cores of its own. Each clip is tracked on its own either way, so the numbers
+    equal a one-after-the-other run.
     """
     clips = [np.asarray(clip, dtype=np.float32) for clip in clips]
-    jobs = min(len(clips), worker_count())
+    jobs = min(len(clips), max(1, (os.cpu_count() or 1) // 2))
     if jobs > 1:
         compile_pyin()
     voiced = Parallel(n_jobs=jobs)(delayed(_voiced_f0)(clip, sample_rate) for clip in clips) if clips else []
@@ -50,10 +50,6 @@ def semitones(f0: float, reference: float) -> float:
     return 12.0 * math.log2(f0 / reference)
 
 
-def worker_count() -> int:
-    return max(1, (os.cpu_count() or 1) // 2)
-
-
 @functools.cache
 def compile_pyin() -> None:
     """Compile librosa's numba kernels here, once, before any worker does.
@@ -61,7 +57,8 @@ def compile_pyin() -> None:
     librosa caches them on disk, and numba writes a kernel's cache files non-atomically: workers compiling at the
     same time can load each other's halves and crash (SIGSEGV, seen with 16 workers on a fresh install). With the
     cache written first, workers only read it. Recall calls it while it sets up, since compiling holds the GIL
-    for seconds that the first evaluation would otherwise lose.
+    for seconds that the first evaluation would otherwise lose (with one worker the kernels compile at first use
+    anyway, so it costs nothing more).
     """
     tone = np.sin(2 * np.pi * 120.0 * np.arange(4 * _FRAME) / _TRACK_RATE).astype(np.float32)
     _voiced_f0(tone, _TRACK_RATE)

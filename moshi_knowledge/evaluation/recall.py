@@ -38,7 +38,7 @@ from moshi_knowledge.evaluation.generate import Generation, generate
 from moshi_knowledge.evaluation.judge import Judge
 from moshi_knowledge.evaluation.mc import MCResult, score
 from moshi_knowledge.evaluation.metrics import Answer, row_fields
-from moshi_knowledge.evaluation.pitch import compile_pyin, median_f0, worker_count
+from moshi_knowledge.evaluation.pitch import compile_pyin, median_f0
 from moshi_knowledge.evaluation.prompts import PreparedQuestion, Timing, prepare
 from moshi_knowledge.evaluation.questions import EvalQuestion
 from moshi_knowledge.model import uncompiled
@@ -77,7 +77,7 @@ class RecallEvaluator:
                               timing=timing, candidate_audio=cfg.candidate_audio)
         self.prepared: list[PreparedQuestion] = prepare_all(questions)
         self.controls = Controls(questions, prepare_all, cfg.seed) if cfg.mc else None
-        if cfg.voice and worker_count() > 1:
+        if cfg.voice:
             compile_pyin()
         self.train_voice_f0 = train_voice_f0
         self.baseline: EvalResult | None = None

@@ -60,8 +60,8 @@ class NarrationLayout(DialogueLayout):
         ends, limit = 2 * _samples(self.lead_sec), int(self.max_duration_sec * SAMPLE_RATE)
         utterances = [_utterance(speech, line.id, line.id) for line in sentences]
         for line, utt in zip(sentences, utterances):
-            seconds = (ends + len(utt.samples)) / SAMPLE_RATE
             if ends + len(utt.samples) > limit:
+                seconds = (ends + len(utt.samples)) / SAMPLE_RATE
                 raise UserError(f"layout: the sentence {line.text!r} lasts {seconds:.1f} s with its silences, longer "
                                 f"than layout.max_duration_sec = {self.max_duration_sec}",
                                 "raise layout.max_duration_sec")
