@@ -64,7 +64,7 @@ from moshi_knowledge.train.nan_guard import NanGuard
 SEED = 0
 GIB = 2**30
 MEMORY_BUDGET_GIB = 40.0
-TARGET_USEFUL_FPS = 5000.0
+TARGET_USEFUL_FPS = 9000.0  # with compiled layers; the eager step's target was 5,000
 ANCHOR_USEFUL_FPS = 164.0  # docs/anchors.md: the published recipe on the seed's shape, one H200
 REFERENCE_WORLD = 2  # the 1-GPU loss-curve reference matches a DDP run over this many GPUs
 DDP_BATCH_PER_GPU = 8
@@ -102,13 +102,15 @@ class Variant:
     batch: int  # rows per optimizer step, over all ranks and micro-batches
     checkpointing: bool
     grad_accum: int = 1
+    compile: bool = False  # train.compile: compiled layers and FlexAttention (eager: moshi's own small compiles)
 
     @property
     def name(self) -> str:
         return "-".join([self.workload, "packed" if self.packing else "padded",
                          "patched" if self.patched else "unpatched", f"b{self.batch}",
                          "ckpt" if self.checkpointing else "nockpt"]
-                        + ([f"accum{self.grad_accum}"] if self.grad_accum > 1 else []))
+                        + ([f"accum{self.grad_accum}"] if self.grad_accum > 1 else [])
+                        + (["compiled"] if self.compile else []))
 
 
 # Unpatched variants come first: the patch is a set of hooks that stays once applied. Batch sizes aim at <= 40 GiB.
@@ -124,6 +126,9 @@ VARIANTS = (
     Variant("dialogue", patched=True, packing=True, batch=4, checkpointing=True),
     Variant("dialogue", patched=True, packing=True, batch=8, checkpointing=True),
     Variant("dialogue", patched=True, packing=True, batch=2, checkpointing=False),
+    Variant("qa", patched=True, packing=True, batch=8, checkpointing=True, compile=True),
+    Variant("qa", patched=True, packing=True, batch=16, checkpointing=True, compile=True),
+    Variant("dialogue", patched=True, packing=True, batch=8, checkpointing=True, compile=True),
 )
 DDP_VARIANT = Variant("qa", patched=True, packing=True, batch=DDP_BATCH_PER_GPU * REFERENCE_WORLD, checkpointing=True)
 REFERENCE_VARIANT = replace(DDP_VARIANT, grad_accum=REFERENCE_WORLD)  # same micro-batches, one GPU
@@ -272,7 +277,7 @@ def gemm_tflops(device: torch.device, n: int, groups: int = 10, per_group: int =
 def train_config(variant: Variant, scale: Scale, steps: int) -> TrainConfig:
     return TrainConfig(max_steps=steps, batch_size=variant.batch, grad_accum=variant.grad_accum,
                        seq_sec=scale.seq_sec, packing=variant.packing, gradient_checkpointing=variant.checkpointing,
-                       eval_at_start=False, eval_every=0, seed=SEED)
+                       eval_at_start=False, eval_every=0, seed=SEED, compile=variant.compile)
 
 
 @dataclass
@@ -404,9 +409,82 @@ def write_single(out: Path, result: dict[str, Any], scale: Scale) -> None:
     atomic_write_text(out / f"train_throughput{scale.suffix}.md", text)
 
 
+# ---- where a step's GPU time goes -------------------------------------------------------------------------------
+KERNEL_KINDS = (  # by kernel name, first match wins; inductor names its kernels triton_{tem,poi,red,per}_...
+    ("attention", ("flex_attention", "triton_tem", "fmha", "attention", "flash")),
+    ("GEMM", ("gemm", "nvjet", "cutlass", "xmma", "sm90", "sm80")),
+    ("optimizer", ("multi_tensor", "adam")),
+    ("fused elementwise and reductions (inductor)", ("triton_",)),
+    ("other elementwise and copies (eager)", ("elementwise", "copy", "reduce", "fill", "index", "cat")),
+)
+
+
+def _kind(kernel: str) -> str:
+    name = kernel.lower()
+    return next((kind for kind, marks in KERNEL_KINDS if any(m in name for m in marks)), "other")
+
+
+def _kernels(prof: Any) -> list[Any]:
+    """The profile's GPU kernels. Not the ranges dynamo marks on the GPU's timeline ("## Call CompiledFxGraph
+    ... ##"): they span kernels already counted, and counting them too doubled the total."""
+    return [e for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CUDA and not e.key.startswith("## ")]
+
+
+def profile_step(model: nn.Module, samples: Sequence[ConversationCodes], variant: Variant, scale: Scale,
+                 device: torch.device, lora_rank: int, steps: int = 2) -> dict[str, Any]:
+    """GPU time of `steps` loop steps (after two warm-up steps) by kernel kind, and the share of matrix products
+    that are LoRA's (an operand with a dimension equal to the rank: no base weight of moshiko has 128 rows)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _release(device)
+    trainer = Trainer(model, samples, [], train_config(variant, scale, steps + 2), NanGuard("skip"),
+                      Path(tempfile.gettempdir()))
+    for _ in range(2):
+        trainer.train_step()
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        for _ in range(steps):
+            trainer.train_step()
+        _sync(device)
+    kinds: dict[str, float] = {}
+    for event in _kernels(prof):
+        kinds[_kind(event.key)] = kinds.get(_kind(event.key), 0.0) + event.self_device_time_total
+    lora = gemm = 0.0
+    for event in prof.key_averages(group_by_input_shape=True):
+        if event.key in ("aten::mm", "aten::addmm", "aten::bmm"):
+            gemm += event.device_time_total
+            if any(lora_rank in shape for shape in event.input_shapes if shape):
+                lora += event.device_time_total
+    total = sum(kinds.values()) or 1.0  # no CUDA kernels on a CPU smoke run
+    del trainer
+    _release(device)
+    return {"variant": variant.name, "steps": steps, "gpu_ms_per_step": total / 1e3 / steps,
+            "share": {k: v / total for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "lora_share_of_gemm_time": lora / gemm if gemm else None,
+            "top_kernels": [(e.key[:90], e.self_device_time_total / 1e3 / steps)
+                            for e in sorted(_kernels(prof), key=lambda e: -e.self_device_time_total)[:15]]}
+
+
+def write_profile(out: Path, result: dict[str, Any], scale: Scale) -> None:
+    lines = [f"# Where a training step's GPU time goes: {result['variant']}", "",
+             f"{result['gpu_ms_per_step']:,.0f} ms of kernel time per step (torch.profiler, {result['steps']} steps "
+             "after two warm-up steps).", "", "| kind of kernel | share |", "|---|---|"]
+    lines += [f"| {kind} | {100 * share:.1f}% |" for kind, share in result["share"].items()]
+    if result["lora_share_of_gemm_time"] is not None:
+        lines += ["", f"LoRA's matrix products: {100 * result['lora_share_of_gemm_time']:.1f}% of the time in "
+                      "aten matrix products."]
+    lines += ["", "| busiest kernels | ms per step |", "|---|---|"]
+    lines += [f"| `{name}` | {ms:.1f} |" for name, ms in result["top_kernels"]]
+    atomic_write_json(out / f"train_profile{scale.suffix}.json", result)
+    atomic_write_text(out / f"train_profile{scale.suffix}.md", "\n".join(lines) + "\n")
+
+
 # ---- the two modes ---------------------------------------------------------------------------------------------
-def single(out: Path, scale: Scale, variants: Sequence[Variant] = VARIANTS, lora: LoraSpec = LORA) -> None:
-    """Every variant in turn on one GPU; with all of them, the DDP run's 1-GPU loss-curve reference too."""
+def single(out: Path, scale: Scale, variants: Sequence[Variant] = VARIANTS, lora: LoraSpec = LORA,
+           profiled: Optional[Variant] = None) -> None:
+    """Every variant in turn on one GPU; with all of them, the DDP run's 1-GPU loss-curve reference too.
+    `profiled`: afterwards, where that variant's GPU time goes (train_profile.json and .md)."""
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     started = time.perf_counter()
     model, counts = build_model(device, scale, lora)
@@ -425,6 +503,8 @@ def single(out: Path, scale: Scale, variants: Sequence[Variant] = VARIANTS, lora
         write_single(out, result, scale)  # after each variant: a run cut short still leaves its figures
         print(variants_table(result["variants"][-1:]).splitlines()[-1],
               f"at {time.perf_counter() - started:.0f} s", flush=True)
+    if profiled is not None:
+        write_profile(out, profile_step(model, data[profiled.workload], profiled, scale, device, lora.rank), scale)
     if tuple(variants) != VARIANTS:
         return
     load_trainable(model, initial)  # the loss-curve reference starts from the initial LoRA weights
@@ -605,12 +685,16 @@ def main() -> None:
     parser.add_argument("--fsdp", action="store_true", help="under torchrun: full finetuning with FSDP, sharded "
                                                             "save and resume")
     parser.add_argument("--variants", help="comma-separated variant names to time (default: all of them)")
+    parser.add_argument("--profile", help="a variant name: profile its step after the timed variants")
+    parser.add_argument("--tag", help="appended to the result files' names (a partial set of variants)")
     parser.add_argument("--lora-rank", type=int, default=LORA.rank)
     parser.add_argument("--lora-alpha", type=float, default=LORA.alpha)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
     scale = SMOKE if args.smoke else FULL
+    if args.tag:
+        scale = replace(scale, suffix=f"{scale.suffix}_{args.tag}")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.ddp:
         if args.baseline is None:
@@ -621,10 +705,11 @@ def main() -> None:
     else:
         by_name = {v.name: v for v in VARIANTS}
         names = args.variants.split(",") if args.variants else list(by_name)
-        unknown = [n for n in names if n not in by_name]
+        unknown = [n for n in names + ([args.profile] if args.profile else []) if n not in by_name]
         if unknown:
             parser.error(f"unknown variant(s) {unknown}; choose from {list(by_name)}")
-        single(args.out, scale, [by_name[n] for n in names], replace(LORA, rank=args.lora_rank, alpha=args.lora_alpha))
+        single(args.out, scale, [by_name[n] for n in names], replace(LORA, rank=args.lora_rank, alpha=args.lora_alpha),
+               by_name[args.profile] if args.profile else None)
 
 
 if __name__ == "__main__":

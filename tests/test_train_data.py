@@ -166,16 +166,20 @@ def test_pack_rows_first_fit_with_gaps_and_no_packing() -> None:
         pack_rows(samples, range(5), seq_frames=10, gap=2, packing=True)
 
 
-def test_packed_conversation_gets_the_logits_it_gets_alone(lm: LMModel, spec: StreamSpec) -> None:
+@pytest.mark.parametrize("flex", [False, True], ids=["dense-mask", "flex"])
+def test_packed_conversation_gets_the_logits_it_gets_alone(lm: LMModel, spec: StreamSpec, flex: bool) -> None:
     a, b = spoken_qa(2, seed=4)
     off = a.n_frames + spec.gap
     packed = collate([[(a.codes, 0), (b.codes, off)]], spec, 60)
     alone = collate([[(b.codes, 0)]], spec, 60)
-    with torch.no_grad(), segment_attention(lm, packed.segments):
+    with torch.no_grad(), segment_attention(lm, packed.segments, flex):
         out_p = lm(packed.codes)
     with torch.no_grad():
         out_a = lm(alone.codes)
         out_leak = lm(packed.codes)  # without the segment mask, b would see a
+        if flex:  # a row of one conversation: flex's causal block mask is moshi's own causal mask
+            with segment_attention(lm, None, flex, alone.codes.shape[-1]):
+                assert torch.allclose(lm(alone.codes).text_logits, out_a.text_logits, atol=1e-5)
     n = b.n_frames
     mask = alone.loss_mask[0, :, :n]
     assert torch.equal(packed.loss_mask[0, :, off:off + n], mask)

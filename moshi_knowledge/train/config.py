@@ -42,6 +42,9 @@ class TrainConfig:
     seed: int = 0
     precision: str = "bf16"  # bf16 | fp32; bf16 autocast on CUDA only; trainable weights stay fp32
     gradient_checkpointing: bool = False
+    # torch.compile every transformer layer, with FlexAttention for packed rows (train/compile.py); null: on a GPU
+    # unless FSDP shards the model, off on CPU
+    compile: Optional[bool] = None
     # under torchrun: ddp; fsdp (weights, gradients and optimizer state sharded: full finetuning of the 7B model);
     # auto = fsdp when every parameter trains, else ddp
     distributed: str = "auto"  # auto | ddp | fsdp

@@ -30,6 +30,7 @@ from moshi_knowledge.tracking.contract import INTERRUPTED
 from moshi_knowledge.train.attention import segment_attention
 from moshi_knowledge.train.batches import Batch, PackedRow, TrainStream, collate, eval_batches
 from moshi_knowledge.train.checkpoint import resume_latest, save_checkpoint
+from moshi_knowledge.train.compile import compile_wanted, set_layer_compile
 from moshi_knowledge.train.config import TrainConfig
 from moshi_knowledge.train.distributed import (
     all_finite,
@@ -103,8 +104,10 @@ def forward_sums(net: nn.Module, batch: Batch, spec: StreamSpec, settings: LossS
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Sequence[Batch], spec: StreamSpec, settings: LossSettings,
-             precision: str = "bf16") -> dict[str, float]:
+             precision: str = "bf16", flex: bool = False) -> dict[str, float]:
     """Loss over a whole fixed eval set, weighted by target (not a mean of batch means); {} for an empty set.
+
+    `flex`: attention through FlexAttention, as training runs it when it compiles the layers.
 
     Under torchrun each rank takes every world-th batch and the sums are all-reduced, so a set smaller than the
     number of ranks still works. ppl = exp(loss), and text_ppl = exp(text_loss), the text stream's perplexity.
@@ -120,7 +123,7 @@ def evaluate(model: nn.Module, batches: Sequence[Batch], spec: StreamSpec, setti
     rounds = -(-len(batches) // info.world) if is_sharded(model) else len(mine)
     for i in range(rounds):
         batch = (mine[i] if i < len(mine) else batches[0]).to(device)
-        with segment_attention(model, batch.segments):
+        with segment_attention(model, batch.segments, flex, batch.codes.shape[-1]):
             part = forward_sums(model, batch, spec, settings, precision).as_vector()
         if i < len(mine):
             sums += part
@@ -160,6 +163,10 @@ class Trainer:
         set_gradient_checkpointing(model, cfg.gradient_checkpointing)
         bf16 = self.device.type == "cuda" and cfg.precision == "bf16"
         self.net = wrap_model(model, self.info, cfg.distributed, torch.bfloat16 if bf16 else None)
+        self.compiled = compile_wanted(cfg.compile, self.device, is_sharded(model))
+        self.compiled_layers = set_layer_compile(model, self.compiled)
+        self.flex = self.compiled and self.device.type == "cuda"  # inductor's CPU FlexAttention has no backward
+        self.steps_run = 0  # in this process: with compiled layers the first step is the compile warm-up
         # after wrapping: FSDP replaces the parameters by this rank's DTensor shards
         self.params = {name: p for name, p in model.named_parameters() if p.requires_grad}
         self.optimizer = build_optimizer(list(self.params.values()), cfg)
@@ -196,7 +203,8 @@ class Trainer:
         text_total, audio_total = all_reduce_sum(totals).float()
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)
         for i, batch in enumerate(micro):
-            with no_sync(self.net, sync=i == len(micro) - 1), segment_attention(self.model, batch.segments):
+            with no_sync(self.net, sync=i == len(micro) - 1), \
+                    segment_attention(self.model, batch.segments, self.flex, batch.codes.shape[-1]):
                 part = forward_sums(self.net, batch, self.spec, self.settings, self.cfg.precision)
                 loss = step_loss(part, text_total, audio_total, self.cfg.text_weight)
                 if inject:
@@ -237,7 +245,9 @@ class Trainer:
         action = self._update(math.isfinite(figures["loss"]) and math.isfinite(grad_norm))
         useful = sum(conv.shape[1] for row in rows for conv, _ in row)
         seconds = time.time() - start
-        return {f"train/{k}": v for k, v in figures.items()} | self._memory() | {
+        self.steps_run += 1
+        warmup = {"compile/warmup_sec": seconds} if self.compiled and self.steps_run == 1 else {}
+        return {f"train/{k}": v for k, v in figures.items()} | self._memory() | warmup | {
             "train/lr": lr, "train/grad_norm": grad_norm, "nan_guard/events": self.guard.events,
             "nan_guard/action": action, "train/useful_fraction": useful / (len(rows) * self.seq_frames),
             "train/useful_frames_per_sec": useful / max(seconds, 1e-9), "train/step_sec": seconds,
@@ -251,7 +261,7 @@ class Trainer:
 
     # ---- evaluation ---------------------------------------------------------------------------------------
     def _eval_row(self) -> dict[str, Any]:
-        row = evaluate(self.model, self.eval_set, self.spec, self.settings, self.cfg.precision)
+        row = evaluate(self.model, self.eval_set, self.spec, self.settings, self.cfg.precision, self.flex)
         if self.on_eval is not None:
             self.model.eval()
             row.update(self.on_eval(self.step, self.model) or {})
@@ -299,6 +309,9 @@ class Trainer:
         with StopSignals() as stop:
             while self.step < cfg.max_steps and self.status == "running":
                 row = self.train_step(inject=self.step + 1 in self.inject)
+                if "compile/warmup_sec" in row:
+                    bar.write(f"train.compile: {self.compiled_layers} transformer layers compiled; the first step "
+                              f"took {row['compile/warmup_sec']:.0f} s with the compile warm-up")
                 if self.status != "running":
                     self._log(row)
                     break
