@@ -38,6 +38,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -447,9 +448,9 @@ def profile_step(model: nn.Module, samples: Sequence[ConversationCodes], variant
         for _ in range(steps):
             trainer.train_step()
         _sync(device)
-    kinds: dict[str, float] = {}
+    kinds: Counter[str] = Counter()
     for event in _kernels(prof):
-        kinds[_kind(event.key)] = kinds.get(_kind(event.key), 0.0) + event.self_device_time_total
+        kinds[_kind(event.key)] += event.self_device_time_total
     lora = gemm = 0.0
     for event in prof.key_averages(group_by_input_shape=True):
         if event.key in ("aten::mm", "aten::addmm", "aten::bmm"):
@@ -460,7 +461,7 @@ def profile_step(model: nn.Module, samples: Sequence[ConversationCodes], variant
     del trainer
     _release(device)
     return {"variant": variant.name, "steps": steps, "gpu_ms_per_step": total / 1e3 / steps,
-            "share": {k: v / total for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "share": {k: v / total for k, v in kinds.most_common()},
             "lora_share_of_gemm_time": lora / gemm if gemm else None,
             "top_kernels": [(e.key[:90], e.self_device_time_total / 1e3 / steps)
                             for e in sorted(_kernels(prof), key=lambda e: -e.self_device_time_total)[:15]]}
