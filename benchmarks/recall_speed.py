@@ -1,15 +1,15 @@
-"""Where a recall point's time goes at full size: multiple choice, generation, and a profile of generation's steps.
+"""Where a recall point's time goes at full size: multiple choice, generation, and a profile of each.
 
 The full-scale rehearsal (full_scale.py) times recall inside the app; this script takes recall apart on the same
 model sizes without writing a checkpoint: moshi's 7.69 B LM with random weights made on the GPU, the preset's
 LoRA (rank 64 on every Linear), and synthetic questions shaped like the default ones (0.5 s lead, 2-4 s of
 question, 0.5 s gap, a 4 s answer window, four candidates of one to three text tokens), each with its two
 controls as recall builds them (the same prefix with another question's candidates; silence of the question's
-length). It times the app's own functions (`mc.score`, `generate`, `median_f0`) the way recall calls them (through
-`generation_lm`, uncompiled; pitch tracking in a thread beside multiple choice), then multiple choice alone, then
-profiles one generation batch and writes the busiest kernels and the CPU's share to recall_speed.md. Attention runs on
-torch's own choice of kernel (cuDNN's on the H200), which recall leaves out (evaluation/recall.py says why): the
-comparison between the two is in benchmarks/README.md.
+length). It builds the multiple-choice plan once, as recall's set-up does, then times the app's own functions
+(`mc.score`, `generate`, `median_f0`) the way recall calls them (through `generation_lm`, uncompiled, on recall's
+attention kernels; pitch tracking in a thread beside multiple choice), then multiple choice alone, then profiles
+one multiple-choice pass and one generation: kernel time by kind, the busiest kernels, and the share of the wall
+time the GPU was busy (the rest is the CPU holding it up).
 
     python benchmarks/recall_speed.py --out results/        # on a GPU
     python benchmarks/recall_speed.py --smoke --out /tmp/x   # tiny sizes, any machine
@@ -18,61 +18,77 @@ comparison between the two is in benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.attention import sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 from moshi_knowledge.codes.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, USER_AUDIO, ZERO_TOKEN
-from moshi_knowledge.codes.stream import StreamSpec
+from moshi_knowledge.codes.stream import StreamSpec, find_lm
 from moshi_knowledge.evaluation.generate import Prompt, generate
-from moshi_knowledge.evaluation.mc import Candidate, MCQuestion, score
+from moshi_knowledge.evaluation.mc import Candidate, MCPlan, MCQuestion, score
 from moshi_knowledge.evaluation.pitch import compile_pyin, median_f0
+from moshi_knowledge.evaluation.recall import RECALL_ATTENTION
+from moshi_knowledge.io_utils import atomic_write_json, atomic_write_text
 from moshi_knowledge.model import uncompiled
 from moshi_knowledge.model.lora import generation_lm
 from moshi_knowledge.specs.lora import LoraSpec
-from train_throughput import FULL, SMOKE, build_model
+from train_throughput import FULL, SMOKE, _kernels, _kind, build_model
 
 LORA = LoraSpec(targets="all", rank=64, alpha=128.0)  # experiment=moshiko_h200
 N_QUESTIONS, N_CANDIDATES, ANSWER_SEC = 330, 4, 4.0  # the default recall set
-MC_BATCH, GEN_BATCH = 256, 352  # the preset's eval.mc_batch_size and eval.gen_batch_size
+MC_BATCH, GEN_BATCH = 384, 352  # the preset's eval.mc_batch_size and eval.gen_batch_size
+MC_BATCH_SWEEP = (128, 256, 384, 512)
 
 
 def questions(spec: StreamSpec, card: int, n: int, rng: random.Random) -> tuple[list[MCQuestion], list[Prompt]]:
     """Multiple-choice rows and generation prompts with the default questions' lengths and random codes, the
-    multiple-choice rows followed by their shuffled and silence controls."""
-    mc, prompts = [], []
+    multiple-choice rows followed by their shuffled and silence controls. As in the app, Moshi listens in silence
+    (the same codes in every question) and a shuffled question's candidates (another question's) are laid out at
+    its own answer start, so it shares its prefix with the real question."""
+    contexts, answer_starts, answers, prompts = [], [], [], []
     answer_frames = round(ANSWER_SEC * FRAME_RATE)
-    for i in range(n):
+    moshi_silence = torch.randint(0, card, (8, round(5.0 * FRAME_RATE) + answer_frames))  # Mimi's codes of silence
+    for _ in range(n):
         answer_at = round((0.5 + rng.uniform(2.0, 4.0) + 0.5) * FRAME_RATE)
         length = answer_at + answer_frames
         context = torch.full((N_STREAMS, length), spec.pad_id, dtype=torch.long)
-        context[MOSHI_AUDIO] = torch.randint(0, card, (8, length))
+        context[MOSHI_AUDIO] = moshi_silence[:, :length]
         context[MOSHI_AUDIO, answer_at:] = ZERO_TOKEN
         context[USER_AUDIO] = torch.randint(0, card, (8, length))
-        candidates = []
-        for _ in range(N_CANDIDATES):
-            n_tokens = rng.randint(1, 3)
-            stream = torch.full((answer_at + 2 * n_tokens,), spec.pad_id, dtype=torch.long)
-            stream[answer_at::2] = spec.end_pad_id  # end-of-padding before each token, as text_stream lays it out
-            stream[answer_at + 1::2] = torch.randint(4, spec.text_card, (n_tokens,))
-            candidates.append(Candidate(f"c{len(candidates)}", stream))
-        mc.append(MCQuestion(f"q{i}", context, candidates))
+        contexts.append(context)
+        answer_starts.append(answer_at)
+        answers.append([torch.randint(4, spec.text_card, (rng.randint(1, 3),)) for _ in range(N_CANDIDATES)])
         prompts.append(Prompt(context[USER_AUDIO], answer_at, context[MOSHI_AUDIO]))
-    shuffled = [MCQuestion(f"{q.qid}-shuffled", q.context, other.candidates)
-                for q, other in zip(mc, mc[1:] + mc[:1]) if len(other.candidates[0].tokens) <= q.context.shape[1]]
+
+    def question(qid: str, i: int, context: torch.Tensor, tokens: list[torch.Tensor]) -> MCQuestion:
+        return MCQuestion(qid, context, [Candidate(f"c{k}", _stream(spec, answer_starts[i], t))
+                                         for k, t in enumerate(tokens)])
+
+    real = [question(f"q{i}", i, contexts[i], answers[i]) for i in range(n)]
+    shuffled = [question(f"q{i}-shuffled", i, contexts[i], answers[(i + 1) % n]) for i in range(n)]
     silence = []
-    for q in mc:
-        context = q.context.clone()
+    for i in range(n):
+        context = contexts[i].clone()
         context[USER_AUDIO] = 0  # one code for silence: prefixes of one length are the same
-        silence.append(MCQuestion(f"{q.qid}-silence", context, q.candidates))
-    return mc + shuffled + silence, prompts
+        silence.append(question(f"q{i}-silence", i, context, answers[i]))
+    return real + shuffled + silence, prompts
+
+
+def _stream(spec: StreamSpec, answer_at: int, tokens: torch.Tensor) -> torch.Tensor:
+    """Moshi's text stream: padding, then end-of-padding before each token (as text_stream lays it out)."""
+    stream = torch.full((answer_at + 2 * len(tokens),), spec.pad_id, dtype=torch.long)
+    stream[answer_at::2] = spec.end_pad_id
+    stream[answer_at + 1::2] = tokens
+    return stream
 
 
 def timed(fn: Any, device: torch.device) -> tuple[Any, float]:
@@ -83,6 +99,33 @@ def timed(fn: Any, device: torch.device) -> tuple[Any, float]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return out, time.perf_counter() - start
+
+
+def plan_frames(plan: MCPlan) -> dict[str, int]:
+    """Frames a multiple-choice pass runs: the shared prefixes (once each), the rest of every row as run (padded to
+    its pass's longest) and as needed (each row's own length)."""
+    prefix = sum(g.firsts.shape[0] * g.firsts.shape[2] for g in plan.groups)
+    rest = sum(g.rest.shape[0] * g.rest.shape[2] for g in plan.groups)
+    needed = sum(int((g.targets.shape[1] - g.firsts.shape[2]) * g.rest.shape[0]
+                     - (g.rest[:, 0] == ZERO_TOKEN).sum()) for g in plan.groups)
+    return {"prefix_frames": prefix, "rest_frames": rest, "rest_frames_needed": needed}
+
+
+def profiled(fn: Any, device: torch.device) -> dict[str, Any]:
+    """One call of `fn` under torch.profiler: its wall time, the GPU's kernel time by kind (the share of the wall
+    time the GPU was busy tells how much the CPU held it up) and the busiest kernels."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        _, wall = timed(fn, device)
+    kernels = _kernels(prof)
+    kinds: Counter[str] = Counter()
+    for event in kernels:
+        kinds[_kind(event.key)] += event.self_device_time_total / 1e6
+    busy = sum(kinds.values())
+    return {"wall_sec": wall, "kernel_sec": busy, "gpu_busy": busy / wall,
+            "kernel_sec_by_kind": dict(kinds.most_common()),
+            "top_kernels": [(e.key[:90], e.self_device_time_total / 1e6)
+                            for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:10]]}
 
 
 def main() -> None:
@@ -99,40 +142,74 @@ def main() -> None:
     mc, prompts = questions(spec, spec.card, n, random.Random(0))
     answer_frames = round(ANSWER_SEC * FRAME_RATE)
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                              "torch": torch.__version__, "questions": n, "seconds": {}}
+                              "torch": torch.__version__, "questions": n, "seconds": {}, "mc_batch_sweep": []}
     clips = np.random.default_rng(0).standard_normal((16, int(ANSWER_SEC * 24_000))).astype(np.float32) * 0.1
     compile_pyin()
-    with torch.no_grad(), uncompiled(), generation_lm(model) as lm, ThreadPoolExecutor(max_workers=1) as pool:
+    plan, result["mc_plan_sec"] = timed(lambda: MCPlan(find_lm(model), mc, MC_BATCH), torch.device("cpu"))
+    result["mc_frames"] = plan_frames(plan)
+    print(f"multiple-choice plan (recall's set-up): {result['mc_plan_sec']:.2f} s", flush=True)
+    with torch.no_grad(), uncompiled(), sdpa_kernel(RECALL_ATTENTION), generation_lm(model) as lm, \
+            ThreadPoolExecutor(max_workers=1) as pool:
         for point in range(3):  # the first pays the GPU's warm-up, as the app's step-0 recall does
             _, gen_sec = timed(lambda: generate(lm, prompts, answer_frames, GEN_BATCH), device)
             pitch = pool.submit(median_f0, clips, 24_000)
-            _, mc_sec = timed(lambda: score(lm, mc, MC_BATCH), device)
+            _, mc_sec = timed(lambda: score(lm, plan), device)
             _, wait_sec = timed(pitch.result, device)
             result["seconds"][f"point_{point}"] = {"mc": mc_sec, "gen": gen_sec, "pitch_wait": wait_sec}
             print(f"point {point}: generation {gen_sec:.2f} s, multiple choice {mc_sec:.2f} s, "
                   f"then pitch {wait_sec:.2f} s", flush=True)
         for run in range(3):
-            _, mc_sec = timed(lambda: score(lm, mc, MC_BATCH), device)
+            _, mc_sec = timed(lambda: score(lm, plan), device)
             result["seconds"][f"mc_alone_{run}"] = {"mc": mc_sec}
             print(f"multiple choice alone: {mc_sec:.2f} s", flush=True)
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=activities) as prof:
-            _, profiled_sec = timed(lambda: generate(lm, prompts, answer_frames, GEN_BATCH), device)
-    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60)
+        for run in range(2):  # the plan built inside the pass, as recall did at every point before
+            _, mc_sec = timed(lambda: score(lm, MCPlan(find_lm(model), mc, MC_BATCH)), device)
+            result["seconds"][f"mc_plan_in_pass_{run}"] = {"mc": mc_sec}
+            print(f"multiple choice with the plan built in the pass: {mc_sec:.2f} s", flush=True)
+        for batch in MC_BATCH_SWEEP:  # fewer, larger passes against the KV cache's memory
+            other = MCPlan(find_lm(model), mc, batch)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times = [timed(partial(score, lm, other), device)[1] for _ in range(2)]
+            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            result["mc_batch_sweep"].append({"batch": batch, "passes": len(other.groups), "mc_sec": times,
+                                             "peak_gib": peak, **plan_frames(other)})
+            print(f"multiple choice at {batch} rows per pass: {times[0]:.2f}, {times[1]:.2f} s", flush=True)
+        result["profile"] = {"mc": profiled(lambda: score(lm, plan), device),
+                             "gen": profiled(lambda: generate(lm, prompts, answer_frames, GEN_BATCH), device)}
     steps = answer_frames + max(spec.delays)  # every row is prefilled to its answer start, then streams
-    result.update(gen_steps=steps, profiled_gen_sec=profiled_sec,
-                  ms_per_gen_step=1000 * result["seconds"]["point_2"]["gen"] / steps)
+    result.update(gen_steps=steps, ms_per_gen_step=1000 * result["seconds"]["point_2"]["gen"] / steps)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "recall_speed.json").write_text(json.dumps(result, indent=1))
-    (args.out / "recall_speed.md").write_text(
-        f"# Recall's parts at full size ({result['device']}, torch {result['torch']})\n\n"
-        + f"{n} questions, {len(mc)} multiple-choice questions with the controls.\n\n"
-        + "".join(f"- {k}: " + ", ".join(f"{part} {sec:.2f} s" for part, sec in v.items()) + "\n"
-                  for k, v in result["seconds"].items())
-        + f"- generation: {steps} streaming steps, {result['ms_per_gen_step']:.1f} ms each\n\n"
-        + f"Profile of one generation ({profiled_sec:.2f} s under the profiler):\n\n```\n{table}\n```\n")
-    print(table)
+    atomic_write_json(args.out / "recall_speed.json", result)
+    atomic_write_text(args.out / "recall_speed.md", report(result, len(mc)))
+    print(report(result, len(mc)))
+
+
+def report(result: dict[str, Any], n_mc: int) -> str:
+    lines = [f"# Recall's parts at full size ({result['device']}, torch {result['torch']})", "",
+             f"{result['questions']} questions, {n_mc} multiple-choice questions with the controls; recall's attention "
+             "kernels (evaluation/recall.py). Building the multiple-choice plan (once, at recall's set-up) took "
+             f"{result['mc_plan_sec']:.2f} s. Frames per pass of all questions: "
+             + ", ".join(f"{k} {v:,}" for k, v in result["mc_frames"].items()) + ".", ""]
+    lines += [f"- {k}: " + ", ".join(f"{part} {sec:.2f} s" for part, sec in v.items())
+              for k, v in result["seconds"].items()]
+    lines += [f"- generation: {result['gen_steps']} streaming steps, {result['ms_per_gen_step']:.1f} ms each", ""]
+    lines += ["| rows per multiple-choice pass | passes | seconds (two runs) | peak GiB | rest frames run / needed |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['batch']} | {r['passes']} | {r['mc_sec'][0]:.2f}, {r['mc_sec'][1]:.2f} | "
+              + (f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "n/a")
+              + f" | {r['rest_frames']:,} / {r['rest_frames_needed']:,} |" for r in result["mc_batch_sweep"]]
+    lines.append("")
+    for part, name in (("mc", "one multiple-choice pass"), ("gen", "one generation")):
+        p = result["profile"][part]
+        lines += [f"## Profile of {name}: {p['wall_sec']:.2f} s under the profiler, GPU busy "
+                  f"{100 * p['gpu_busy']:.0f}% ({p['kernel_sec']:.2f} s of kernels)", "",
+                  "| kind of kernel | seconds |", "|---|---|"]
+        lines += [f"| {kind} | {sec:.3f} |" for kind, sec in p["kernel_sec_by_kind"].items()]
+        lines += ["", "| busiest kernels | seconds |", "|---|---|"]
+        lines += [f"| `{k}` | {sec:.3f} |" for k, sec in p["top_kernels"]]
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

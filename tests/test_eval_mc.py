@@ -21,7 +21,7 @@ from moshi_knowledge.codes.samples import FRAME_RATE, MOSHI_AUDIO, N_STREAMS, ZE
 from moshi_knowledge.codes.stream import StreamSpec
 from moshi_knowledge.codes.text_stream import text_stream
 from moshi_knowledge.evaluation.generate import Prompt, generate
-from moshi_knowledge.evaluation.mc import Candidate, MCQuestion, MCResult, row_codes, score, text_log_probs
+from moshi_knowledge.evaluation.mc import Candidate, MCPlan, MCQuestion, MCResult, row_codes, score, text_log_probs
 from moshi_knowledge.model.tiny import train_tokenizer
 from moshi_knowledge.speech.schema import MOSHI_SPEAKER, SpeakerWord
 from moshi_knowledge.train.batches import collate
@@ -135,7 +135,7 @@ def _train(lm: LMModel, batches, steps: int, lr: float = 3e-3) -> LMModel:
 
 
 def _accuracy(lm: LMModel, questions: list[MCQuestion]) -> float:
-    results = score(lm, questions, batch_size=48)
+    results = score(lm, MCPlan(lm, questions, 48))
     return sum(r.correct for r in results) / len(results)
 
 
@@ -158,7 +158,7 @@ def test_training_on_the_facts_ranks_gold_first(world: World, train_questions, t
     learned = _accuracy(trained, questions)
     assert untouched <= 0.5  # chance is 0.25
     assert learned >= 0.8
-    results = score(trained, questions)
+    results = score(trained, MCPlan(trained, questions))
     assert sum(r.gold_rank for r in results) / len(results) < 1.5
     assert sum(r.margin > 0 for r in results) == sum(r.correct for r in results)
     # unseen question audio carries nothing the model learned: chance, not memorised answers
@@ -192,12 +192,33 @@ def test_default_rows_carry_no_answer_audio(world: World, train_questions) -> No
 
 def test_scores_are_batch_independent(world: World, train_questions, trained: LMModel) -> None:
     questions = world.mc_questions(train_questions[:5])
-    together = score(trained, questions, batch_size=64)
-    alone = [score(trained, [q], batch_size=1)[0] for q in questions]
+    together = score(trained, MCPlan(trained, questions, 64))
+    alone = [score(trained, MCPlan(trained, [q], 1))[0] for q in questions]
     for a, b in zip(together, alone):
         assert a.scores == pytest.approx(b.scores, abs=1e-4)
         assert a.n_tokens == b.n_tokens
     assert trained.training is False
+
+
+def test_a_plan_holds_nothing_of_the_weights(world: World, train_questions, trained: LMModel) -> None:
+    """Recall builds the plan once, before training, and scores every later model state with it: scores through
+    a plan built on the untrained model equal those of a plan built on the trained one."""
+    questions = world.mc_questions(train_questions[:6])
+    early = MCPlan(_tiny_lm(world), questions, 10)
+    before = score(_tiny_lm(world).eval(), early)
+    later = score(trained, early)
+    fresh = score(trained, MCPlan(trained, questions, 10))
+    for a, b in zip(later, fresh):
+        assert a.qid == b.qid and a.scores == b.scores and a.n_tokens == b.n_tokens
+    assert [r.scores for r in later] != [r.scores for r in before], "the plan scored the weights it was built with"
+
+
+def test_a_candidate_without_tokens_in_its_row_is_refused_when_the_plan_is_built(world: World,
+                                                                                 train_questions) -> None:
+    q = world.mc_questions(train_questions[:1])[0]
+    silent = Candidate("nothing", torch.full_like(q.candidates[1].tokens, PAD))
+    with pytest.raises(ValueError, match=f"question {q.qid}: candidates \\['nothing'\\] have no text tokens"):
+        MCPlan(_tiny_lm(world), [MCQuestion(q.qid, q.context, [q.candidates[0], silent])])
 
 
 @pytest.mark.parametrize("answer_audio", ["masked", "own"])
@@ -206,7 +227,7 @@ def test_shared_prefix_scores_equal_whole_rows(world: World, train_questions, tr
     """Each question's prefix runs once and its KV cache is repeated per candidate: the scores must be those of
     every candidate's whole row run alone (with its own audio, the rows part earlier: a shorter shared prefix)."""
     questions = world.mc_questions(train_questions[:7], answer_audio)
-    shared = score(trained, questions, batch_size=10)  # uneven groups: 2-3 questions per pass
+    shared = score(trained, MCPlan(trained, questions, 10))  # uneven groups: 2-3 questions per pass
     for q, result in zip(questions, shared):
         for candidate, got, n in zip(q.candidates, result.scores, result.n_tokens):
             codes = row_codes(q, candidate)
@@ -230,7 +251,7 @@ def test_questions_sharing_a_prefix_run_it_once_with_the_same_scores(world: Worl
         candidates = [Candidate(c.text, s[:int(_word_frames(s).nonzero().max()) + 1])
                       for c, s in zip(other.candidates, streams)]
         twins.append(MCQuestion(f"{q.qid}-twin", q.context, candidates))
-    alone = [score(trained, [q], batch_size=4)[0] for q in questions + twins]
+    alone = [score(trained, MCPlan(trained, [q], 4))[0] for q in questions + twins]
     prefix_rows = []
     forward_text = trained.forward_text
 
@@ -239,7 +260,7 @@ def test_questions_sharing_a_prefix_run_it_once_with_the_same_scores(world: Worl
         return forward_text(codes, *args, **kwargs)
 
     monkeypatch.setattr(trained, "forward_text", counting)
-    together = score(trained, questions + twins, batch_size=64)
+    together = score(trained, MCPlan(trained, questions + twins, 64))
     assert prefix_rows[0] == len(questions), "each shared prefix ran once, for the question and its twin"
     for a, b in zip(together, alone):
         assert a.qid == b.qid and a.scores == pytest.approx(b.scores, abs=1e-4)

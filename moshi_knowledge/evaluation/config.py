@@ -29,7 +29,7 @@ class EvalConfig:
     seed: int = 0  # subset choice, the shuffled-question control and audio sampling
     mc: bool = True
     candidate_audio: bool = False  # each candidate with its own Moshi-voice audio (default: no answer audio at all)
-    mc_batch_size: int = 64  # candidate rows per pass (each question's shared prefix runs once, see mc.score)
+    mc_batch_size: int = 64  # candidate rows per pass (each question's shared prefix runs once, see mc.MCPlan)
     generate: bool = True
     max_answer_sec: float = 4.0  # how long Moshi may speak after the question
     gen_batch_size: int = 32  # questions streamed together through LMGen

@@ -11,6 +11,8 @@ Speed: a question's candidates differ only from their answer window on, so the p
 mode; its KV cache is then given one row per candidate and only the candidates' own frames are run. Questions
 whose prefixes are the same codes (a question and its shuffled control, silences of one length) share one run.
 The LM is causal, so the scores are those of whole rows, up to rounding (tests/test_eval_mc.py compares both).
+All of that layout is fixed by the questions, so `MCPlan` builds it once per run; a pass only runs the LM and
+waits for the GPU once, at its end.
 
 Fairness: over the answer window Moshi's audio is the zero token (-1) unless a candidate brings its *own* audio; no
 candidate is ever scored next to the gold answer's audio, which would give the answer away (docs/moshi.md, "Training
@@ -116,44 +118,85 @@ def answer_mask(tokens: torch.Tensor, pad_id: int, end_pad_id: int) -> torch.Ten
 def text_log_probs(lm: LMModel, codes: torch.Tensor) -> torch.Tensor:
     """log p(codes[:, 0, t] | everything the LM may see at t), [B, T], from whole rows via the text-only fast
     path (only the main transformer and the text head run)."""
-    _, logits = lm.forward_text(delayed_inputs(lm, codes.to(lm.device)))
-    return _gather_targets(logits, codes.to(lm.device))
+    codes = codes.to(lm.device)
+    _, logits = lm.forward_text(delayed_inputs(lm, codes))
+    return _gather_targets(logits, codes[:, 0].clamp(min=0))
+
+
+@dataclass
+class _Group:
+    """One forward pass's worth of candidate rows, as tensors ready for the LM: what `score` runs."""
+
+    questions: list[int]  # indices into MCPlan.questions, in row order
+    firsts: torch.Tensor  # [P, 17, shared] the distinct shared prefixes' inputs (shared may be 0)
+    owner: torch.Tensor  # [R] the prefix each candidate row continues
+    rest: torch.Tensor  # [R, 17, T] every row's inputs after the shared prefix (the zero token past its end)
+    targets: torch.Tensor  # [R, shared + T] the text token each position is scored on (clamped to a valid id)
+    mask: torch.Tensor  # [R, shared + T] the positions holding the candidate's own tokens
+
+    def to(self, device: torch.device) -> "_Group":
+        return _Group(self.questions, *(t.to(device) for t in (self.firsts, self.owner, self.rest, self.targets,
+                                                                self.mask)))
+
+
+class MCPlan:
+    """Everything multiple choice needs that does not depend on the weights, built once per question set.
+
+    Rows, their delayed inputs, shared prefixes, the batching and the answer masks are the same at every recall
+    point; building them took about a second of CPU per point for the default 990 questions (real ones and
+    controls), during which the GPU waited. `score` then only runs the LM.
+
+    Questions are batched in order of their shared prefix's length (and, within one length, its codes, so that
+    identical prefixes meet in one batch), so a batch wastes little on the frames by which its shortest prefix
+    falls short of the others'.
+    """
+
+    def __init__(self, lm: LMModel, questions: Sequence[MCQuestion], batch_size: int = 64) -> None:
+        """`lm` lends its delays and initial token (no weight is read); `batch_size`: about that many candidate
+        rows per forward pass. A candidate without text tokens inside its row is a ValueError, raised here."""
+        pad_id, end_pad_id = int(lm.text_padding_token_id), int(lm.end_of_text_padding_id)
+        self.questions = list(questions)
+        rows = [[row_codes(q, c) for c in q.candidates] for q in questions]
+        self.n_tokens = [[int(answer_mask(codes[0], pad_id, end_pad_id).sum()) for codes in r] for r in rows]
+        for q, counts in zip(questions, self.n_tokens):
+            empty = [c.text for c, k in zip(q.candidates, counts) if k == 0]
+            if empty:
+                raise ValueError(f"question {q.qid}: candidates {empty} have no text tokens inside the row")
+        inputs = [delayed_inputs(lm, _stack_padded(r)) for r in rows]
+        prefix = [_shared_prefix(x) for x in inputs]
+        order = sorted(range(len(questions)), key=lambda i: (prefix[i], _codes_key(inputs[i][0, :, :prefix[i]])))
+        self.groups = [_group(g, [rows[i] for i in g], [inputs[i] for i in g], min(prefix[i] for i in g), pad_id,
+                              end_pad_id) for g in _batches(order, [len(q.candidates) for q in questions], batch_size)]
+        self._on: dict[torch.device, list[_Group]] = {}
+
+    def on(self, device: torch.device) -> list[_Group]:
+        """The groups' tensors on `device`, copied there once (a few MB for the default questions)."""
+        if device not in self._on:
+            self._on[device] = [g.to(device) for g in self.groups]
+        return self._on[device]
 
 
 @torch.no_grad()
-def score(lm: LMModel, questions: Sequence[MCQuestion], batch_size: int = 64) -> list[MCResult]:
-    """Score every candidate of every question, about `batch_size` candidate rows per forward pass.
+def score(lm: LMModel, plan: MCPlan) -> list[MCResult]:
+    """Score every candidate of every question of `plan` (one result per question, in the plan's order).
 
     `lm` is a plain LMModel: moshi's streaming attention refuses peft's layers (model.lora.generation_lm lends
-    one). Questions are batched in order of their shared prefix's length (and, within one length, its codes, so
-    that identical prefixes meet in one batch), so a batch wastes little on the frames by which its shortest
-    prefix falls short of the others'.
+    one). The summed log-probabilities stay on the device until the last pass: one wait for the GPU in all.
     """
-    pad_id, end_pad_id = int(lm.text_padding_token_id), int(lm.end_of_text_padding_id)
-    rows = [[row_codes(q, c) for c in q.candidates] for q in questions]
-    inputs = [delayed_inputs(lm, _stack_padded(r)) for r in rows]
-    prefix = [_shared_prefix(x) for x in inputs]
-    order = sorted(range(len(questions)), key=lambda i: (prefix[i], _codes_key(inputs[i][0, :, :prefix[i]])))
-    log_probs: list[list[torch.Tensor]] = [[] for _ in questions]
     was_training = lm.training
     lm.eval()
     try:
-        for group in _groups(order, [len(q.candidates) for q in questions], batch_size):
-            for i, lp in zip(group, _score_group(lm, [rows[i] for i in group], [inputs[i] for i in group],
-                                                 min(prefix[i] for i in group))):
-                log_probs[i] = lp
+        groups = plan.on(lm.device)
+        sums = torch.cat([_score_group(lm, g) for g in groups]).cpu().tolist()
     finally:
         lm.train(was_training)
-    results = []
-    for q, r, lps in zip(questions, rows, log_probs):
-        masks = [answer_mask(codes[0], pad_id, end_pad_id) for codes in r]
-        counts = [int(m.sum()) for m in masks]
-        empty = [c.text for c, k in zip(q.candidates, counts) if k == 0]
-        if empty:
-            raise ValueError(f"question {q.qid}: candidates {empty} have no text tokens inside the row")
-        results.append(MCResult(q.qid, [float(lp[:len(m)][m].sum()) / k for lp, m, k in zip(lps, masks, counts)],
-                                counts))
-    return results
+    by_question: dict[int, list[float]] = {}
+    rows = iter(sums)
+    for g in groups:
+        for i in g.questions:
+            by_question[i] = [next(rows) for _ in plan.questions[i].candidates]
+    return [MCResult(q.qid, [s / k for s, k in zip(by_question[i], plan.n_tokens[i])], plan.n_tokens[i])
+            for i, q in enumerate(plan.questions)]
 
 
 def _shared_prefix(inputs: torch.Tensor) -> int:
@@ -166,7 +209,7 @@ def _codes_key(codes: torch.Tensor) -> bytes:
     return codes.numpy().tobytes()
 
 
-def _groups(order: Sequence[int], sizes: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+def _batches(order: Sequence[int], sizes: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Consecutive questions of `order` whose candidates add up to at most `batch_size` rows (one at least)."""
     group: list[int] = []
     rows = 0
@@ -180,33 +223,39 @@ def _groups(order: Sequence[int], sizes: Sequence[int], batch_size: int) -> Iter
         yield group
 
 
-def _score_group(lm: LMModel, rows: Sequence[Sequence[torch.Tensor]], inputs: Sequence[torch.Tensor],
-                 shared: int) -> list[list[torch.Tensor]]:
-    """Per question, per candidate: the log-probabilities of its row's text tokens, [T_c] on the CPU.
-
-    The first `shared` input frames are the same for every candidate of every question here: they run once per
-    distinct prefix, then the streaming state is repeated per candidate and the rest of every row runs.
-    """
+def _group(questions: list[int], rows: Sequence[Sequence[torch.Tensor]], inputs: Sequence[torch.Tensor], shared: int,
+           pad_id: int, end_pad_id: int) -> _Group:
+    """The tensors of one pass. The first `shared` input frames are the same for every candidate of every question
+    here: they run once per distinct prefix (`firsts`), each row continuing the prefix `owner` names."""
     distinct: dict[bytes, int] = {}
     prefix_of = [distinct.setdefault(_codes_key(x[0, :, :shared]), len(distinct)) for x in inputs]
-    owner = torch.tensor([prefix_of[q] for q, r in enumerate(rows) for _ in r], device=lm.device)
-    codes = _stack_padded([c for r in rows for c in r]).to(lm.device)
+    firsts = {k: x[0, :, :shared] for k, x in zip(prefix_of, inputs)}
+    codes = _stack_padded([c for r in rows for c in r])
     rest = _stack_padded([row for x in inputs for row in x[:, :, shared:]])
-    with attention_span(lm, shared + rest.shape[2]), lm.transformer.streaming(len(distinct)):
+    frames = shared + rest.shape[2]
+    codes = torch.cat([codes, torch.full((*codes.shape[:2], frames - codes.shape[2]), ZERO_TOKEN)], dim=2)
+    return _Group(questions, torch.stack([firsts[k] for k in range(len(distinct))]),
+                  torch.tensor([prefix_of[q] for q, r in enumerate(rows) for _ in r]), rest,
+                  codes[:, 0].clamp(min=0), answer_mask(codes[:, 0], pad_id, end_pad_id))
+
+
+def _score_group(lm: LMModel, group: _Group) -> torch.Tensor:
+    """[R]: each row's summed log-probability of its candidate's tokens, on the LM's device.
+
+    The shared prefixes run first in streaming mode; every streaming state is then repeated per candidate row and
+    the rest of every row runs. The LM is causal, so the scores are those of whole rows, up to rounding.
+    """
+    shared = group.firsts.shape[2]
+    with attention_span(lm, shared + group.rest.shape[2]), lm.transformer.streaming(group.firsts.shape[0]):
         pieces = []
         if shared:
-            firsts = {k: x[0, :, :shared] for k, x in zip(prefix_of, inputs)}
-            _, logits = lm.forward_text(torch.stack([firsts[k] for k in range(len(distinct))]).to(lm.device))
-            pieces.append(_gather_targets(logits, codes[:, :, :shared], owner))
-        _repeat_rows(lm.transformer, owner)
-        _, logits = lm.forward_text(rest.to(lm.device))
-        pieces.append(_gather_targets(logits, codes[:, :, shared:]))
-    log_probs = torch.cat(pieces, dim=1).cpu()
-    out, k = [], 0
-    for r in rows:
-        out.append([log_probs[k + j, :c.shape[1]] for j, c in enumerate(r)])
-        k += len(r)
-    return out
+            _, logits = lm.forward_text(group.firsts)
+            pieces.append(_gather_targets(logits, group.targets[:, :shared], group.owner))
+        _repeat_rows(lm.transformer, group.owner)
+        _, logits = lm.forward_text(group.rest)
+        pieces.append(_gather_targets(logits, group.targets[:, shared:]))
+    log_probs = torch.cat(pieces, dim=1)
+    return torch.where(group.mask, log_probs, 0.0).sum(dim=1)
 
 
 def _repeat_rows(module: StreamingModule, index: torch.Tensor) -> None:
@@ -229,15 +278,15 @@ def _repeat_rows(module: StreamingModule, index: torch.Tensor) -> None:
         state.batch_size = len(index)
 
 
-def _gather_targets(logits: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, T]: the log-probability the text logits [Q, 1, T, V] give codes[:, 0] (-1 frames read harmlessly).
+def _gather_targets(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T]: the log-probability the text logits [Q, 1, T, V] give `targets` [B, T] (valid token ids).
 
     Row b reads logits row `rows[b]` (default: row b), so the shared prefix's logits serve every candidate of
     its question without being copied per candidate."""
     log_probs = torch.log_softmax(logits[:, 0].float(), dim=-1)
-    rows = torch.arange(codes.shape[0], device=codes.device) if rows is None else rows
-    frames = torch.arange(codes.shape[2], device=codes.device)
-    return log_probs[rows[:, None], frames[None, :], codes[:, 0].clamp(min=0)]
+    rows = torch.arange(targets.shape[0], device=targets.device) if rows is None else rows
+    frames = torch.arange(targets.shape[1], device=targets.device)
+    return log_probs[rows[:, None], frames[None, :], targets]
 
 
 def _stack_padded(rows: Sequence[torch.Tensor]) -> torch.Tensor:

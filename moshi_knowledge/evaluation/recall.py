@@ -1,8 +1,9 @@
 """The recall evaluation of one model state: multiple choice, generation, voice pitch and (optionally) a judge.
 
-`RecallEvaluator` encodes the questions once; `evaluate(model, step)` then scores the model as it is at that
-step and returns one prediction row per question plus the metric row (report.py computes both summaries from
-the prediction rows, so a resumed run can rebuild them from predictions.jsonl). The step-0 evaluation is the
+`RecallEvaluator` encodes the questions and lays out their multiple-choice passes once; `evaluate(model, step)`
+then scores the model as it is at that step and returns one prediction row per question plus the metric row
+(report.py computes both summaries from the prediction rows, so a resumed run can rebuild them from
+predictions.jsonl). The step-0 evaluation is the
 baseline every later one is compared against, question by question.
 
 A question answered from non-finite weights, or whose multiple-choice scores are not all finite, is marked
@@ -29,14 +30,14 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from moshi_knowledge.codes.samples import FRAME_RATE
-from moshi_knowledge.codes.stream import StreamSpec
+from moshi_knowledge.codes.stream import StreamSpec, find_lm
 from moshi_knowledge.dataset.format import DatasetMeta
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.evaluation.controls import Controls
 from moshi_knowledge.evaluation.generate import Generation, generate
 from moshi_knowledge.evaluation.judge import Judge
-from moshi_knowledge.evaluation.mc import MCResult, score
+from moshi_knowledge.evaluation.mc import MCPlan, MCResult, score
 from moshi_knowledge.evaluation.metrics import Answer, row_fields
 from moshi_knowledge.evaluation.pitch import compile_pyin, median_f0
 from moshi_knowledge.evaluation.prompts import PreparedQuestion, Timing, prepare
@@ -77,6 +78,9 @@ class RecallEvaluator:
                               timing=timing, candidate_audio=cfg.candidate_audio)
         self.prepared: list[PreparedQuestion] = prepare_all(questions)
         self.controls = Controls(questions, prepare_all, cfg.seed) if cfg.mc else None
+        # the real questions and their controls, scored in one pass (a question's prefix serves its shuffled control)
+        self.mc_plan = MCPlan(find_lm(model), [p.mc for p in self.prepared] + self.controls.mc_questions(),
+                              cfg.mc_batch_size) if self.controls is not None else None
         if cfg.voice:
             compile_pyin()
         self.train_voice_f0 = train_voice_f0
@@ -119,13 +123,11 @@ class RecallEvaluator:
         return result
 
     def _score(self, lm: LMModel) -> tuple[list[MCResult] | None, list[MCResult]]:
-        """Multiple choice on the real questions and on their controls: one `score` call, so that a question's
-        prefix serves its shuffled control too and the passes stay full."""
-        if not self.cfg.mc:
+        """Multiple choice on the real questions and on their controls (the plan holds both)."""
+        if self.mc_plan is None:
             return None, []
-        real = [p.mc for p in self.prepared]
-        results = score(lm, real + (self.controls.mc_questions() if self.controls else []), self.cfg.mc_batch_size)
-        return results[:len(real)], results[len(real):]
+        results = score(lm, self.mc_plan)
+        return results[:len(self.prepared)], results[len(self.prepared):]
 
     def _generate(self, lm: LMModel) -> list[Generation]:
         return generate(lm, [p.prompt for p in self.prepared], round(self.cfg.max_answer_sec * FRAME_RATE),
