@@ -142,7 +142,8 @@ def main() -> None:
     mc, prompts = questions(spec, spec.card, n, random.Random(0))
     answer_frames = round(ANSWER_SEC * FRAME_RATE)
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                              "torch": torch.__version__, "questions": n, "seconds": {}, "mc_batch_sweep": []}
+                              "torch": torch.__version__, "questions": n, "mc_batch": MC_BATCH, "seconds": {},
+                              "mc_batch_sweep": []}
     clips = np.random.default_rng(0).standard_normal((16, int(ANSWER_SEC * 24_000))).astype(np.float32) * 0.1
     compile_pyin()
     plan, result["mc_plan_sec"] = timed(lambda: MCPlan(find_lm(model), mc, MC_BATCH), torch.device("cpu"))
@@ -187,8 +188,9 @@ def main() -> None:
 
 def report(result: dict[str, Any], n_mc: int) -> str:
     lines = [f"# Recall's parts at full size ({result['device']}, torch {result['torch']})", "",
-             f"{result['questions']} questions, {n_mc} multiple-choice questions with the controls; recall's attention "
-             "kernels (evaluation/recall.py). Building the multiple-choice plan (once, at recall's set-up) took "
+             f"{result['questions']} questions, {n_mc} multiple-choice questions with the controls, "
+             f"{result['mc_batch']} rows per multiple-choice pass; recall's attention kernels (evaluation/recall.py). "
+             "Building the multiple-choice plan (once, at recall's set-up) took "
              f"{result['mc_plan_sec']:.2f} s. Frames per pass of all questions: "
              + ", ".join(f"{k} {v:,}" for k, v in result["mc_frames"].items()) + ".", ""]
     lines += [f"- {k}: " + ", ".join(f"{part} {sec:.2f} s" for part, sec in v.items())
