@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -41,7 +40,7 @@ from moshi_knowledge.io_utils import atomic_write_json, atomic_write_text
 from moshi_knowledge.model import uncompiled
 from moshi_knowledge.model.lora import generation_lm
 from moshi_knowledge.specs.lora import LoraSpec
-from train_throughput import FULL, SMOKE, _kernels, _kind, build_model
+from train_throughput import FULL, SMOKE, build_model, kernel_seconds
 
 LORA = LoraSpec(targets="all", rank=64, alpha=128.0)  # experiment=moshiko_h200
 N_QUESTIONS, N_CANDIDATES, ANSWER_SEC = 330, 4, 4.0  # the default recall set
@@ -117,15 +116,10 @@ def profiled(fn: Any, device: torch.device) -> dict[str, Any]:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         _, wall = timed(fn, device)
-    kernels = _kernels(prof)
-    kinds: Counter[str] = Counter()
-    for event in kernels:
-        kinds[_kind(event.key)] += event.self_device_time_total / 1e6
+    kinds, busiest = kernel_seconds(prof, top=10)
     busy = sum(kinds.values())
     return {"wall_sec": wall, "kernel_sec": busy, "gpu_busy": busy / wall,
-            "kernel_sec_by_kind": dict(kinds.most_common()),
-            "top_kernels": [(e.key[:90], e.self_device_time_total / 1e6)
-                            for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:10]]}
+            "kernel_sec_by_kind": dict(kinds.most_common()), "top_kernels": busiest}
 
 
 def main() -> None:

@@ -425,11 +425,18 @@ def _kind(kernel: str) -> str:
     return next((kind for kind, marks in KERNEL_KINDS if any(m in name for m in marks)), "other")
 
 
-def _kernels(prof: Any) -> list[Any]:
-    """The profile's GPU kernels. Not the ranges dynamo marks on the GPU's timeline ("## Call CompiledFxGraph
-    ... ##"): they span kernels already counted, and counting them too doubled the total."""
-    return [e for e in prof.key_averages()
-            if e.device_type == torch.autograd.DeviceType.CUDA and not e.key.startswith("## ")]
+def kernel_seconds(prof: Any, top: int) -> tuple[Counter[str], list[tuple[str, float]]]:
+    """The profile's GPU kernel time in seconds by kind, and its `top` busiest kernels (names cut to 90 characters).
+
+    Not the ranges dynamo marks on the GPU's timeline ("## Call CompiledFxGraph ... ##"): they span kernels already
+    counted, and counting them too doubled the total."""
+    kernels = [e for e in prof.key_averages()
+               if e.device_type == torch.autograd.DeviceType.CUDA and not e.key.startswith("## ")]
+    kinds: Counter[str] = Counter()
+    for event in kernels:
+        kinds[_kind(event.key)] += event.self_device_time_total / 1e6
+    busiest = sorted(kernels, key=lambda e: -e.self_device_time_total)[:top]
+    return kinds, [(e.key[:90], e.self_device_time_total / 1e6) for e in busiest]
 
 
 def profile_step(model: nn.Module, samples: Sequence[ConversationCodes], variant: Variant, scale: Scale,
@@ -448,23 +455,20 @@ def profile_step(model: nn.Module, samples: Sequence[ConversationCodes], variant
         for _ in range(steps):
             trainer.train_step()
         _sync(device)
-    kinds: Counter[str] = Counter()
-    for event in _kernels(prof):
-        kinds[_kind(event.key)] += event.self_device_time_total
+    kinds, busiest = kernel_seconds(prof, top=15)
     lora = gemm = 0.0
     for event in prof.key_averages(group_by_input_shape=True):
         if event.key in ("aten::mm", "aten::addmm", "aten::bmm"):
             gemm += event.device_time_total
             if any(lora_rank in shape for shape in event.input_shapes if shape):
                 lora += event.device_time_total
-    total = sum(kinds.values()) or 1.0  # no CUDA kernels on a CPU smoke run
+    total = sum(kinds.values())  # 0 on a CPU smoke run: no CUDA kernels
     del trainer
     _release(device)
-    return {"variant": variant.name, "steps": steps, "gpu_ms_per_step": total / 1e3 / steps,
+    return {"variant": variant.name, "steps": steps, "gpu_ms_per_step": total * 1e3 / steps,
             "share": {k: v / total for k, v in kinds.most_common()},
             "lora_share_of_gemm_time": lora / gemm if gemm else None,
-            "top_kernels": [(e.key[:90], e.self_device_time_total / 1e3 / steps)
-                            for e in sorted(_kernels(prof), key=lambda e: -e.self_device_time_total)[:15]]}
+            "top_kernels": [(name, sec * 1e3 / steps) for name, sec in busiest]}
 
 
 def write_profile(out: Path, result: dict[str, Any], scale: Scale) -> None:
