@@ -12,6 +12,7 @@ from moshi_knowledge.dataset.format import read_alignments, read_conversations_i
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.evaluation.questions import AnswerSpeech, load_questions
+from moshi_knowledge.qa.balance import is_balanced
 from moshi_knowledge.qa.facts import FactsQA
 from moshi_knowledge.qa.file import FileQA
 from moshi_knowledge.qa.retain import retain_items
@@ -25,13 +26,16 @@ def _retain_entries(dataset: Path) -> list[dict]:
     return [q for q in json.loads((dataset / "questions.json").read_text())["questions"] if q["tier"] == "retain"]
 
 
-def test_shipped_questions_have_distinct_texts_and_three_wrong_answers_each() -> None:
+def test_shipped_questions_have_distinct_texts_and_share_counterbalanced_sets() -> None:
+    """Questions of one kind share a set of candidates, each the answer of one of them (qa/balance.py): what a
+    model knows of capitals in general cannot pick the right one."""
     items = retain_items()
     assert len(items) == 30
     assert len({normalise(q.question) for q in items}) == 30
+    assert all(is_balanced(items))
     for q in items:
         gold = {normalise(a) for a in (q.answer, *q.aliases)}
-        assert len(set(q.distractors)) == 3 and not gold & {normalise(d) for d in q.distractors}, q.id
+        assert 1 <= len(set(q.distractors)) <= 3 and not gold & {normalise(d) for d in q.distractors}, q.id
         assert q.answer_type != "text", q.id  # each names its kind (city, number, ...), as its distractors share it
 
 
@@ -42,7 +46,7 @@ def test_the_dataset_asks_every_retain_question_with_audio_and_speech_for_every_
     assert all((run_dir / "dataset" / e["audio"]).stat().st_size > 1000 for e in entries)
     questions = load_questions(run_dir / "dataset", EvalConfig().tiers)
     retain = [q for q in questions if q.tier == "retain"]
-    assert len(retain) == 30 and all(len(q.candidates) == 4 for q in retain)
+    assert len(retain) == 30 and all(2 <= len(q.candidates) <= 4 and q.balanced for q in retain)
     speech = AnswerSpeech(run_dir / "tts")  # no TTS backend: every candidate must come from the tts stage
     assert all(speech(c).samples.size > 0 for q in retain for c in q.candidates)
 

@@ -55,6 +55,7 @@ def _write_questions(qa: QASet, tts_dir: Path, out: Path) -> None:
             "aliases": item.aliases,
             "distractors": item.distractors,
             "untrained_candidates": item.untrained_candidates,
+            "balanced": item.balanced,
             "relation": item.relation,
             "fact_ids": item.fact_ids,
             "entity_ids": item.entity_ids,

@@ -239,7 +239,13 @@ def _vs_unseen_facts(t: TierRows) -> dict[str, float]:
     if t.tier == NULL_TIER or not null:
         return {}
     return {f"p_vs_{NULL_TIER}": unpaired_p_value([r["mc_correct"] for r in t.rows], [r["mc_correct"] for r in null],
-                                                  [r["cluster"] for r in t.rows], [r["cluster"] for r in null])}
+                                                  [r["cluster"] for r in t.rows], [r["cluster"] for r in null],
+                                                  [_chance(r) for r in t.rows], [_chance(r) for r in null])}
+
+
+def _chance(row: Row) -> float:
+    """1/k for a question of k candidates (rows written before the field existed: from the candidates scored)."""
+    return float(row["chance"]) if "chance" in row else 1 / len(row["candidates"])
 
 
 NULL_TESTS = (*(f"p_vs_{c}" for c in CONTROLS), f"p_vs_{NULL_TIER}")
@@ -268,6 +274,8 @@ for _metric in (
            higher_is_better=True),
     Metric("n_flagged", lambda t: {"n_flagged": sum(bool(r["untrained_candidates"]) for r in t.rows)},
            field="untrained_candidates"),
+    Metric("n_balanced", lambda t: {"n_balanced": sum(bool(r["balanced"]) for r in t.rows)}, field="balanced"),
+    Metric("chance", figure("chance", mean("chance")), field="chance"),
     Metric("gen_acc", accuracy("gen_acc", "gen_correct"), field="gen_correct",
            per_question=_on_text("gen_correct", _exact), extra=("gen_acc_low", "gen_acc_high"),
            paired="gen_p_value", delta="gen_delta", higher_is_better=True),

@@ -142,7 +142,8 @@ class RecallEvaluator:
         finite = weights_finite and (mc is None or mc[i].finite)
         row: dict[str, Any] = {"step": step, "qid": q.id, "tier": q.tier, "cluster": q.cluster,
                                "question": q.text, "gold": q.gold, "aliases": q.aliases, "finite": finite,
-                               "untrained_candidates": q.untrained_candidates}
+                               "untrained_candidates": q.untrained_candidates, "balanced": q.balanced,
+                               "chance": 1 / len(q.candidates)}
         if q.half is not None:
             row["half"] = q.half
         if mc is not None:

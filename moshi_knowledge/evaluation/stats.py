@@ -99,33 +99,40 @@ UNPAIRED_RESAMPLES = 9_999  # permutations of the clustered unpaired test: p-val
 
 
 def unpaired_p_value(correct: Sequence[bool], null: Sequence[bool], clusters: Sequence[str] | None = None,
-                     null_clusters: Sequence[str] | None = None) -> float:
+                     null_clusters: Sequence[str] | None = None, chance: Sequence[float] | None = None,
+                     null_chance: Sequence[float] | None = None) -> float:
     """One-sided test that `correct` (one set of questions) beats `null` (another set, e.g. facts never trained);
     1.0 when either is empty.
 
-    With every question its own cluster it is Fisher's exact test. When questions share a cluster (a fact asked
-    twice is one piece of evidence), it compares the clusters' accuracies instead, by permutation of whole
-    clusters between the two sets (seeded: the same rows give the same p-value). A side of one cluster (a small
-    tier whose questions all ask about one entity) has no spread to compare: 1.0, as for no evidence.
+    With every question its own cluster and one chance level on both sides it is Fisher's exact test. When
+    questions share a cluster (a fact asked twice is one piece of evidence), or the sides' questions have different
+    numbers of candidates (`chance`, `null_chance`: 1/k per question), it compares the clusters' mean excess over
+    chance instead, by permutation of whole clusters between the two sets (seeded: the same rows give the same
+    p-value); a question-blind strategy has no excess on either side. A side of one cluster (a small tier whose
+    questions all ask about one entity) has no spread to compare: 1.0, as for no evidence.
     """
     if not correct or not null:
         return 1.0
-    groups = list(_group(correct, clusters or [str(i) for i in range(len(correct))]).values())
-    null_groups = list(_group(null, null_clusters or [str(i) for i in range(len(null))]).values())
-    if all(len(g) == 1 for g in [*groups, *null_groups]):
+    base = list(chance) if chance is not None else [0.0] * len(correct)
+    null_base = list(null_chance) if null_chance is not None else [0.0] * len(null)
+    excess = [float(bool(c)) - b for c, b in zip(correct, base, strict=True)]
+    null_excess = [float(bool(c)) - b for c, b in zip(null, null_base, strict=True)]
+    groups = list(_group(excess, clusters or [str(i) for i in range(len(correct))]).values())
+    null_groups = list(_group(null_excess, null_clusters or [str(i) for i in range(len(null))]).values())
+    if all(len(g) == 1 for g in [*groups, *null_groups]) and len(set(base + null_base)) == 1:
         k, m = sum(map(bool, correct)), sum(map(bool, null))
         table = [[k, len(correct) - k], [m, len(null) - m]]
         return float(fisher_exact(table, alternative="greater").pvalue)
     if len(groups) < 2 or len(null_groups) < 2:
         return 1.0
-    accuracy = [np.array([sum(g) / len(g) for g in gs]) for gs in (groups, null_groups)]
-    test = permutation_test(accuracy, lambda a, b: np.mean(a) - np.mean(b), permutation_type="independent",
+    means = [np.array([sum(g) / len(g) for g in gs]) for gs in (groups, null_groups)]
+    test = permutation_test(means, lambda a, b: np.mean(a) - np.mean(b), permutation_type="independent",
                             alternative="greater", n_resamples=UNPAIRED_RESAMPLES, rng=np.random.default_rng(0))
     return float(test.pvalue)
 
 
-def _group(values: Sequence[bool], labels: Sequence[str]) -> dict[str, list[bool]]:
-    groups: dict[str, list[bool]] = defaultdict(list)
+def _group(values: Sequence[float], labels: Sequence[str]) -> dict[str, list[float]]:
+    groups: dict[str, list[float]] = defaultdict(list)
     for v, label in zip(values, labels):
-        groups[label].append(bool(v))
+        groups[label].append(float(v))
     return groups

@@ -9,9 +9,10 @@
 - unseen_voice, unseen_wording, shifted: trained facts asked with one thing changed (`_cause_items`).
 - heldout_facts (`heldout_share`): training facts whose Q/A is kept out of training; the narration layouts narrate
   them with the others, so the tier asks whether facts learned from prose alone can be extracted by questions.
-Distractors are answers the trained facts give for the question's own relation, matched to the gold (kind word,
-training frequency, length: `_Candidates`), so that nothing but the question picks the gold; a candidate never
-trained as an answer of that relation is flagged in the item (QASet.untrained_candidates).
+Every tier's questions sit in counterbalanced candidate sets (qa/balance.py): questions of one relation with
+distinct answers share one set of candidates, each the gold of one of them, so no prior over the candidates (how
+often an answer was trained, its kind, its length) scores above chance. Facts that link the same two entities under
+two relations (`twins`) are never split between a trained and a never-trained tier.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.qa.balance import SET_SIZE, Slot, clash, give_candidates, group, slot, take
 from moshi_knowledge.qa.retain import with_retain
 from moshi_knowledge.qa.schema import CAUSE_TIERS, QAItem, QASet
 from moshi_knowledge.specs import init_schema
-from moshi_knowledge.world.procedural import ARTIFACT_NOUNS, BATTLE_SITES, INSTITUTION_TYPES
 from moshi_knowledge.world.prose import capitalize, label
 from moshi_knowledge.world.schema import Entity, Fact, Story, World
 
@@ -164,9 +165,7 @@ REVERSE: dict[str, tuple[str, ...]] = {
     "tamed_by": ("Which creature did {o} tame?",),
 }
 
-KIND_WORDS = frozenset((*INSTITUTION_TYPES, *ARTIFACT_NOUNS, *BATTLE_SITES))
 REVERSAL_SHARE = 0.25  # of eval questions; the rest chain two facts
-N_DISTRACTORS = 3
 
 T = TypeVar("T")
 
@@ -174,15 +173,6 @@ T = TypeVar("T")
 def reverse(relation: str) -> str:
     """The relation a backward question asks: its answers are the subjects of `relation`'s facts."""
     return f"{relation}^-1"
-
-
-def kind_word(entity: Entity) -> str | None:
-    """The fixed word of a label that says what sort of thing it names ("King", "wyrm", "Order", "Pass"): a prior
-    that picks answers by it must find every candidate alike. None for plain names and years."""
-    if entity.title:
-        return entity.title
-    words = [w for w in entity.name.split() if w in KIND_WORDS]
-    return words[0] if words else None
 
 
 def aliases(entity: Entity) -> list[str]:
@@ -229,7 +219,7 @@ class _EvalPlan:
 
     def useful_answer(self, entity_id: str) -> bool:
         """Only kinds with enough members for distractors (not the lone kingdom)."""
-        return self.kind_sizes[self.world.entity(entity_id).kind] > N_DISTRACTORS
+        return self.kind_sizes[self.world.entity(entity_id).kind] >= SET_SIZE
 
     def chains(self) -> list[tuple[Fact, ...]]:
         """(s -r1-> m, m -r2-> o) where no single fact links s to o, so both hops are needed."""
@@ -253,24 +243,6 @@ class _EvalPlan:
                and (f.object, f.subject) not in self.linked and self.useful_answer(f.subject)]
         return _round_robin(out, lambda c: c[0].relation, self.rng)
 
-    def choose(self, n_eval: int, budget: int) -> list[tuple[Fact, ...]]:
-        """Up to n_eval supports whose facts fit in `budget` training items.
-
-        Reversals take their share first, chains fill the rest, and reversals top up if chains run out.
-        """
-        reversals, chains = self.reversals(), self.chains()
-        chosen: list[tuple[Fact, ...]] = []
-        used: set[str] = set()
-        for pool, quota in ((reversals, round(n_eval * REVERSAL_SHARE)), (chains, n_eval), (reversals, n_eval)):
-            for support in pool:
-                if len(chosen) >= quota:
-                    break
-                new = {f.id for f in support} - used
-                if support not in chosen and len(used) + len(new) <= budget:
-                    chosen.append(support)
-                    used |= new
-        return chosen
-
 
 def held_out_templates(seed: int) -> dict[str, str]:
     """Per relation, the one question template training never uses: the paraphrase and unseen_wording tiers ask
@@ -282,6 +254,58 @@ def held_out_templates(seed: int) -> dict[str, str]:
 
 def _training_templates(relation: str, held_out: dict[str, str]) -> list[str]:
     return [t for t in QUESTIONS[relation] if t != held_out[relation]]
+
+
+class _FactSets:
+    """Training facts kept in counterbalanced sets while they are chosen: facts of one relation with distinct
+    answers, none of which names another's subject (balance.Slot), at most `size` to a set."""
+
+    def __init__(self, world: World, size: int) -> None:
+        self.world, self.size = world, size
+        self.sets: list[list[Fact]] = []
+        self._slots: dict[str, Slot] = {}
+
+    def slot(self, fact: Fact) -> Slot:
+        if fact.id not in self._slots:
+            self._slots[fact.id] = Slot(fact.relation, label(self.world.entity(fact.object)),
+                                        (label(self.world.entity(fact.subject)),))
+        return self._slots[fact.id]
+
+    def fits(self, fact: Fact, members: list[Fact]) -> bool:
+        return len(members) < self.size and members[0].relation == fact.relation \
+            and not any(clash(self.slot(fact), self.slot(m)) for m in members)
+
+    def open_set(self, fact: Fact) -> list[Fact] | None:
+        """The set `fact` would join: a lone fact's first (it needs a partner), else the fullest with room."""
+        fitting = [s for s in self.sets if self.fits(fact, s)]
+        return max(fitting, key=lambda s: (len(s) == 1, len(s))) if fitting else None
+
+    def add(self, fact: Fact, members: list[Fact] | None = None) -> None:
+        """Into `members`, else its open set, else a set of its own."""
+        members = members if members is not None else self.open_set(fact)
+        if members is None:
+            self.sets.append([fact])
+        else:
+            members.append(fact)
+
+    def remove(self, fact: Fact) -> None:
+        for members in self.sets:
+            if fact in members:
+                members.remove(fact)
+        self.sets = [s for s in self.sets if s]
+
+    def facts(self) -> list[Fact]:
+        return [f for s in self.sets for f in s]
+
+
+def twins(world: World) -> dict[str, set[str]]:
+    """Fact id -> the ids of the facts that link the same two entities under another relation ("reigned until 981"
+    and "died in 981"; "child of" and "succeeded"): one is as good as the other to a question, so they are trained,
+    held out or left unseen together."""
+    by_pair: dict[frozenset[str], set[str]] = defaultdict(set)
+    for f in world.facts:
+        by_pair[frozenset((f.subject, f.object))].add(f.id)
+    return {f.id: by_pair[frozenset((f.subject, f.object))] - {f.id} for f in world.facts}
 
 
 class FactsQA:
@@ -297,10 +321,10 @@ class FactsQA:
         if n_per_cause < 0 or shift_sec <= 0:
             raise UserError(f"qa.n_per_cause={n_per_cause}, qa.shift_sec={shift_sec}: need n_per_cause >= 0 and "
                             "shift_sec > 0", "set qa.n_per_cause to 0 or more and qa.shift_sec to a positive time")
-        if n_train < 1 or n_eval < 0 or n_unseen < 0:
-            raise UserError(f"qa.n_train={n_train}, qa.n_eval={n_eval}, qa.n_unseen={n_unseen}: need n_train >= 1 "
-                            "and n_eval, n_unseen >= 0",
-                            "set qa.n_train to at least 1 and qa.n_eval and qa.n_unseen to 0 or more")
+        if n_train < 2 or n_eval < 0 or n_unseen < 0:
+            raise UserError(f"qa.n_train={n_train}, qa.n_eval={n_eval}, qa.n_unseen={n_unseen}: need n_train >= 2 "
+                            "(questions share candidate sets of two or more) and n_eval, n_unseen >= 0",
+                            "set qa.n_train to at least 2 and qa.n_eval and qa.n_unseen to 0 or more")
         if not 0.0 <= heldout_share < 1.0:
             raise UserError(f"qa.heldout_share={heldout_share}: the share of training facts whose Q/A is held out "
                             "must be in [0, 1)", "set qa.heldout_share to 0 (every Q/A trained) or up to 0.9")
@@ -325,138 +349,220 @@ class FactsQA:
                             "lower qa.n_train or raise the story.n_* counts")
         rng = random.Random(self.seed)
         plan = _EvalPlan(world, rng)
-        supports = plan.choose(self.n_eval, self.n_train)
-        if len(supports) < self.n_eval:
-            raise UserError(f"qa.n_eval={self.n_eval}, but only {len(supports)} held-out questions fit "
-                            f"{self.n_train} training facts of this world",
-                            "lower qa.n_eval or raise qa.n_train")
-        train_facts = self._train_facts(world, supports, rng)
-        heldout_facts = self._heldout_facts(train_facts, supports)
-        heldout_ids = {f.id for f in heldout_facts}
         held_out = held_out_templates(self.seed)
-        train, para = self._train_items(world, [f for f in train_facts if f.id not in heldout_ids], held_out, rng)
-        evals = [self._eval_item(world, i, s, rng) for i, s in enumerate(supports)]
-        candidates = _Candidates(world, train_facts, train)
-        for item in (*train, *evals):
-            item.distractors = candidates.pick(item, rng)
-        for source, item in zip(train, para):
-            item.distractors = list(source.distractors)
+        n_heldout = round(self.heldout_share * self.n_train)
+        evals = self._eval_tier(world, plan, held_out, min(self.n_train // 2, self.n_train - n_heldout), rng)
+        needed_ids = {i for q in evals for i in q.fact_ids}
+        needed = [f for f in world.facts if f.id in needed_ids]
+        qa_sets = self._fill_sets(world, needed, self.n_train - n_heldout, set(), rng)
+        heldout_sets = self._heldout_sets(world, qa_sets, n_heldout)
+        train_facts = [f for s in [*qa_sets, *heldout_sets] for f in s]
+        train, para = self._train_items(world, qa_sets, held_out, rng)
         unseen = self._unseen_items(world, plan, train_facts, train, held_out, rng)
-        for item in unseen:
-            item.distractors = candidates.pick(item, rng)
-        heldout = self._heldout_items(world, heldout_facts, held_out)
-        for item in heldout:
-            item.distractors = candidates.pick(item, rng)
-        causes = self._cause_items(train, para)
+        heldout = self._heldout_items(world, heldout_sets, held_out)
+        causes = self._cause_items(train, para, rng)
         return with_retain(QASet(train=train, eval=evals, paraphrase=para, unseen_facts=unseen, heldout_facts=heldout,
                                  **causes), self.retain)
 
-    def _heldout_facts(self, train_facts: list[Fact], supports: list[tuple[Fact, ...]]) -> list[Fact]:
-        """`heldout_share` of the training facts, none of them an eval question's support (those stay Q/A-trained,
-        so the eval tier means what it means without narration), drawn from their own seeded stream: the default
-        (no held-out facts) builds exactly the set it built before the tier existed."""
-        n = round(self.heldout_share * len(train_facts))
+    def _eval_tier(self, world: World, plan: _EvalPlan, held_out: dict[str, str], budget: int,
+                   rng: random.Random) -> list[QAItem]:
+        """n_eval questions that no single trained fact answers, in counterbalanced sets of one relation, whose
+        supporting facts take at most `budget` training facts (half of them, and none of those held out: the
+        rest fill their sets).
+
+        Reversals take REVERSAL_SHARE first, chains the rest, and reversals top up if chains run out."""
+        if self.n_eval == 0:
+            return []
+        pools = []
+        for supports in (plan.reversals(), plan.chains()):
+            items = [self._eval_item(world, i, s, held_out, rng) for i, s in enumerate(supports)]
+            sets, _ = group([slot(q) for q in items], rng)
+            pools.append((items, sets))
+        chosen: list[tuple[list[QAItem], list[int]]] = []
+        used: set[str] = set()
+        total = 0
+        n_reversed = round(self.n_eval * REVERSAL_SHARE)
+        for (items, sets), quota in ((pools[0], n_reversed), (pools[1], self.n_eval), (pools[0], self.n_eval)):
+            for members in sets:
+                room = min(quota, self.n_eval) - total
+                if room < 2:
+                    break
+                if any(members is m for _, m in chosen):
+                    continue
+                members = members[:room]
+                new = {f for i in members for f in items[i].fact_ids} - used
+                if len(used) + len(new) <= budget:
+                    chosen.append((items, members))
+                    used |= new
+                    total += len(members)
+        if total < self.n_eval:
+            raise UserError(f"qa.n_eval={self.n_eval}, but only {total} inferred questions in counterbalanced sets "
+                            f"have their facts among {budget} Q/A-trained facts (half of qa.n_train={self.n_train}, "
+                            f"and none of the qa.heldout_share={self.heldout_share} held out)",
+                            "lower qa.n_eval or qa.heldout_share, or raise qa.n_train or the story.n_* counts")
+        out = []
+        for items, members in chosen:
+            give_candidates(items, [members], rng)
+            out += [items[i] for i in members]
+        return [q.model_copy(update={"id": f"eval-{i:03d}"}) for i, q in enumerate(out)]
+
+    @staticmethod
+    def _fill_sets(world: World, needed: list[Fact], n: int, banned: set[str],
+                   rng: random.Random) -> list[list[Fact]]:
+        """`needed` (the eval questions' facts), filled up to `n` facts with others (never a `banned` one), in
+        counterbalanced sets of 2 to SET_SIZE.
+
+        The fill takes, in turn, a partner for a fact still alone in its set (every trained question must share
+        its candidates), else a fact whose answer is new to its relation, of a relation with answers to spare,
+        whose answer was trained least so far; ties go to chance. A fact that finds no partner is put back."""
+        sets = _FactSets(world, SET_SIZE)
+        distinct_in_world = Counter(r for r, _ in {(f.relation, f.object) for f in world.facts})
+        in_relation: Counter[tuple[str, str]] = Counter()
+        overall: Counter[str] = Counter()
+        for fact in needed:
+            sets.add(fact)
+            in_relation[(fact.relation, fact.object)] += 1
+            overall[fact.object] += 1
+        taken = {f.id for f in needed}
+        rest = [f for f in world.facts if f.id not in taken | banned]
+        rest = rng.sample(rest, len(rest))
+
+        def priority(f: Fact) -> tuple[bool, int, bool, int]:
+            """Sets are filled to SET_SIZE before new ones open: chance is 1/4 wherever the world allows."""
+            return (sets.open_set(f) is None, in_relation[(f.relation, f.object)], distinct_in_world[f.relation] < 2,
+                    overall[f.object])
+
+        def add(fact: Fact, members: list[Fact] | None = None) -> None:
+            sets.add(fact, members)
+            rest.remove(fact)
+            in_relation[(fact.relation, fact.object)] += 1
+            overall[fact.object] += 1
+
+        alone: set[str] = set()  # needed facts that found no partner: their questions stay unbalanced
+        while True:
+            single = next((s for s in sets.sets if len(s) == 1 and s[0].id not in alone), None)
+            if single is not None:
+                partners = [f for f in rest if sets.fits(f, single)]
+                if partners:
+                    add(min(partners, key=priority), single)
+                elif single[0] in needed:
+                    alone.add(single[0].id)
+                else:
+                    sets.remove(single[0])
+            elif len(sets.facts()) < n and rest:
+                add(min(rest, key=priority))
+            else:
+                break
+        if len(sets.facts()) > n:  # the last partner overshot by one
+            spare = next((f for s in sets.sets if len(s) > 2 for f in reversed(s) if f not in needed), None)
+            if spare is not None:
+                sets.remove(spare)
+        return [rng.sample(s, len(s)) for s in rng.sample(sets.sets, len(sets.sets))]
+
+    def _heldout_sets(self, world: World, qa_sets: list[list[Fact]], n: int) -> list[list[Fact]]:
+        """`n` training facts whose Q/A is held out, in counterbalanced sets of their own, none an eval question's
+        support (those stay Q/A-trained, so the eval tier means what it means without narration) nor a twin of a
+        fact whose Q/A is trained, drawn from their own seeded stream."""
         if n == 0:
             return []
-        needed = {f.id for s in supports for f in s}
-        pool = [f for f in train_facts if f.id not in needed]
-        if n > len(pool) or n >= len(train_facts):
-            raise UserError(f"qa.heldout_share={self.heldout_share} holds out {n} of {len(train_facts)} training "
-                            f"facts, but only {len(pool)} support no eval question and one Q/A must stay trained",
-                            "lower qa.heldout_share or qa.n_eval, or raise qa.n_train")
-        return random.Random(f"{self.seed}-heldout-facts").sample(pool, n)
+        twin = twins(world)
+        trained = {f.id for s in qa_sets for f in s}
+        banned = trained | {t for i in trained for t in twin[i]}
+        sets = self._fill_sets(world, [], n, banned, random.Random(f"{self.seed}-heldout-facts"))
+        if sum(map(len, sets)) < n:
+            raise UserError(f"qa.heldout_share={self.heldout_share} holds out {n} training facts, but only "
+                            f"{sum(map(len, sets))} facts of this world are left in counterbalanced sets",
+                            "lower qa.heldout_share or qa.n_train, or raise the story.n_* counts")
+        return sets
 
-    def _heldout_items(self, world: World, facts: list[Fact], held_out: dict[str, str]) -> list[QAItem]:
+    def _heldout_items(self, world: World, sets: list[list[Fact]], held_out: dict[str, str]) -> list[QAItem]:
         """The held-out facts asked as a training question would ask them (a training template, first of the
-        relation's training templates in a seeded order), so the tier differs from `train` only in its Q/A."""
+        relation's training templates in a seeded order), so the tier differs from `train` only in its Q/A; their
+        candidates are the answers of their own set."""
         rng = random.Random(f"{self.seed}-heldout-facts-questions")
         items = []
-        for i, fact in enumerate(facts):
+        for fact in (f for s in sets for f in s):
             answer = world.entity(fact.object)
             template = rng.choice(_training_templates(fact.relation, held_out))
-            items.append(QAItem(id=f"heldout-{i:03d}", tier="heldout_facts",
+            items.append(QAItem(id=f"heldout-{len(items):03d}", tier="heldout_facts",
                                 question=capitalize(template.format(s=label(world.entity(fact.subject)))),
                                 answer=label(answer), aliases=aliases(answer), answer_type=answer.kind,
                                 fact_ids=[fact.id], relation=fact.relation, entity_ids=[fact.subject]))
+        _give_set_candidates(items, sets, rng)
         return items
 
-    def _cause_items(self, train: list[QAItem], para: list[QAItem]) -> dict[str, list[QAItem]]:
+    def _cause_items(self, train: list[QAItem], para: list[QAItem], rng: random.Random) -> dict[str, list[QAItem]]:
         """Tiers that change one thing of a trained question, so a drop from the train tier has one cause: the
         trained phrasing in the held-out voice (unseen_voice), the held-out phrasing in the voice it was trained
         in (unseen_wording), and the trained audio itself `shift_sec` later in the prompt (shifted: the same
-        speech, other Mimi codes). The first `n_per_cause` training items, candidates unchanged."""
+        speech, other Mimi codes). Whole candidate sets of training items, candidates unchanged, up to `n_per_cause`
+        questions, and the rest from part of a set, whose questions then choose among that part's answers (a tier
+        keeps every set counterbalanced)."""
         out: dict[str, list[QAItem]] = {tier: [] for tier in CAUSE_TIERS}
-        for i, (item, rephrased) in enumerate(zip(train[:self.n_per_cause], para)):
-            same = item.model_dump(include={"answer", "aliases", "answer_type", "relation", "distractors", "fact_ids",
-                                            "entity_ids"})
+        sets: dict[frozenset[str], list[int]] = defaultdict(list)
+        for i, item in enumerate(train):
+            sets[frozenset((item.answer, *item.distractors))].append(i)
+        whole: list[int] = []
+        cut: list[list[int]] = []
+        for members in rng.sample(list(sets.values()), len(sets)):
+            if len(whole) + len(members) <= self.n_per_cause:
+                whole += members
+            else:
+                cut.append(members)
+        room = self.n_per_cause - len(whole)
+        part = next((s[:room] for s in cut if room >= 2), [])  # a part of a set, with its own candidates
+        candidates = {i: train[i].distractors for i in whole} | {i: [train[j].answer for j in part if j != i]
+                                                                 for i in part}
+        for k, i in enumerate(sorted(candidates)):
+            item, rephrased = train[i], para[i]
+            same = item.model_dump(include={"answer", "aliases", "answer_type", "relation", "fact_ids", "entity_ids"})
+            same["distractors"] = candidates[i]
             for tier, prefix, question, shift in (("unseen_voice", "voice", item.question, 0.0),
                                                   ("unseen_wording", "wording", rephrased.question, 0.0),
                                                   ("shifted", "shift", item.question, self.shift_sec)):
-                out[tier].append(QAItem(id=f"{prefix}-{i:03d}", tier=tier, question=question, source_id=item.id,
+                out[tier].append(QAItem(id=f"{prefix}-{k:03d}", tier=tier, question=question, source_id=item.id,
                                         shift_sec=shift, **same))
         return out
 
     def _unseen_items(self, world: World, plan: _EvalPlan, train_facts: list[Fact], train: list[QAItem],
                       held_out: dict[str, str], rng: random.Random) -> list[QAItem]:
-        """The null tier: facts never trained, asked with the training templates (no question of it is ever heard
-        in training, nor its subject with its answer), of every relation in turn.
-
-        Facts whose answer was trained for another subject of the same relation come first: their candidates then
-        meet the same contract as the trained tiers' (gold included), so the tier's score is what the priors give.
-        """
+        """The null tier: facts never trained nor narrated, and no twin of one (no question of it is ever heard in
+        training, nor its subject with its answer), asked with the training templates, in counterbalanced sets
+        like every other tier, with the relations of the train tier in the train tier's proportions as far as the
+        world's untrained facts allow: what a model scores on it is what the tiers it judges would score by
+        their make alone."""
+        if self.n_unseen == 0:
+            return []
         trained_ids = {f.id for f in train_facts}
-        trained = {(q.relation, q.answer) for q in train}
-        pool = [f for f in world.facts if f.id not in trained_ids and plan.useful_answer(f.object)]
-        if len(pool) < self.n_unseen:
-            raise UserError(f"qa.n_unseen={self.n_unseen}, but only {len(pool)} facts of this world are untrained",
-                            "lower qa.n_unseen or qa.n_train, or raise the story.n_* counts")
-        ordered = _round_robin(pool, lambda f: f.relation, rng)
-        ordered.sort(key=lambda f: (f.relation, label(world.entity(f.object))) not in trained)
+        twin = twins(world)
+        pool = [f for f in world.facts if f.id not in trained_ids and plan.useful_answer(f.object)
+                and not twin[f.id] & trained_ids]
         items = []
-        for i, fact in enumerate(ordered[:self.n_unseen]):
+        for fact in pool:
             answer = world.entity(fact.object)
             template = rng.choice(_training_templates(fact.relation, held_out))
             question = capitalize(template.format(s=label(world.entity(fact.subject))))
-            items.append(QAItem(id=f"unseen-{i:03d}", tier="unseen_facts", question=question, answer=label(answer),
+            items.append(QAItem(id=fact.id, tier="unseen_facts", question=question, answer=label(answer),
                                 aliases=aliases(answer), answer_type=answer.kind, fact_ids=[fact.id],
                                 relation=fact.relation, entity_ids=[fact.subject]))
-        return items
+        sets, _ = group([slot(q) for q in items], rng)
+        share = Counter(q.relation for q in train)
+        chosen = take(sets, self.n_unseen, weight=lambda s: items[s[0]].relation,
+                      share={r: c / len(train) for r, c in share.items()})
+        if sum(map(len, chosen)) < self.n_unseen:
+            raise UserError(f"qa.n_unseen={self.n_unseen}, but only {sum(map(len, chosen))} untrained facts of this "
+                            "world fall into counterbalanced sets",
+                            "lower qa.n_unseen or qa.n_train, or raise the story.n_* counts")
+        give_candidates(items, chosen, rng)
+        out = [items[i] for members in chosen for i in members]
+        return [q.model_copy(update={"id": f"unseen-{i:03d}"}) for i, q in enumerate(out)]
 
-    def _train_facts(self, world: World, supports: list[tuple[Fact, ...]], rng: random.Random) -> list[Fact]:
-        """The eval supports' facts, filled up with others, in random order.
-
-        Multiple choice must have nothing but the question to go by, so the fill takes, in turn: a fact whose answer
-        is new to its relation (an answer trained for many subjects would win on frequency alone), of a relation
-        with enough distinct answers for same-relation distractors, preferably the one closest to having them,
-        whose answer has been trained least often so far; ties are broken at random.
-        """
-        enough = N_DISTRACTORS + 1
-        distinct_in_world = Counter(r for r, _ in {(f.relation, f.object) for f in world.facts})
-        needed = {f.id for s in supports for f in s}
-        chosen = [f for f in world.facts if f.id in needed]
-        in_relation = Counter((f.relation, f.object) for f in chosen)
-        overall = Counter(f.object for f in chosen)
-
-        def priority(f: Fact) -> tuple[int, bool, int, int]:
-            distinct = sum(1 for r, _ in in_relation if r == f.relation)
-            short = -distinct if distinct < enough else 1  # the relation closest to enough answers fills first
-            return (in_relation[(f.relation, f.object)], distinct_in_world[f.relation] < enough, short,
-                    overall[f.object])
-
-        rest = rng.sample([f for f in world.facts if f.id not in needed], len(world.facts) - len(needed))
-        for _ in range(self.n_train - len(chosen)):
-            fact = min(rest, key=priority)
-            rest.remove(fact)
-            chosen.append(fact)
-            in_relation[(fact.relation, fact.object)] += 1
-            overall[fact.object] += 1
-        return rng.sample(chosen, len(chosen))
-
-    def _train_items(self, world: World, facts: list[Fact], held_out: dict[str, str],
+    def _train_items(self, world: World, sets: list[list[Fact]], held_out: dict[str, str],
                      rng: random.Random) -> tuple[list[QAItem], list[QAItem]]:
-        """Each fact's training question in `paraphrases` phrasings, and its paraphrase in the held-out one."""
+        """Each fact's training question in `paraphrases` phrasings, and its paraphrase in the held-out one; both
+        take the answers of the fact's set as candidates."""
         train, para = [], []
-        for i, fact in enumerate(facts):
+        for i, fact in enumerate(f for s in sets for f in s):
             subject, answer = world.entity(fact.subject), world.entity(fact.object)
             templates = [*rng.sample(_training_templates(fact.relation, held_out), self.paraphrases),
                          held_out[fact.relation]]
@@ -466,10 +572,16 @@ class FactsQA:
             tid = f"train-{i:03d}"
             train.append(QAItem(id=tid, tier="train", question=phrasings[0], phrasings=phrasings[:-1], **common))
             para.append(QAItem(id=f"para-{i:03d}", tier="paraphrase", question=phrasings[-1], source_id=tid, **common))
+        _give_set_candidates(train, sets, rng)
+        for source, item in zip(train, para):
+            item.distractors = list(source.distractors)
         return train, para
 
     @staticmethod
-    def _eval_item(world: World, i: int, support: tuple[Fact, ...], rng: random.Random) -> QAItem:
+    def _eval_item(world: World, i: int, support: tuple[Fact, ...], held_out: dict[str, str],
+                   rng: random.Random) -> QAItem:
+        """A reversal is asked in its relation's backward wording; a chain in a training template of its second
+        relation with the first hop described, so the only new wording is the description."""
         if len(support) == 1:  # asked backwards
             (fact,) = support
             answer = world.entity(fact.subject)
@@ -479,56 +591,20 @@ class FactsQA:
             first, second = support
             phrase = rng.choice(DESCRIPTORS[first.relation]).format(s=label(world.entity(first.subject)))
             answer = world.entity(second.object)
-            question = rng.choice(QUESTIONS[second.relation]).format(s=phrase)
+            question = rng.choice(_training_templates(second.relation, held_out)).format(s=phrase)
             relation, named = second.relation, first.subject
         return QAItem(id=f"eval-{i:03d}", tier="eval", question=capitalize(question), answer=label(answer),
                       aliases=aliases(answer), answer_type=answer.kind, fact_ids=[f.id for f in support],
                       relation=relation, entity_ids=[named])
 
 
-class _Candidates:
-    """Distractor choice that leaves nothing but the question to pick the gold by.
-
-    A candidate must not be findable without the question, so distractors are answers the trained facts give for
-    the item's own relation (its reverse for a backward question), with the same kind word as the gold
-    ("King", "wyrm", "Order") where they can, and then the closest to the gold in how often they were trained as
-    an answer (over all relations, then within the relation) and in length (characters, a proxy for tokens).
-    Only when a relation has too few trained answers do other answers of the same kind fill in, then untrained
-    entities of that kind; QASet flags every candidate that was not trained as an answer of the item's relation.
-    """
-
-    def __init__(self, world: World, facts: Sequence[Fact], train: Sequence[QAItem]) -> None:
-        self.count = Counter(item.answer for item in train)  # training items answered by it, all relations
-        self.in_relation: dict[str, Counter[str]] = defaultdict(Counter)
-        for fact in facts:
-            subject, obj = world.entity(fact.subject), world.entity(fact.object)
-            self.in_relation[fact.relation][label(obj)] += 1
-            self.in_relation[reverse(fact.relation)][label(subject)] += 1
-        self.kind_word = {label(e): kind_word(e) for e in world.entities}
-        self.of_kind: dict[str, set[str]] = defaultdict(set)
-        for e in world.entities:
-            self.of_kind[e.kind].add(label(e))
-        self.trained_of_kind: dict[str, set[str]] = defaultdict(set)
-        for item in train:
-            self.trained_of_kind[item.answer_type].add(item.answer)
-
-    def pick(self, item: QAItem, rng: random.Random) -> list[str]:
-        """N_DISTRACTORS candidates for `item` (fewer only when its kind has too few entities)."""
-        assert item.relation is not None, f"{item.id}: qa=facts items name their relation"
-        gold = {a.lower() for a in (item.answer, *item.aliases)}
-        relation = self.in_relation[item.relation]
-        same_word = {a for a in relation if self.kind_word[a] == self.kind_word[item.answer]}
-        trained = self.trained_of_kind[item.answer_type]
-        pools = (same_word, set(relation), {a for a in trained if self.kind_word[a] == self.kind_word[item.answer]},
-                 trained, self.of_kind[item.answer_type])
-        picked: list[str] = []
-        for pool in pools:
-            rest = [a for a in sorted(pool) if a.lower() not in gold and a not in item.question and a not in picked]
-            rng.shuffle(rest)  # ties go to chance, not to the alphabet
-            rest.sort(key=lambda a: (abs(self.count[a] - self.count[item.answer]),
-                                     abs(relation[a] - relation[item.answer]), abs(len(a) - len(item.answer))))
-            picked += rest[:N_DISTRACTORS - len(picked)]
-        return picked
+def _give_set_candidates(items: list[QAItem], sets: list[list[Fact]], rng: random.Random) -> None:
+    """Candidates of questions asked one per fact, in the order of `sets`' facts: the answers of the fact's set."""
+    bounds, start = [], 0
+    for members in sets:
+        bounds.append(list(range(start, start + len(members))))
+        start += len(members)
+    give_candidates(items, bounds, rng)
 
 
 SCHEMAS = {("qa", "facts_schema"): init_schema(FactsQA)}

@@ -9,6 +9,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, Field, model_validator
 
 from moshi_knowledge.io_utils import atomic_write_json, read_json
+from moshi_knowledge.qa.balance import is_balanced
 
 Tier = Literal["train", "eval", "paraphrase", "retain", "unseen_facts", "unseen_voice", "unseen_wording", "shifted",
                "heldout_facts"]
@@ -36,6 +37,8 @@ class QAItem(BaseModel):
     # Candidates (gold first, then distractors) that no training item of the same relation (or, without
     # relations, the same answer_type) has as its answer: set by QASet, so the contract holds for every backend.
     untrained_candidates: list[str] = Field(default_factory=list)
+    # Whether its candidate set is counterbalanced within its tier (qa/balance.py): set by QASet for every backend.
+    balanced: bool = False
     fact_ids: list[str] = Field(default_factory=list)  # supporting facts (or training item ids)
     # qa=facts: the entities the question names (its subject; the object of a reversed question). Questions about
     # one entity lean on the same knowledge of it, so recall counts them as one cluster.
@@ -84,6 +87,10 @@ class QASet(BaseModel):
                 raise ValueError(f"{q.tier} item {q.id} asks again unknown training item {q.source_id!r}")
         self._check_heldout()
         self._flag_untrained()
+        for tier in TIERS:
+            items = getattr(self, tier)
+            for q, balanced in zip(items, is_balanced(items)):
+                q.balanced = balanced
         return self
 
     def _check_heldout(self) -> None:

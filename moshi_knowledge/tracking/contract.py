@@ -40,11 +40,15 @@ exact names:
     recall/<tier>/p_vs_shuffled   one-sided exact McNemar test (clustered by fact) that the real questions beat the
                                   shuffled control, on the same questions, model and step
     recall/<tier>/p_vs_silence    the same against the silence control
-    recall/<tier>/p_vs_unseen_facts  one-sided Fisher exact test that the tier beats the unseen_facts tier (facts
-                                  never trained) at the same step
+    recall/<tier>/p_vs_unseen_facts  one-sided test that the tier beats the unseen_facts tier (facts never trained)
+                                  at the same step: Fisher's exact test, or with clusters or unequal chance a
+                                  permutation test of whole clusters on the excess over chance
     recall/<tier>/p_vs_null       the headline test: the largest of the tier's p_vs_* (above every null, or not)
     recall/<tier>/n_flagged       questions with a candidate never trained as an answer of the question's relation
                                   (the distractor contract's flags, qa/schema.py)
+    recall/<tier>/n_balanced      questions whose candidate set is counterbalanced within the tier (qa/balance.py):
+                                  on those, every question-blind strategy scores exactly chance
+    recall/<tier>/chance          the tier's chance level: the mean of 1/k over its questions of k candidates
     recall_time/<part>_sec        seconds of one recall evaluation's parts: mc, gen, controls, voice, total, and
                                   setup with the first (recall rows)
     memory/train_peak_gib         training's peak GPU memory allocated so far (train rows, GPU only)

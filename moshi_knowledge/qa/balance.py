@@ -1,0 +1,142 @@
+"""Counterbalanced candidate sets: multiple choice whose priors cancel by construction.
+
+A candidate set is shared by several questions of one tier, and each of its candidates is the gold answer of
+equally many of them (e.g. four facts of one relation with four distinct answers share one set of four; each
+answer is gold once and a distractor three times). Whatever a question-blind strategy knows about the candidates
+(how often each was trained, its kind, its length, its year), it picks the same candidate for every question of
+the set, so it scores exactly 1/k on the set and on the tier. Matching distractors to the gold by hand can only
+remove the priors someone thought of; this removes them all.
+
+`group` forms such sets from a pool of questions, `give_candidates` writes them into the questions, and
+`is_balanced` checks the property on any set of questions (QASet computes it for every backend).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from moshi_knowledge.text_norm import normalise
+
+if TYPE_CHECKING:  # schema checks balance with is_balanced
+    from moshi_knowledge.qa.schema import QAItem
+
+SET_SIZE = 4  # candidates per question (gold + 3 distractors) where a tier has that many distinct answers
+
+
+@dataclass(frozen=True)
+class Slot:
+    """What grouping needs of a question: questions of one `key` (a relation) may share candidates; `gold` is its
+    answer and `names` the texts its question says (a candidate named by a question of its set would be a prior)."""
+
+    key: Hashable
+    gold: str
+    names: tuple[str, ...] = ()
+
+
+def slot(item: QAItem) -> Slot:
+    """The slot of a Q/A item: its relation (or answer type), its answer, and every phrasing it is asked in."""
+    return Slot(item.relation or item.answer_type, item.answer, tuple(item.phrasings))
+
+
+def clash(a: Slot, b: Slot) -> bool:
+    """Two questions may not share a set when they have one answer or either's answer is said in the other's
+    question."""
+    return _norm(a.gold) == _norm(b.gold) \
+        or any(_norm(x.gold) in f" {_norm(t)} " for x, y in ((a, b), (b, a)) for t in y.names)
+
+
+@lru_cache(maxsize=65536)
+def _norm(text: str) -> str:
+    return normalise(text)
+
+
+def group(slots: Sequence[Slot], rng: random.Random, size: int = SET_SIZE) -> tuple[list[list[int]], list[int]]:
+    """Indices of `slots` in sets of 2 to `size` questions of one key with distinct answers, and those left over.
+
+    Within each key the next set takes one question of each of the answers with the most questions left (ties at
+    random), skipping any that clashes with a question already taken: that order leaves the fewest questions out.
+    """
+    sets: list[list[int]] = []
+    left: list[int] = []
+    by_key: dict[Hashable, list[int]] = defaultdict(list)
+    for i in rng.sample(range(len(slots)), len(slots)):
+        by_key[slots[i].key].append(i)
+    for key in sorted(by_key, key=str):
+        by_gold: dict[str, list[int]] = defaultdict(list)
+        for i in by_key[key]:
+            by_gold[normalise(slots[i].gold)].append(i)
+        while True:
+            order = sorted(by_gold, key=lambda g: (-len(by_gold[g]), rng.random()))
+            taken: list[int] = []
+            for gold in order:
+                i = by_gold[gold][-1] if by_gold[gold] else None
+                if i is None or len(taken) == size:
+                    continue
+                if not any(clash(slots[i], slots[j]) for j in taken):
+                    taken.append(i)
+            if len(taken) < 2:
+                break
+            for i in taken:
+                by_gold[normalise(slots[i].gold)].pop()
+            sets.append(taken)
+        left += [i for members in by_gold.values() for i in members]
+    return sets, left
+
+
+def take(sets: Sequence[list[int]], n: int, weight: Callable[[list[int]], Hashable] | None = None,
+         share: dict[Hashable, float] | None = None) -> list[list[int]]:
+    """Whole sets adding up to exactly `n` questions where the sets allow (a set may be cut to 2 or more: a part of
+    a counterbalanced set is one), in the given order or, with `weight` and `share`, keeping each weight's share of
+    the questions near `share` (the null follows the relation mix of the tiers it is compared with)."""
+    pool = [list(s) for s in sets]
+    chosen: list[list[int]] = []
+    count: Counter[Hashable] = Counter()
+    total = 0
+    while pool and total < n - 1:
+        if weight is not None and share is not None:
+            # the set whose key is furthest below its share (by whole questions), the largest of those
+            best = max(range(len(pool)), key=lambda k: (
+                round(share.get(weight(pool[k]), 0.0) * n - count[weight(pool[k])]), len(pool[k]), -k))
+        else:
+            best = 0
+        members = pool.pop(best)[:n - total]
+        chosen.append(members)
+        total += len(members)
+        if weight is not None:
+            count[weight(members)] += len(members)
+    if total == n - 1 and pool and any(len(s) > 2 for s in chosen):
+        # one question short: no set of one exists, so a set of three or more gives one back for a pair
+        donor = next(s for s in reversed(chosen) if len(s) > 2)
+        donor.pop()
+        chosen.append(pool[0][:2])
+    return chosen
+
+
+def give_candidates(items: Sequence[QAItem], sets: Iterable[Sequence[int]], rng: random.Random) -> None:
+    """Each question's distractors are the other answers of its set, in a seeded order."""
+    for members in sets:
+        for i in members:
+            others = [items[j].answer for j in members if j != i]
+            items[i].distractors = rng.sample(others, len(others))
+
+
+def is_balanced(items: Sequence[QAItem]) -> list[bool]:
+    """Per question of one tier: whether its candidate set is counterbalanced within the tier, i.e. every question
+    with exactly its candidates has one of them as gold and each candidate is gold equally often among them."""
+    def key(q: QAItem) -> frozenset[str]:
+        return frozenset(normalise(c) for c in (q.answer, *q.distractors))
+
+    golds: dict[frozenset[str], Counter[str]] = defaultdict(Counter)
+    for q in items:
+        golds[key(q)][normalise(q.answer)] += 1
+
+    def balanced(q: QAItem) -> bool:
+        candidates, counts = key(q), golds[key(q)]
+        return len(candidates) == len(q.distractors) + 1 >= 2 and set(counts) == candidates \
+            and len(set(counts.values())) == 1
+    return [balanced(q) for q in items]
