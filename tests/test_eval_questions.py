@@ -14,11 +14,12 @@ from moshi_knowledge.world.prose import label
 
 
 def _dataset(tmp_path: Path, facts: list[list[str]], tier: str = "eval",
-             entities: list[list[str]] | None = None) -> Path:
+             entities: list[list[str]] | None = None, golds: list[str] | None = None) -> Path:
     entities = entities or [[] for _ in facts]
-    entries = [{"id": f"{tier}-{i:03d}", "tier": tier, "text": f"q{i}?", "audio": f"questions/{i}.wav", "gold": "a",
+    golds = golds or [f"answer {i}" for i in range(len(facts))]
+    entries = [{"id": f"{tier}-{i:03d}", "tier": tier, "text": f"q{i}?", "audio": f"questions/{i}.wav", "gold": g,
                 "distractors": ["b", "c", "d"], "fact_ids": f, "entity_ids": e}
-               for i, (f, e) in enumerate(zip(facts, entities))]
+               for i, (f, e, g) in enumerate(zip(facts, entities, golds))]
     (tmp_path / "questions.json").write_text(json.dumps({"questions": entries}))
     return tmp_path
 
@@ -36,6 +37,14 @@ def test_questions_about_one_entity_are_one_cluster_though_their_facts_differ(tm
     entities = [["queen"], ["queen"], ["river"], ["e8"], ["e9"]]
     clusters = [q.cluster for q in load_questions(_dataset(tmp_path, facts, entities=entities), ["eval"])]
     assert clusters == ["eval-000", "eval-000", "eval-002", "eval-003", "eval-004"]
+
+
+def test_questions_with_one_gold_answer_are_one_cluster(tmp_path: Path) -> None:
+    """Two rulers served by one monarch: knowing that monarch answers both, so they are one piece of evidence."""
+    facts = [["f0"], ["f1"], ["f2"], ["f3"]]
+    golds = ["King Arn", "Queen Bel", "king arn", "Queen Cyr"]
+    clusters = [q.cluster for q in load_questions(_dataset(tmp_path, facts, golds=golds), ["eval"])]
+    assert clusters == ["eval-000", "eval-001", "eval-000", "eval-003"]
 
 
 def test_the_facts_backend_names_each_questions_entity(story) -> None:

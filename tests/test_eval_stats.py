@@ -100,3 +100,13 @@ def test_unpaired_test_of_a_single_cluster_is_no_evidence() -> None:
     assert unpaired_p_value([True] * 5, [False] * 5, ["queen"] * 5) == 1.0
     assert unpaired_p_value([True] * 5, [False] * 5, [f"e{i}" for i in range(5)], ["king"] * 5) == 1.0
     assert unpaired_p_value([True] * 5, [False] * 5, ["queen", "queen", "a", "b", "c"]) < 0.05
+
+
+def test_holm_matches_its_step_down_definition() -> None:
+    """Holm (1979): sort, multiply the i-th smallest by (m - i), keep the running maximum, cap at 1."""
+    from moshi_knowledge.evaluation.metrics import holm
+
+    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.5})
+    assert adjusted == pytest.approx({"a": 0.04, "c": 0.09, "b": 0.09, "d": 0.5})
+    assert holm({"only": 0.02}) == {"only": 0.02} and holm({}) == {}
+    assert holm({"x": 0.6, "y": 0.7})["y"] == 1.0  # capped

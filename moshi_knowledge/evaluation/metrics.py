@@ -240,15 +240,28 @@ def _vs_unseen_facts(t: TierRows) -> dict[str, float]:
         return {}
     return {f"p_vs_{NULL_TIER}": unpaired_p_value([r["mc_correct"] for r in t.rows], [r["mc_correct"] for r in null],
                                                   [r["cluster"] for r in t.rows], [r["cluster"] for r in null],
-                                                  [_chance(r) for r in t.rows], [_chance(r) for r in null])}
+                                                  _chances(t.rows), _chances(null))}
 
 
-def _chance(row: Row) -> float:
-    """1/k for a question of k candidates (rows written before the field existed: from the candidates scored)."""
-    return float(row["chance"]) if "chance" in row else 1 / len(row["candidates"])
+def _chances(rows: Sequence[Row]) -> list[float] | None:
+    """1/k for each question of k candidates; None when rows do not say (written before the field existed)."""
+    return [float(r["chance"]) for r in rows] if all("chance" in r for r in rows) else None
 
 
 NULL_TESTS = (*(f"p_vs_{c}" for c in CONTROLS), f"p_vs_{NULL_TIER}")
+HOLM = "p_vs_null_holm"  # p_vs_null adjusted (Holm) over the tiers of one evaluation: the family of headline tests
+
+
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment of a family of p-values (name -> p): it controls the chance of any false claim
+    across the family, whatever the tests' dependence."""
+    order = sorted(p_values, key=p_values.__getitem__)
+    out: dict[str, float] = {}
+    running = 0.0
+    for rank, name in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p_values[name]))
+        out[name] = running
+    return out
 
 
 def _vs_null(t: TierRows) -> dict[str, float]:
@@ -285,6 +298,6 @@ for _metric in (
     *(_control(c) for c in CONTROLS),
     Metric("judge_acc", _judge_acc, field="judge_correct", per_question=_judge_fields, higher_is_better=True),
     Metric(f"p_vs_{NULL_TIER}", _vs_unseen_facts, field="mc_correct"),
-    Metric("p_vs_null", _vs_null),
+    Metric("p_vs_null", _vs_null, extra=(HOLM,)),  # HOLM across the tiers: report.with_holm
 ):
     register(_metric)

@@ -47,8 +47,8 @@ class EvalQuestion:
     balanced: bool = False  # its candidate set is counterbalanced within its tier (qa/balance.py)
     fact_ids: list[str] = field(default_factory=list)
     entity_ids: list[str] = field(default_factory=list)  # the entities it names (qa/schema.py)
-    group: str | None = None  # set by load_questions: the first id among the questions of its tier sharing a fact
-    # or a named entity
+    group: str | None = None  # set by load_questions: the first id among the questions of its tier sharing a fact,
+    # a named entity or a gold answer
     half: str | None = None  # set by load_questions for a split tier: tune or test (contract.HALVES)
     shift_sec: float = 0.0  # silence before the question's audio (the shifted tier)
 
@@ -99,10 +99,12 @@ def load_questions(dataset_dir: Path, tiers: Sequence[str], max_per_tier: int | 
 
 
 def _grouped(items: list[EvalQuestion], rng: random.Random | None) -> list[EvalQuestion]:
-    """`items` with their groups (questions linked by a shared fact or a named entity, directly or through others)
+    """`items` with their groups (questions linked by a shared fact, a named entity or a gold answer, directly or
+    through others: knowing one answer helps with every question it answers)
     and, with `rng`, each group's half: half of the groups, drawn by `rng`, tune and the rest test, so no fact and
     no entity asked about is in both halves."""
-    links = [[f"fact:{f}" for f in q.fact_ids] + [f"entity:{e}" for e in q.entity_ids] for q in items]
+    links = [[f"fact:{f}" for f in q.fact_ids] + [f"entity:{e}" for e in q.entity_ids] + [f"gold:{q.gold.lower()}"]
+             for q in items]
     column = {link: k for k, link in enumerate(sorted({link for q in links for link in q}))}
     pairs = [(i, column[link]) for i, q in enumerate(links) for link in q]
     incidence = coo_matrix((np.ones(len(pairs)), ([i for i, _ in pairs], [k for _, k in pairs])),

@@ -19,9 +19,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from moshi_knowledge.evaluation.metrics import CONTROLS, METRICS, NULL_TIER, paired_figures, tier_figures
+from moshi_knowledge.evaluation.metrics import CONTROLS, HOLM, METRICS, NULL_TIER, holm, paired_figures, tier_figures
 from moshi_knowledge.evaluation.pitch import semitones
-from moshi_knowledge.tracking.contract import half_tier, number
+from moshi_knowledge.tracking.contract import SPLIT_TIERS, half_tier, number
 from moshi_knowledge.tracking.contract import recall_key as key
 
 F0 = "voice/f0_median_hz"
@@ -44,7 +44,16 @@ def step_metrics(rows: Sequence[Row], baseline: Sequence[Row] | None = None) -> 
         if baseline is not None:
             figures.update(paired_figures(base_by_tier.get(tier, []), by_tier[tier]))
         out.update({key(tier, k): v for k, v in figures.items()})
-    return out
+    return with_holm(out)
+
+
+def with_holm(figures: dict[str, float]) -> dict[str, float]:
+    """`figures` plus each tier's headline p-value adjusted over the evaluation's tiers (Holm); the halves of a
+    split tier repeat their tier's test and the null tier has none, so neither is in the family."""
+    halves = {half_tier(t, h) for t in SPLIT_TIERS for h in ("tune", "test")}
+    family = {k.split("/")[1]: v for k, v in figures.items() if k.endswith("/p_vs_null") and k.split("/")[1] not in
+              halves and isinstance(v, float) and math.isfinite(v)}
+    return figures | {key(tier, HOLM): p for tier, p in holm(family).items()}
 
 
 def voice_metrics(f0: float, baseline_f0: float | None, train_f0: float | None) -> dict[str, float]:
@@ -80,6 +89,7 @@ def summarize(predictions: Iterable[Row], metric_rows: Iterable[Row] = ()) -> di
             figures.update({f"baseline_{stat}": baseline.get(stat, NAN), f"best_{stat}": best,
                             metric.delta: figures[stat] - baseline.get(stat, NAN)})
         out.update({key(tier, k): v for k, v in figures.items()})
+    out = with_holm(out)
     voice = [r for r in metric_rows if F0 in r]
     if voice:
         last_voice = max(voice, key=lambda r: r.get("step", 0))
@@ -125,21 +135,25 @@ def _tier_width(tiers: Sequence[str]) -> int:
 
 def _controls_table(summary: Mapping[str, Any], tiers: Sequence[str]) -> list[str]:
     """Under the recall table, the headline: per tier, the final MC figure beside each null's (the silence and
-    shuffled controls on the same questions, the unseen_facts tier) with the one-sided p-value against each, and
-    p_vs_null, the largest of them (none without controls)."""
+    shuffled controls on the same questions, the unseen_facts tier) with the one-sided p-value against each,
+    p_vs_null, the largest of them (none without controls), that p-value adjusted over the tiers (Holm), the
+    tier's chance level and how many of its questions sit in counterbalanced candidate sets."""
     nulls = (*CONTROLS, NULL_TIER)
     shown = [t for t in tiers if key(t, "p_vs_null") in summary or key(t, "mc_acc_silence") in summary]
     if not shown:
         return []
     w = _tier_width(shown)
-    header = f"{'vs nulls':<{w}}{'MC':>5}" + "".join(f"{n[:8]:>9}{'p':>10}" for n in nulls) + f"{'p null':>10}"
+    header = f"{'vs nulls':<{w}}{'MC':>5}{'chance':>7}" + "".join(f"{n[:8]:>9}{'p':>10}" for n in nulls) \
+        + f"{'p null':>10}{'Holm':>10}{'balanced':>9}"
     lines = ["", header, "-" * len(header)]
     for tier in shown:
-        cells = [f"{_fmt(summary.get(key(tier)), '.2f'):>5}"]
+        cells = [f"{_fmt(summary.get(key(tier)), '.2f'):>5}{_fmt(summary.get(key(tier, 'chance')), '.2f'):>7}"]
         for null in nulls:
             value = summary.get(key(NULL_TIER)) if null == NULL_TIER else summary.get(key(tier, f"mc_acc_{null}"))
             cells.append(f"{_fmt(value, '.2f'):>9}{_fmt(summary.get(key(tier, f'p_vs_{null}')), '.3g'):>10}")
-        lines.append(f"{tier:<{w}}" + "".join(cells) + f"{_fmt(summary.get(key(tier, 'p_vs_null')), '.3g'):>10}")
+        balanced = f"{_fmt(summary.get(key(tier, 'n_balanced')), '.0f')}/{_fmt(summary.get(key(tier, 'n')), '.0f')}"
+        lines.append(f"{tier:<{w}}" + "".join(cells) + f"{_fmt(summary.get(key(tier, 'p_vs_null')), '.3g'):>10}"
+                     f"{_fmt(summary.get(key(tier, HOLM)), '.3g'):>10}{balanced:>9}")
     return lines
 
 

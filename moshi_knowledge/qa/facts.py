@@ -351,7 +351,7 @@ class FactsQA:
         plan = _EvalPlan(world, rng)
         held_out = held_out_templates(self.seed)
         n_heldout = round(self.heldout_share * self.n_train)
-        evals = self._eval_tier(world, plan, held_out, min(self.n_train // 2, self.n_train - n_heldout), rng)
+        evals = self._eval_tier(world, plan, held_out, self.n_train - n_heldout, rng)
         needed_ids = {i for q in evals for i in q.fact_ids}
         needed = [f for f in world.facts if f.id in needed_ids]
         qa_sets = self._fill_sets(world, needed, self.n_train - n_heldout, set(), rng)

@@ -44,6 +44,8 @@ exact names:
                                   at the same step: Fisher's exact test, or with clusters or unequal chance a
                                   permutation test of whole clusters on the excess over chance
     recall/<tier>/p_vs_null       the headline test: the largest of the tier's p_vs_* (above every null, or not)
+    recall/<tier>/p_vs_null_holm  p_vs_null adjusted by Holm's method over the tiers of the evaluation (the eval
+                                  halves and the null tier are not in the family)
     recall/<tier>/n_flagged       questions with a candidate never trained as an answer of the question's relation
                                   (the distractor contract's flags, qa/schema.py)
     recall/<tier>/n_balanced      questions whose candidate set is counterbalanced within the tier (qa/balance.py):
