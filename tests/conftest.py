@@ -12,7 +12,10 @@ from omegaconf import DictConfig
 from moshi_knowledge.config_schema import register
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")  # moshi on CPU: skip inductor (docs/moshi.md)
-os.environ.setdefault("WANDB_MODE", "offline")
+# W&B stays offline and in each run directory whatever the shell exports (the sink follows WANDB_* variables)
+os.environ["WANDB_MODE"] = "offline"
+for _var in ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR"):
+    os.environ.pop(_var, None)
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 register()
@@ -64,6 +67,10 @@ TINY_RUN = [
     "train.max_steps=4", "train.batch_size=2", "train.seq_sec=24", "train.eval_every=2", "train.ckpt_every=2",
     "train.warmup_steps=1", "eval.recall_every=2", "eval.max_answer_sec=1.0", "eval.voice=false",
 ]
+
+# TINY_RUN trimmed for sweeps of many jobs: two steps, no generation; NO_RECALL trains without the eval stage.
+QUICK = [*TINY_RUN, "train.max_steps=2", "eval.generate=false", "eval.voice=false", "lora=all", "lora.rank=2"]
+NO_RECALL = "stages=[story,qa,tts,dataset,model,tokenize,train]"
 
 
 def run_app(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600):

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import NO_RECALL, QUICK, run_app
 from moshi_knowledge.cache import FULL_HASH_LIMIT, MARKER, build_or_reuse, cache_key
+from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def test_key_depends_on_config_inputs_version_and_file_contents(tmp_path: Path) -> None:
@@ -151,3 +153,55 @@ def test_a_failing_build_raises_and_leaves_no_entry(tmp_path: Path) -> None:
         pass
     assert not (tmp_path / "stage" / "k3").exists()
     assert not list((tmp_path / "stage").glob(".tmp-*"))
+
+
+# ---- modes: what the team sharing a run directory or a cache can read ------------------------------------------
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _unreadable(root: Path) -> list[str]:
+    """Files not readable, and dirs not listable, by group and others (symlinks to cache entries are skipped)."""
+    bad = []
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        need = 0o055 if path.is_dir() else 0o044
+        if path.stat().st_mode & need != need:
+            bad.append(f"{oct(path.stat().st_mode & 0o777)} {path.relative_to(root)}")
+    return bad
+
+
+def test_atomic_writes_and_published_entries_get_the_modes_of_open_and_mkdir(tmp_path: Path, umask_022) -> None:
+    """0o644 files and 0o755 dirs under umask 022, as open() and mkdir() give, not tempfile's private 0o600/0o700."""
+    written = [atomic_write_text(tmp_path / "a.txt", "a"), atomic_write_json(tmp_path / "b.json", {"b": 1}),
+               atomic_write_bytes(tmp_path / "deep" / "c.bin", b"c")]
+    atomic_write_text(tmp_path / "a.txt", "replaced")  # a rewrite keeps the mode too
+    assert [oct(p.stat().st_mode & 0o777) for p in written] == ["0o644"] * 3
+    entry = build_or_reuse(tmp_path / "cache", "stage", "k1", {}, lambda out: atomic_write_text(out / "x.txt", "x"))
+    assert oct(entry.path.stat().st_mode & 0o777) == "0o755"
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in entry.path.iterdir()} == {"x.txt": "0o644",
+                                                                                       MARKER: "0o644"}
+    os.umask(0o002)  # a team's umask: group-writable too
+    assert oct(atomic_write_text(tmp_path / "d.txt", "d").stat().st_mode & 0o777) == "0o664"
+
+
+@pytest.mark.slow
+def test_a_run_leaves_its_files_and_its_cache_readable_by_the_team(tmp_path: Path, umask_022) -> None:
+    """The real app under umask 022, building every stage: summary.json, metrics.jsonl, stages.json, the adapter
+    (peft/ included), checkpoints and each cache entry are group/other readable."""
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    done = run_app([*QUICK, NO_RECALL, "logger=none", f"paths.cache_dir={cache}", f"hydra.run.dir={run}"],
+                   cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    for name in ("summary.json", "metrics.jsonl", "stages.json", "adapter/peft", "checkpoints"):
+        assert (run / name).exists(), name
+    assert len(list(cache.glob(f"*/*/{MARKER}"))) == 6  # story, qa, tts, dataset, model, tokenize
+    assert _unreadable(run) == [] and _unreadable(cache) == []

@@ -58,7 +58,7 @@ def test_user_error_exits_2_before_any_stage(monkeypatch, tmp_path, capsys, capl
     assert "Traceback" not in output
     assert not (tmp_path / "cache").exists()  # no stage ran
     run_dir = tmp_path / "run"
-    assert not run_dir.exists() or {p.name for p in run_dir.iterdir()} <= {".hydra", "__main__.log"}
+    assert not run_dir.exists() or {p.name for p in run_dir.iterdir()} <= {".hydra", "moshi_knowledge.log"}
 
 
 def test_cli_user_error_is_a_message_and_exit_2(tmp_path):

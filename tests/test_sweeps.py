@@ -7,14 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_RUN, run_app
+from conftest import NO_RECALL, QUICK, run_app
 from moshi_knowledge.report import main as report_main
 
 CANARY = "sk-canary-0123456789abcdefghijklmnop"
-QUICK = [*TINY_RUN, "train.max_steps=2", "eval.generate=false", "eval.voice=false", "lora=all", "lora.rank=2"]
-
-
-NO_RECALL = "stages=[story,qa,tts,dataset,model,tokenize,train]"  # train without the eval stage
 
 
 def _rows(run: Path) -> list[dict]:

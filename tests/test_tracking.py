@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import wandb
 import yaml
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO, compose_cfg
+from conftest import NO_RECALL, QUICK, REPO, compose_cfg, run_app
 from moshi_knowledge.config_schema import SCHEMAS
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.report import main as report_main
@@ -26,6 +27,7 @@ from moshi_knowledge.tracking.secrets import is_secret_name, is_secret_override,
 from moshi_knowledge.tracking.sinks import WandbSink
 
 WANDB_OFFLINE = {"_target_": "moshi_knowledge.tracking.sinks.WandbSink", "mode": "offline", "project": "test"}
+WANDB_VARS = {"WANDB_MODE": "disabled", "WANDB_PROJECT": "p-env", "WANDB_ENTITY": "e-env", "WANDB_DIR": "/d-env"}
 
 
 def _summary(run_dir: Path) -> dict:
@@ -126,7 +128,7 @@ def test_logger_options_compose_from_the_real_config(tmp_path: Path) -> None:
     prefix = "" if "logger" in compose_cfg() else "+"
     none_cfg = compose_cfg([f"{prefix}logger=none"])
     wandb_cfg = compose_cfg([f"{prefix}logger=wandb", "logger.log_audio=2"])
-    assert wandb_cfg.logger.mode == "offline" and wandb_cfg.logger.log_audio == 2
+    assert wandb_cfg.logger.mode is None and wandb_cfg.logger.log_audio == 2  # null: WANDB_MODE, else offline
     with Tracker(none_cfg.logger, tmp_path, none_cfg) as tracker:
         assert tracker.log_audio == 0 and not tracker.log_adapter and tracker.run_id is None
         tracker.log({"step": 0, "train/loss": 1.0})
@@ -138,6 +140,26 @@ def test_an_unknown_wandb_mode_is_a_user_error(tmp_path: Path) -> None:
         WandbSink(mode="onlin")
     with pytest.raises(UserError, match="logger.mode='onlin'"):  # through the config node, as the app builds it
         Tracker({**WANDB_OFFLINE, "mode": "onlin"}, tmp_path)
+
+
+def test_wandb_settings_left_null_follow_the_environment_and_given_ones_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in WANDB_VARS:
+        monkeypatch.delenv(var, raising=False)
+    sink = WandbSink()
+    assert (sink.mode, sink.project, sink.entity, sink.dir) == ("offline", "moshi-knowledge", None, None)
+    for var, value in WANDB_VARS.items():
+        monkeypatch.setenv(var, value)
+    sink = WandbSink()
+    assert (sink.mode, sink.project, sink.entity, sink.dir) == tuple(WANDB_VARS.values())
+    sink = WandbSink(mode="offline", project="p", entity="e", dir="/d")
+    assert (sink.mode, sink.project, sink.entity, sink.dir) == ("offline", "p", "e", "/d")
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # W&B's older name for offline
+    assert WandbSink().mode == "offline"
+    monkeypatch.setenv("WANDB_MODE", "onlin")
+    with pytest.raises(UserError, match="WANDB_MODE='onlin' is not a W&B mode"):
+        WandbSink()
+    with pytest.raises(UserError, match="logger.mode='onlin' is not a W&B mode"):
+        WandbSink(mode="onlin")
 
 
 # ---- W&B mirror -----------------------------------------------------------------------------------------------
@@ -225,6 +247,37 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path: Path) -> None:
         second.log({"step": 2, "train/loss": 0.5})
     assert first.run_id == second.run_id
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+
+
+@pytest.mark.slow
+def test_wandb_follows_its_environment_in_a_real_sweep_unless_the_config_says_otherwise(
+        tiny_cache: Path, tmp_path: Path) -> None:
+    """Four jobs in one process (W&B reads its environment only at a process's first init) under WANDB_MODE=disabled,
+    WANDB_PROJECT and WANDB_DIR: a null logger.mode takes disabled, logger.mode=offline wins; a null logger.project
+    takes WANDB_PROJECT, logger.project=from-config wins; every offline run is stored under WANDB_DIR."""
+    home = tmp_path / "wandb_home"
+    done = run_app(["-m", *QUICK, NO_RECALL, "logger=wandb", "logger.mode=null,offline",
+                    "logger.project=null,from-config", f"paths.cache_dir={tiny_cache}",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path,
+                   env={"WANDB_MODE": "disabled", "WANDB_PROJECT": "from-env", "WANDB_DIR": str(home)})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    stored = {d.name.rsplit("-", 1)[1]: d for d in (home / "wandb").glob("offline-run-*")}
+    jobs, projects = sorted((tmp_path / "sweep").glob("*/summary.json")), {}
+    assert len(jobs) == 4
+    for job in jobs:
+        overrides = (job.parent / ".hydra" / "overrides.yaml").read_text()
+        summary = json.loads(job.read_text())
+        assert summary["status"] == "completed" and not (job.parent / "wandb").exists()
+        run = stored.get(summary["wandb/id"])
+        if "logger.mode=offline" not in overrides:
+            assert run is None  # disabled: nothing stored
+            continue
+        project = "from-config" if "logger.project=from-config" in overrides else "env"
+        # W&B's log names the run as project/id (its argv, in the .wandb file, holds both names)
+        projects[project] = re.findall(rf"finishing run (\S+)/{summary['wandb/id']}",
+                                       (run / "logs" / "debug.log").read_text())
+    assert projects == {"from-config": ["from-config"], "env": ["from-env"]}
+    assert len(stored) == 2
 
 
 def test_online_without_a_key_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

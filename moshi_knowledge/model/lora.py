@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.nn import functional as F
 
-from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json
+from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json, temp_path_beside
 from moshi_knowledge.model.depformer_patch import is_patched, patch_depformer
 from moshi_knowledge.model.load import LOCAL_FILE, MIMI_CONFIG_KEY
 from moshi_knowledge.specs.lora import TARGETS, FullFinetune, LoraSpec
@@ -204,7 +203,8 @@ def _lora_scaling(lm: LMModel) -> float:
 
 def _save_peft(model: PeftModel, target: Path) -> None:
     """save_pretrained into a temp dir, then rename: a killed export never leaves a partial peft/ folder."""
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    tmp = temp_path_beside(target)
+    tmp.mkdir()  # mkdir's mode (0o777 less the umask), not mkdtemp's private 0o700
     try:
         model.save_pretrained(str(tmp))
         if target.exists():

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,8 @@ from moshi_knowledge.tracking.files import dumps
 from moshi_knowledge.tracking.identity import RunIdentity
 
 WANDB_MODES = ("offline", "online", "disabled")
+LEGACY_MODES = {"dryrun": "offline", "run": "online"}  # older names W&B still accepts in WANDB_MODE
+DEFAULT_PROJECT = "moshi-knowledge"
 
 
 class Sink(Protocol):
@@ -70,24 +73,36 @@ class NullSink:
 
 
 class WandbSink:
-    """`logger=wandb`: one W&B run per Tracker, offline unless the user asks for online."""
+    """`logger=wandb`: one W&B run per Tracker, offline unless the config or the environment asks for online.
+
+    `project`, `entity`, `mode` and `dir` left null take W&B's own variables (WANDB_PROJECT, WANDB_ENTITY,
+    WANDB_MODE, WANDB_DIR), read when the sink is built, else this app's defaults; a value set in the config wins.
+    They are passed to `wandb.init` explicitly because W&B reads its environment only at a process's first init.
+    """
 
     def __init__(
         self,
-        project: str = "moshi-knowledge",
-        entity: str | None = None,
-        mode: str = "offline",  # one of WANDB_MODES; online needs WANDB_API_KEY or `wandb login`
+        project: str | None = None,  # null: WANDB_PROJECT, else DEFAULT_PROJECT
+        entity: str | None = None,  # null: WANDB_ENTITY, else your W&B default entity
+        mode: str | None = None,  # one of WANDB_MODES; null: WANDB_MODE, else offline. online needs WANDB_API_KEY
+        dir: str | None = None,  # the folder that gets wandb/; null: WANDB_DIR, else the run directory
         job_type: str | None = None,  # null: "sweep" inside a multirun, "run" otherwise
         tags: tuple[str, ...] = (),  # added to the Hydra choices (story:procedural, ...)
         log_audio: int = 4,  # dataset conversations uploaded as wandb.Audio
         log_adapter: bool = False,  # upload the trained adapter as an artifact
     ) -> None:
+        self._mode_from = "logger.mode" if mode or not os.environ.get("WANDB_MODE") else "WANDB_MODE"
+        given = mode or os.environ.get("WANDB_MODE") or "offline"
+        mode = LEGACY_MODES.get(given, given)
         if mode not in WANDB_MODES:
             raise UserError(
-                f"logger.mode={mode!r} is not a W&B mode",
-                fix="set logger.mode to offline (default; upload later with `wandb sync`), online or disabled",
+                f"{self._mode_from}={given!r} is not a W&B mode",
+                fix=f"set {self._mode_from} to offline (default; upload later with `wandb sync`), online or disabled",
             )
-        self.project, self.entity, self.mode, self.job_type = project, entity, mode, job_type
+        self.project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+        self.entity = entity or os.environ.get("WANDB_ENTITY") or None
+        self.dir = dir or os.environ.get("WANDB_DIR") or None
+        self.mode, self.job_type = mode, job_type
         self.tags = tuple(tags)
         self.log_audio, self.log_adapter = log_audio, log_adapter
         self._run: Any = None
@@ -96,13 +111,12 @@ class WandbSink:
         import wandb
 
         try:
-            # mode= is passed explicitly: WANDB_MODE is read only at a process's first init (docs/tools.md).
             # reinit="finish_previous": the default would hand a multirun's job 2 the run of job 1.
             self._run = wandb.init(
                 project=self.project,
                 entity=self.entity,
                 mode=self.mode,
-                dir=str(run_dir),
+                dir=self.dir or str(run_dir),
                 group=identity.group,
                 name=identity.name,
                 job_type=self.job_type or identity.job_type,
@@ -114,7 +128,7 @@ class WandbSink:
             )
         except wandb.errors.UsageError as err:
             raise UserError(
-                f"W&B could not start a run with logger.mode={self.mode}: {err}",
+                f"W&B could not start a run in {self.mode} mode ({self._mode_from}): {err}",
                 fix="export WANDB_API_KEY (or run `wandb login`) for online mode, or use logger.mode=offline "
                 "and upload later with `wandb sync RUN_DIR/wandb/offline-run-*`",
             ) from err
