@@ -114,8 +114,14 @@ def test_evaluation_scores_and_generates_every_question_in_one_call(evaluator: R
         assert 0.0 <= row["f1"] <= 1.0
         assert "judge_correct" not in row
         assert row["cluster"] == q.cluster
-    paraphrases = [r["cluster"] for r in baseline.predictions if r["tier"] == "paraphrase"]
-    assert len(set(paraphrases)) == len(paraphrases)  # one fact each: one cluster each
+    # one fact each: questions share a cluster only through a shared gold answer or named entity
+    by_cluster: dict[str, list] = {}
+    for q in questions:
+        if q.tier == "paraphrase":
+            by_cluster.setdefault(q.cluster, []).append(q)
+    for members in by_cluster.values():
+        assert len(members) == 1 or len({m.gold.lower() for m in members}) < len(members) \
+            or len({e for m in members for e in m.entity_ids}) < sum(len(m.entity_ids) for m in members)
     for tier in TIERS:
         for stat in ("mc_acc", "mc_acc_low", "mc_acc_high", "gen_acc", "f1"):
             assert f"recall/{tier}/{stat}" in baseline.metrics
