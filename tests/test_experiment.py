@@ -42,7 +42,9 @@ def test_a_lora_run_writes_the_run_directory_contract(lora_run) -> None:
     predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert sorted({p["step"] for p in predictions}) == [0, 2, 4]
     assert {p["tier"] for p in predictions} == {"train", "paraphrase", "eval", "unseen_facts", *CAUSE_TIERS}
-    assert all(len(p["candidates"]) == 4 for p in predictions)
+    assert all(2 <= len(p["candidates"]) <= 4 and p["gold"] in [c["text"] for c in p["candidates"]]
+               for p in predictions)
+    assert all(p["balanced"] and p["chance"] == 1 / len(p["candidates"]) for p in predictions)
     for tier in ("train", "paraphrase", "eval", "eval_tune", "eval_test", "unseen_facts"):
         assert f"recall/{tier}/baseline_mc_acc" in summary and f"recall/{tier}/p_value" in summary
         assert f"recall/{tier}/p_vs_null" in summary and f"recall/{tier}/gen_acc_lenient" in summary
