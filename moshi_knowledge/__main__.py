@@ -1,5 +1,6 @@
-"""`python -m moshi_knowledge [overrides]` and the `moshi-knowledge` console script: the `report` subcommand, the
-checks before Hydra sees the command line, and the exit codes. The Hydra app itself is moshi_knowledge/app.py."""
+"""`python -m moshi_knowledge [overrides]` and the `moshi-knowledge` console script: the `report` and `plan`
+subcommands, the checks before Hydra sees the command line, and the exit codes. The Hydra app itself is
+moshi_knowledge/app.py."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def _refuse_secret_overrides(args: list[str]) -> None:
 
 
 def main() -> None:
-    """`moshi-knowledge report SWEEP_DIR` renders a sweep report; anything else is the Hydra app.
+    """`moshi-knowledge report SWEEP_DIR` renders a sweep report, `moshi-knowledge plan [overrides]` prints the runs
+    and GPU-hours a command line would take (moshi_knowledge/plan.py); anything else is the Hydra app.
 
     Exit 2 is the user's mistake: a job's UserError (the app exits 2 itself), or a command line Hydra cannot compose
     (an unknown key, a bad override or value, a missing option), also a sweep value that fails for one job. Hydra
@@ -40,6 +42,10 @@ def main() -> None:
         sys.exit(report_main(sys.argv[2:]))
     load_env_file()  # before the check: a .env key pasted into an override is then recognised as a secret
     _refuse_secret_overrides(sys.argv[1:])
+    if sys.argv[1:2] == ["plan"]:
+        from moshi_knowledge.plan import main as plan_main
+
+        sys.exit(plan_main(sys.argv[2:]))
     try:
         app()
     except SystemExit as stop:

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from moshi_knowledge.codes.encode import load_split
+from moshi_knowledge.dataset.facts import read_conversation_facts
 from moshi_knowledge.dataset.format import META, read_meta
 from moshi_knowledge.evaluation import report
 from moshi_knowledge.evaluation.judge import judge_from_config
@@ -41,6 +42,7 @@ from moshi_knowledge.tracking.contract import (
 from moshi_knowledge.tracking.files import dumps, read_metrics
 from moshi_knowledge.tracking.secrets import redact
 from moshi_knowledge.train.distributed import dist_info, init_from_env, parallel_mode
+from moshi_knowledge.train.exposures import fix_length
 from moshi_knowledge.train.loop import train
 from moshi_knowledge.train.seed import seed_everything
 
@@ -150,6 +152,11 @@ class RunRecipe:
                                export=fit and main and not sharded)
         if self.tracker is not None:
             self.tracker.summary({"params/trainable": params.trainable, "params/total": params.total})
+        # the steps are known before the recall hook needs the last one (train.exposures_per_fact sets them)
+        self.train_samples = load_split(self.entries["tokenize"].path, "train") if fit else []
+        self.facts = read_conversation_facts(self.entries["dataset"].path)
+        if fit:
+            self.train_cfg = fix_length(self.train_cfg, self.train_samples, self.facts, self.model)
         self.hook = (_recall_hook(cfg, self.entries, self.loaded, self.run_dir,
                                   self.train_cfg.max_steps if fit else 0) if self.choices.recall else None)
 
@@ -157,10 +164,9 @@ class RunRecipe:
         """Train with the recall hook; the training summary (status, step and final figures)."""
         if not self.choices.fit:
             return {"status": COMPLETED, "step": 0}
-        codes = self.entries["tokenize"].path
-        return train(self.model, load_split(codes, "train"), load_split(codes, "eval"), self.train_cfg,
+        return train(self.model, self.train_samples, load_split(self.entries["tokenize"].path, "eval"), self.train_cfg,
                      instantiate(self.cfg.nan_guard), self.run_dir, tracker=self.tracker, on_eval=self.hook,
-                     inject_nonfinite_at=list(self.cfg.debug.inject_nonfinite_at))
+                     inject_nonfinite_at=list(self.cfg.debug.inject_nonfinite_at), facts=self.facts)
 
     def export(self) -> None:
         if self.choices.export:

@@ -2,7 +2,8 @@
 
 Reads every run under SWEEP_DIR (each directory holding a summary.json; its overrides from .hydra/overrides.yaml),
 writes `report.md`, `loss_curves.png` and one `recall_heatmap_<tier>.png` per tier into SWEEP_DIR (each cell with
-its n, the colour scale centred on chance), and prints the table. It is for people who can't open the W&B
+its n, the colour scale centred on chance), with a Study section also `study_dose_response.png`, and prints the
+table. It is for people who can't open the W&B
 dashboard, and for the paper.
 
 Keys read (written by train/eval through the Tracker; `moshi_knowledge.tracking.contract` is the full list):
@@ -10,11 +11,16 @@ Keys read (written by train/eval through the Tracker; `moshi_knowledge.tracking.
     summary.json   status, message, train/loss, eval/loss, nan_guard/events,
                    recall/<tier>/mc_acc, recall/<tier>/mc_acc_low, recall/<tier>/mc_acc_high,
                    recall/<tier>/p_vs_null (the headline test: above the silence and shuffled controls and
-                   the unseen_facts tier), recall/<tier>/delta, recall/<tier>/p_value
+                   the unseen_facts tier), recall/<tier>/p_vs_null_holm, recall/<tier>/mde, recall/<tier>/chance,
+                   recall/<tier>/delta, recall/<tier>/p_value, data/exposures_per_fact (the Study section)
+    .hydra/        overrides.yaml (the run's overrides), hydra.yaml (its config-group choices: `layout`)
     metrics.jsonl  step, train/loss, eval/loss (curves; also the fallback for a final value missing from the summary)
 
 It opens with the winner of each tier against its runner-up, tested on the same questions (predictions.jsonl).
-A tier is any `<tier>` with a `recall/<tier>/mc_acc` in some run's summary (train, eval, paraphrase, retain). When
+A tier is any `<tier>` with a `recall/<tier>/mc_acc` in some run's summary (train, eval, paraphrase, retain); its
+columns include its MDE and the verdict the run's own final table gives it (evaluation.report.tier_verdict). When
+the runs differ in `layout` (the knowledge-injection regime), a "Study" section comes first (moshi_knowledge/study.py:
+per regime and tier, recall above the never-trained null over seeds, its verdict, the dose response). When
 the runs differ only by `seed` or `train.seed` (`sweep=seeds`), an "Across seeds" table gives each tier's final
 recall (and its controls) as mean, standard deviation and 95% t-interval of the mean over the completed runs. When
 two or more configs were each run with the same seeds (`-m lora.rank=8,16 seed=0,1,2`), a "Configs compared across
@@ -31,12 +37,16 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from moshi_knowledge.calibration import section as calibration_section
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.evaluation.metrics import HEADLINE, METRICS
-from moshi_knowledge.evaluation.stats import paired_p_value
+from moshi_knowledge.evaluation.report import tier_verdict
+from moshi_knowledge.evaluation.stats import mean_interval, paired_p_value
 from moshi_knowledge.io_utils import atomic_write_text
+from moshi_knowledge.markdown import table_row
+from moshi_knowledge.plots import pyplot, save
+from moshi_knowledge.study import study_section
 from moshi_knowledge.tracking.contract import (
     COMPLETED,
     DIVERGED,
@@ -86,8 +96,9 @@ def write_report(sweep_dir: Path) -> str:
     table = _table(runs, labels, varying, tiers)
     head = [_status_line(runs)] + ([f"Common overrides: {', '.join(f'`{o}`' for o in common)}"] if common else [])
     winner = _winner_section(runs, [" ".join(v) or label for v, label in zip(varying, labels)], tiers)
-    sections = [f"# Sweep report: {sweep_dir.resolve().name}", "\n\n".join(head), *([winner] if winner else []),
-                table]
+    study = "\n\n".join(s for s in (study_section(runs, sweep_dir), calibration_section(runs, sweep_dir)) if s)
+    sections = [f"# Sweep report: {sweep_dir.resolve().name}", "\n\n".join(head), *([study] if study else []),
+                *([winner] if winner else []), table]
     seeds = _seed_section(runs, varying, tiers) or _paired_section(runs, varying, tiers)
     if seeds:
         sections.append(seeds)
@@ -97,7 +108,8 @@ def write_report(sweep_dir: Path) -> str:
         text = (sweep_dir / _OPTUNA_RESULTS).read_text(encoding="utf-8")
         sections.append(f"## Optuna result\n\n```yaml\n{text.strip()}\n```")
     atomic_write_text(sweep_dir / REPORT_FILE, "\n\n".join(sections) + "\n")
-    return "\n\n".join([*head, *([winner] if winner else []), table, *([seeds] if seeds else [])])
+    return "\n\n".join([*head, *([study] if study else []), *([winner] if winner else []), table,
+                        *([seeds] if seeds else [])])
 
 
 # ---- which config won ----------------------------------------------------------------------------------------
@@ -135,7 +147,7 @@ def _winner_section(runs: list[RunRecord], labels: list[str], tiers: list[str]) 
         wins = sum(a[q][0] and not b[q][0] for q in shared)
         losses = sum(b[q][0] and not a[q][0] for q in shared)
         clear = p < 0.05 and sign * best_acc > sign * next_acc
-        rows.append(_row([tier, f"`{best}` {best_acc:.3f}", f"`{runner}` {next_acc:.3f}", str(len(shared)),
+        rows.append(table_row([tier, f"`{best}` {best_acc:.3f}", f"`{runner}` {next_acc:.3f}", str(len(shared)),
                           f"{wins} / {losses}", _num(p), "yes" if clear else "no"]))
         lines.append(f"- **{tier}**: `{best}` is best ({best_acc:.3f})" + (
             f" and beats `{runner}` ({next_acc:.3f}; paired p = {p:.3g}, n = {len(shared)})." if clear else
@@ -145,7 +157,8 @@ def _winner_section(runs: list[RunRecord], labels: list[str], tiers: list[str]) 
         return None
     header = ["tier", "best", "runner-up", "questions", "best right / runner-up right (where they differ)",
               "paired p", "best is better"]
-    return "\n".join(["## Which config won", "", *lines, "", _row(header), _row(["---"] * len(header)), *rows])
+    return "\n".join(["## Which config won", "", *lines, "", table_row(header), table_row(["---"] * len(header)),
+                      *rows])
 
 
 def _final_predictions(run: RunRecord) -> dict[str, dict[str, tuple[bool, str]]]:
@@ -166,23 +179,25 @@ def _final_predictions(run: RunRecord) -> dict[str, dict[str, tuple[bool, str]]]
 def _table(runs: list[RunRecord], labels: list[str], varying: list[list[str]], tiers: list[str]) -> str:
     header = ["run", "overrides", "status", "train loss", "eval loss"]
     for tier in tiers:
-        header += [f"{tier} recall [95% CI]", f"{tier} p vs null", f"{tier} Δ base", f"{tier} p"]
+        header += [f"{tier} recall [95% CI]", f"{tier} p vs null", f"{tier} MDE", f"{tier} verdict", f"{tier} Δ base",
+                   f"{tier} p"]
     header.append("NaN events")
-    lines = [_row(header), _row(["---"] * len(header))]
+    lines = [table_row(header), table_row(["---"] * len(header))]
     for run, label, overrides in zip(runs, labels, varying):
         cells = [label, " ".join(overrides) or _MISSING, _status_cell(run)]
         cells += [_num(run.final(TRAIN_LOSS)), _num(run.final(EVAL_LOSS))]
         for tier in tiers:
+            mde = run.final(recall_key(tier, "mde"))
             cells += [_recall_cell(run, tier), _num(run.final(recall_key(tier, "p_vs_null")), digits=3),
+                      _MISSING if mde is None or not math.isfinite(mde) else f"{mde:.2f}",
+                      _verdict_cell(run, tier),
                       _signed(run.final(recall_key(tier, "delta")))]
             cells.append(_num(run.final(recall_key(tier, "p_value")), digits=3))
         cells.append(_count(run.final(NAN_EVENTS)))
-        lines.append(_row(cells))
+        lines.append(table_row(cells))
     return "\n".join(lines)
 
 
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
 def _status_cell(run: RunRecord) -> str:
@@ -190,6 +205,11 @@ def _status_cell(run: RunRecord) -> str:
     if not message or run.status == COMPLETED:
         return run.status
     return f"{run.status}: {message if len(message) <= 60 else message[:57] + '...'}"
+
+
+def _verdict_cell(run: RunRecord, tier: str) -> str:
+    """The tier's verdict (evaluation.report.tier_verdict, as the run's own final table gives it)."""
+    return tier_verdict(lambda stat: run.final(recall_key(tier, stat))) or _MISSING
 
 
 def _recall_cell(run: RunRecord, tier: str) -> str:
@@ -240,8 +260,8 @@ def _seed_section(runs: list[RunRecord], varying: list[list[str]], tiers: list[s
     only_seeds = any(varying) and all(_is_seed(x) for o in varying for x in o)
     if len(runs) < 2 or not only_seeds or not tiers:
         return None
-    lines = ["## Across seeds", "", _row(["tier", "runs", "mean", "sd", "95% CI of the mean"]),
-             _row(["---"] * 5)]
+    lines = ["## Across seeds", "", table_row(["tier", "runs", "mean", "sd", "95% CI of the mean"]),
+             table_row(["---"] * 5)]
     for tier in tiers:
         for stat in (m.name for m in METRICS.values() if m.across_seeds):  # the real figure, then its controls
             values = [v for r in runs if r.status == COMPLETED and (v := r.final(recall_key(tier, stat))) is not None
@@ -249,9 +269,9 @@ def _seed_section(runs: list[RunRecord], varying: list[list[str]], tiers: list[s
             if not values:
                 continue
             label = tier if stat == HEADLINE else f"{tier} ({stat.removeprefix(f'{HEADLINE}_')})"
-            mean, half = _mean_interval(values)
+            mean, half = mean_interval(values)
             sd = statistics.stdev(values) if len(values) > 1 else math.nan
-            lines.append(_row([label, str(len(values)), f"{mean:.3f}", f"{sd:.3f}",
+            lines.append(table_row([label, str(len(values)), f"{mean:.3f}", f"{sd:.3f}",
                                f"[{mean - half:.3f}, {mean + half:.3f}]"]))
     return "\n".join(lines)
 
@@ -279,7 +299,7 @@ def _paired_section(runs: list[RunRecord], varying: list[list[str]], tiers: list
     if not rows:
         return None
     head = ["tier", "config A", "config B", "seeds", "mean B − A", "95% CI", "p (paired t)", "verdict"]
-    return "\n".join(["## Configs compared across seeds", "", _row(head), _row(["---"] * len(head)), *rows])
+    return "\n".join(["## Configs compared across seeds", "", table_row(head), table_row(["---"] * len(head)), *rows])
 
 
 def _is_seed(override: str) -> bool:
@@ -300,7 +320,7 @@ def _paired_row(tier: str, name_a: str, name_b: str, a: dict[str, RunRecord], b:
     if len(pairs) < 2:
         return None
     diffs = [vb - va for va, vb in pairs]
-    mean, half = _mean_interval(diffs)
+    mean, half = mean_interval(diffs)
     if statistics.pstdev(diffs) == 0:  # identical differences: t is undefined (or infinite)
         p = 1.0 if mean == 0 else 0.0
     else:
@@ -308,8 +328,8 @@ def _paired_row(tier: str, name_a: str, name_b: str, a: dict[str, RunRecord], b:
     higher = METRICS[HEADLINE].higher_is_better
     verdict = (f"indistinguishable (p ≥ {ALPHA})" if p >= ALPHA
                else f"{'B' if (mean > 0) == higher else 'A'} better")
-    return _row([tier, name_a, name_b, str(len(pairs)), f"{mean:+.3f}", f"[{mean - half:+.3f}, {mean + half:+.3f}]",
-                 f"{p:.3g}", verdict])
+    return table_row([tier, name_a, name_b, str(len(pairs)), f"{mean:+.3f}",
+                      f"[{mean - half:+.3f}, {mean + half:+.3f}]", f"{p:.3g}", verdict])
 
 
 def _completed_recall(run: RunRecord, tier: str) -> float | None:
@@ -317,33 +337,14 @@ def _completed_recall(run: RunRecord, tier: str) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _mean_interval(values: Sequence[float]) -> tuple[float, float]:
-    """The mean and the half-width of its two-sided 95% Student t interval (nan for a single value)."""
-    from scipy.stats import t
-
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    return mean, float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
-
-
 # ---- plots ---------------------------------------------------------------------------------------------------
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: works on machines without a display
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _loss_section(runs: list[RunRecord], labels: list[str], varying: list[list[str]], out: Path) -> str:
     curves = [(r, r.series(TRAIN_LOSS), r.series(EVAL_LOSS)) for r in runs]
     if not any(train[0] or ev[0] for _, train, ev in curves):
         return "## Loss curves\n\nNo run logged train/loss or eval/loss."
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(11, 5.5))
     finite: list[float] = []
     for i, ((run, (ts, tv), (es, ev)), label) in enumerate(zip(curves, labels)):
@@ -361,7 +362,7 @@ def _loss_section(runs: list[RunRecord], labels: list[str], varying: list[list[s
     ax.set_title("train (solid) and eval (dashed) loss; x = last finite train loss of a diverged run")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(runs) // 25)
     fig.tight_layout()
-    fig.savefig(out / LOSS_PLOT, dpi=110)
+    save(fig, out / LOSS_PLOT)
     plt.close(fig)
     return f"## Loss curves\n\n![loss curves]({LOSS_PLOT})"
 
@@ -404,7 +405,7 @@ def _heatmap_section(runs: list[RunRecord], tiers: list[str], out: Path) -> str:
 def _recall_line(runs: list[RunRecord], tiers: list[str], key: str, chance: float | None, path: Path) -> None:
     """Final recall of each tier over the one swept parameter, with Wilson intervals, n and the chance line."""
     xs = _axis_values(runs, key)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(xs), 3.6))
     for tier in tiers:
         points = []
@@ -430,7 +431,7 @@ def _recall_line(runs: list[RunRecord], tiers: list[str], key: str, chance: floa
     ax.set_ylabel("final multiple-choice recall")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path)
     plt.close(fig)
 
 
@@ -469,7 +470,7 @@ def _heatmap(runs: list[RunRecord], tier: str, x_key: str, y_key: str, chance: f
         cells.setdefault((p.get(x_key, _MISSING), p.get(y_key, _MISSING)), []).append(run)
     centred = chance is not None and 0 < chance < 1
     norm = TwoSlopeNorm(vcenter=chance, vmin=0.0, vmax=1.0) if centred else Normalize(0.0, 1.0)
-    plt = _pyplot()
+    plt = pyplot()
     grid = [[math.nan] * len(xs) for _ in ys]
     labels = []
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(xs), 1.6 + 0.9 * len(ys)))
@@ -499,7 +500,7 @@ def _heatmap(runs: list[RunRecord], tier: str, x_key: str, y_key: str, chance: f
     if chance is not None:
         bar.ax.axhline(chance, color="black", linestyle="--", linewidth=1)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Title": title, "Description": "; ".join(sorted(labels))})
+    save(fig, path, metadata={"Title": title, "Description": "; ".join(sorted(labels))})
     plt.close(fig)
 
 

@@ -101,10 +101,10 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         Stage("story", "1", (), ("story",), _story),
-        Stage("qa", "7", ("story",), ("qa",), _qa),
+        Stage("qa", "8", ("story",), ("qa",), _qa),
         Stage("tts", "4", ("story", "qa"), ("tts",), _tts,
               extra_key=lambda cfg, inputs: script_fingerprint(_script(cfg, inputs))),
-        Stage("dataset", "8", ("story", "qa", "tts"), ("layout", "align", "dataset"), _dataset,
+        Stage("dataset", "9", ("story", "qa", "tts"), ("layout", "align", "dataset"), _dataset,
               extra_key=lambda cfg, inputs: instantiate(cfg.dataset).identity()),
         Stage("model", "1", ("story", "qa", "tts"), ("model",), _model, ignore=("model.device", "model.dtype")),
         Stage("tokenize", "1", ("dataset", "model"), (), _tokenize),

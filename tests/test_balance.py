@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hydra.utils import instantiate
@@ -22,6 +23,7 @@ from moshi_knowledge.world.schema import World
 
 PRESETS = ("demo", "knowledge", "regime_qa", "regime_mixed", "regime_narration", "moshiko_h200", "seed_replication")
 SEEDS = range(20)
+LARGE_SEEDS = range(3)  # qa=facts_large: 1,500 questions a seed, more than 20 seeds of the default's 330
 NEVER_TRAINED = ("unseen_facts", "heldout_facts")
 
 
@@ -38,15 +40,24 @@ def _distinct_builds() -> dict[str, tuple[str, ...]]:
 BUILDS = _distinct_builds()
 
 
+class _Builds(list):
+    """(seed, Q/A, world) per seed, and the qa config they were built with."""
+
+    def __init__(self, items: list, qa_cfg: Any) -> None:
+        super().__init__(items)
+        self.qa_cfg = qa_cfg
+
+
 @pytest.fixture(scope="module", params=list(BUILDS.values()), ids=lambda p: "+".join(p))
 def built(request: pytest.FixtureRequest) -> list[tuple[int, QASet, World]]:
-    """Q/A of one preset's settings for seeds 0-19, data only."""
+    """Q/A of one preset's settings for seeds 0-19 (0-2 for the large world), data only."""
     out = []
-    for seed in SEEDS:
+    qa_cfg = compose_cfg([f"experiment={request.param[0]}"]).qa
+    for seed in LARGE_SEEDS if qa_cfg.n_train > 200 else SEEDS:
         cfg = compose_cfg([f"experiment={request.param[0]}", f"seed={seed}"])
         story = instantiate(cfg.story).generate()
         out.append((seed, instantiate(cfg.qa).build(story), story.world))
-    return out
+    return _Builds(out, qa_cfg)
 
 
 def _candidates(q: QAItem) -> frozenset[str]:
@@ -116,9 +127,10 @@ def test_no_never_trained_question_shares_its_entity_and_answer_with_a_trained_o
 @pytest.mark.slow
 def test_tiers_keep_their_sizes_and_the_null_its_chance(built) -> None:
     """Sets of four wherever the world allows: the tiers' chance stays near 1/4, not 1/2."""
+    cfg = built.qa_cfg
     for seed, qa, _ in built:
-        assert len(qa.eval) == 20 and len(qa.unseen_facts) == 20, seed
-        assert len(qa.train) + len(qa.heldout_facts) in range(97, 101), seed
+        assert len(qa.eval) == cfg.n_eval and len(qa.unseen_facts) == cfg.n_unseen, seed
+        assert len(qa.train) + len(qa.heldout_facts) in range(round(0.97 * cfg.n_train), cfg.n_train + 1), seed
         for tier in ("train", "eval", "unseen_facts", *(("heldout_facts",) if qa.heldout_facts else ())):
             items = getattr(qa, tier)
             assert sum(1 / len(_candidates(q)) for q in items) / len(items) < 0.4, (seed, tier)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from conftest import TINY_RUN, run_app
-from moshi_knowledge.evaluation.controls import SilentQuestion, derangement, shuffled_pairs
+from moshi_knowledge.evaluation.controls import Controls, SilentQuestion, derangement, shuffled_pairs
 from moshi_knowledge.evaluation.questions import EvalQuestion
 from moshi_knowledge.speech.audio import write_mono_wav
 
@@ -35,6 +36,21 @@ def test_shuffled_pairs_stay_within_a_tier_and_follow_the_seed(tmp_path: Path) -
     assert all(i != j and questions[i].tier == questions[j].tier for i, j in pairs)
     assert sorted(j for _, j in pairs) == sorted(i for i, _ in pairs)  # every question's candidates used once
     assert shuffled_pairs(questions, seed=0) == pairs and shuffled_pairs(questions, seed=1) != pairs
+
+
+def test_the_shuffled_control_is_the_share_of_its_derangements_that_pick_gold(tmp_path: Path) -> None:
+    """Each draw is its own derangement; a question's shuffled figure counts the draws whose candidates it was
+    scored against (another question's) picked that question's gold, here whenever the other question was q3."""
+    questions = [_question(i, "train", tmp_path) for i in range(6)]
+    controls = Controls(questions, lambda qs: [SimpleNamespace(mc=q) for q in qs], seed=0, shuffles=3)
+    draws = [dict(shuffled_pairs(questions, 0, draw)) for draw in range(3)]
+    assert draws[0] != draws[1] != draws[2]
+    scored = controls.mc_questions()
+    fields = controls.row_fields([SimpleNamespace(correct=q.gold == "a3") for q in scored], weights_finite=True)
+    for i in range(6):
+        assert fields[i]["shuffled_qids"] == [f"train-{d[i]}" for d in draws]
+        assert fields[i]["mc_correct_shuffled"] == pytest.approx(sum(d[i] == 3 for d in draws) / 3)
+        assert fields[i]["mc_correct_silence"] is (i == 3)
 
 
 def test_a_silent_question_is_silence_of_the_question_length(tmp_path: Path) -> None:
@@ -67,7 +83,7 @@ def test_trained_recall_rises_while_the_controls_stay_near_chance(tiny_cache: Pa
     # other answers): its frequency is a prior the controls are there to show. Every other question's choices
     # are trained answers alike, and the model cannot tell them apart without the question.
     clean = [r for r in train.values() if not r["untrained_candidates"]]
-    shuffled = [r for r in clean if not train[r["shuffled_qid"]]["untrained_candidates"]]
+    shuffled = [r for r in clean if not any(train[q]["untrained_candidates"] for q in r["shuffled_qids"])]
     for control, scored in (("silence", clean), ("shuffled", shuffled)):  # chance is 0.25 (4 candidates)
         assert sum(r[f"mc_correct_{control}"] for r in scored) <= max(1, len(scored) / 2), (control, scored)
         for tier in ("train", "paraphrase", "eval"):
@@ -76,7 +92,8 @@ def test_trained_recall_rises_while_the_controls_stay_near_chance(tiny_cache: Pa
     for row in final:
         assert isinstance(row["mc_correct_silence"], bool)
         if row["tier"] != "eval" or sum(t == "eval" for t in tiers.values()) > 1:
-            assert row["shuffled_qid"] != row["qid"] and tiers[row["shuffled_qid"]] == row["tier"]
+            assert len(row["shuffled_qids"]) == 3  # eval.shuffles derangements, averaged
+            assert all(q != row["qid"] and tiers[q] == row["tier"] for q in row["shuffled_qids"])
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in metrics if "recall/train/mc_acc_shuffled" in r] == [0, 40]
     table = done.stdout[done.stdout.index("vs nulls"):]

@@ -48,6 +48,7 @@ def test_a_lora_run_writes_the_run_directory_contract(lora_run) -> None:
     for tier in ("train", "paraphrase", "eval", "eval_tune", "eval_test", "unseen_facts"):
         assert f"recall/{tier}/baseline_mc_acc" in summary and f"recall/{tier}/p_value" in summary
         assert f"recall/{tier}/p_vs_null" in summary and f"recall/{tier}/gen_acc_lenient" in summary
+        assert f"recall/{tier}/mde" in summary  # null (NaN) where too few facts for any effect
     assert "recall/train/mc_acc" in done.stdout or "train " in done.stdout  # the printed recall table
     lora = load_file(run / "adapter" / "moshi" / "lora.safetensors")
     assert lora and all(k.endswith((".lora_A.weight", ".lora_B.weight")) or "emb" in k for k in lora)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -176,15 +177,19 @@ def test_answer_type_and_normalise() -> None:
 def test_file_qa_distractors_follow_the_rules(tmp_path: Path) -> None:
     path = _write_qa(tmp_path / "qa.json", _qa_items(24))
     qa = FileQA(path, n_eval=6, seed=1).build(STORY)
-    train_answers = {q.answer for q in qa.train}
-    for item in [*qa.train, *qa.eval]:  # the retain tier brings its own distractors (test_retain.py)
-        assert item.answer_type == answer_type(item.answer)
-        assert len(item.distractors) == 3
-        assert len(set(item.distractors)) == 3
-        assert item.answer not in item.distractors
-        # 12 answers of each type exist, so all three share the item's type and come from train answers
-        assert {answer_type(d) for d in item.distractors} == {item.answer_type}
-        assert set(item.distractors) <= train_answers
+    for tier in (qa.train, qa.eval):  # the retain tier brings its own distractors (test_retain.py)
+        answers = {q.answer for q in tier}
+        for item in tier:
+            assert item.answer_type == answer_type(item.answer) and item.answer not in item.distractors
+            assert len(set(item.distractors)) == len(item.distractors)
+            if item.balanced:  # a set of its own tier's answers of its type, each the gold of one of its items
+                assert 1 <= len(item.distractors) <= 3 and set(item.distractors) <= answers
+                assert {answer_type(d) for d in item.distractors} == {item.answer_type}
+            else:  # an item no set of 2 to 4 takes: three other answers
+                assert len(item.distractors) == 3
+        # sets of four, then the rest of a type as one set of two or three: a type with 4m + 1 items leaves one
+        types = Counter(q.answer_type for q in tier)
+        assert sum(not q.balanced for q in tier) == sum(c % 4 == 1 for c in types.values())
     assert FileQA(path, n_eval=6, seed=1).build(STORY).model_dump() == qa.model_dump()
     reseeded = FileQA(path, n_eval=6, seed=2).build(STORY)
     assert [q.distractors for q in reseeded.train] != [q.distractors for q in qa.train]
@@ -199,33 +204,33 @@ def test_file_qa_distractors_skip_equal_normalised_answers_and_aliases(tmp_path:
         {"question": "Who built the bridge?", "answer": "Orrin"},
         {"question": "When was it built?", "answer": "1204"},
     ]
-    qa = FileQA(_write_qa(tmp_path / "qa.json", items), n_eval=0).build(STORY)
-    first = qa.train[0]
-    assert first.aliases == ["Avon River"]
-    assert {normalise(d) for d in first.distractors}.isdisjoint({"avon", "avon river"})
-    # only two other text answers exist, so the third distractor falls back to the year
-    assert set(first.distractors) == {"Tay", "Orrin", "1204"}
-    assert first.distractors[-1] == "1204"
-    year = qa.train[5]
-    assert year.answer_type == "year" and len(year.distractors) == 3
+    for seed in range(10):
+        qa = FileQA(_write_qa(tmp_path / "qa.json", items), n_eval=0, seed=seed).build(STORY)
+        first = qa.train[0]
+        assert first.aliases == ["Avon River"]
+        for item in qa.train:  # no candidate is another right answer of the question
+            right = {normalise(a) for a in [item.answer, *item.aliases]}
+            assert right.isdisjoint({normalise(d) for d in item.distractors}), (seed, item)
+        year = qa.train[5]
+        assert year.answer_type == "year" and len(year.distractors) == 3  # the only year: no set, three others
 
 
-def test_file_qa_eval_items_prefer_train_answers(tmp_path: Path) -> None:
+def test_file_qa_tiers_share_counterbalanced_sets_of_their_own_answers(tmp_path: Path) -> None:
+    """Eval candidates are other eval answers (never trained, like the gold), train candidates other train
+    answers: a set's answers share one training status, so no frequency prior can pick the gold."""
     train = _write_qa(tmp_path / "train.json", [{"question": f"Q{i}?", "answer": f"Train{i}"} for i in range(3)])
     evals = _write_qa(tmp_path / "eval.json", [{"question": f"E{i}?", "answer": f"Eval{i}"} for i in range(3)])
     qa = FileQA(train, eval_path=evals).build(STORY)
-    for item in qa.eval:
-        assert set(item.distractors) == {"Train0", "Train1", "Train2"}
-    for item in qa.train:  # two other train answers, then one eval answer
-        assert sum(d.startswith("Train") for d in item.distractors) == 2
-        assert item.distractors[2].startswith("Eval")
+    for tier, prefix in ((qa.eval, "Eval"), (qa.train, "Train")):
+        for item in tier:
+            assert item.balanced and sorted([item.answer, *item.distractors]) == [f"{prefix}{i}" for i in range(3)]
 
 
 def test_file_qa_given_distractors_are_kept(tmp_path: Path) -> None:
     items = [*_qa_items(4), {"question": "Who?", "answer": "Ysolde", "distractors": [" Maren ", "Orla"]}]
     qa = FileQA(_write_qa(tmp_path / "qa.json", items), n_eval=0).build(STORY)
-    assert qa.train[4].distractors == ["Maren", "Orla"]
-    assert len(qa.train[0].distractors) == 3
+    assert qa.train[4].distractors == ["Maren", "Orla"] and not qa.train[4].balanced
+    assert qa.train[0].distractors == ["Name2"] and qa.train[0].balanced  # the two names share a set of two
 
 
 # ---- qa=file: repeated questions ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.qa.facts import QUESTIONS, FactsQA, held_out_templates
 from moshi_knowledge.qa.schema import QAItem, QASet
+from moshi_knowledge.speech.script import question_line_id, question_lines
 from moshi_knowledge.world.procedural import ProceduralStory
 from moshi_knowledge.world.prose import capitalize, label
 from moshi_knowledge.world.schema import Entity, Fact, Story, World
@@ -219,6 +220,7 @@ def test_story_without_world_is_a_user_error() -> None:
     (dict(n_train=10_000), "qa.n_train"), (dict(n_train=5, n_eval=20), "qa.n_eval"),
     (dict(n_train=230, n_eval=0, n_unseen=20), "qa.n_unseen"), (dict(n_unseen=-1), "qa.n_unseen"),
     (dict(heldout_share=1.0), "qa.heldout_share"), (dict(n_train=20, n_eval=8, heldout_share=0.9), "qa.heldout_share"),
+    (dict(spike_in=0.5), "qa.spike_in"), (dict(heldout_share=0.5, spike_in=1.5), "qa.spike_in"),
 ])
 def test_impossible_sizes_are_user_errors(story: Story, kwargs: dict[str, int], field: str) -> None:
     with pytest.raises(UserError, match=field):
@@ -287,3 +289,44 @@ def test_a_heldout_fact_that_a_training_item_trains_is_refused(mixed: QASet) -> 
     data["heldout_facts"][0]["fact_ids"] = data["train"][0]["fact_ids"]
     with pytest.raises(ValueError, match="heldout_facts item heldout-000"):
         QASet.model_validate(data)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_spike_in_trains_a_growing_known_share_of_heldout_facts_in_whole_sets(seed: int) -> None:
+    """qa.spike_in: the spiked held-out facts' Q/A is trained (their heldout question among the train item's
+    phrasings, so the known share is known); whole candidate sets are spiked, a larger share spikes a superset of
+    a smaller one's facts, nothing else changes, and every tier stays counterbalanced."""
+    story = ProceduralStory(seed=seed).generate()
+    base = FactsQA(seed=seed, heldout_share=0.5).build(story)
+    spiked_before: set[str] = set()
+    for share in (0.25, 0.5, 1.0):
+        qa = FactsQA(seed=seed, heldout_share=0.5, spike_in=share).build(story)
+        spiked = [q for q in qa.heldout_facts if q.spiked]
+        assert abs(len(spiked) - share * len(qa.heldout_facts)) <= 2  # whole sets of 2 to 4
+        spike_items = [q for q in qa.train if q.spiked]
+        assert [q.question for q in spike_items] == [q.question for q in spiked]
+        assert all(q.phrasings[0] == q.question and len(set(q.phrasings)) == len(q.phrasings) >= 2
+                   for q in spike_items)
+        by_set = defaultdict(set)  # a candidate set is spiked whole or not at all
+        for q in qa.heldout_facts:
+            by_set[frozenset([q.answer, *q.distractors])].add(q.spiked)
+        assert all(len(flags) == 1 for flags in by_set.values())
+        ids = {f for q in spiked for f in q.fact_ids}
+        assert ids >= spiked_before
+        spiked_before = ids
+        assert [q for q in qa.train if not q.spiked] == base.train  # the rest of the data is the unspiked run's
+        for tier in ("heldout_facts", "unseen_facts", "eval", "paraphrase"):
+            asked = [(q.question, q.answer, q.distractors) for q in getattr(qa, tier)]
+            assert asked == [(q.question, q.answer, q.distractors) for q in getattr(base, tier)]
+        assert all(q.balanced for q in qa.all_items())
+        # the spiked training item's first phrasing is the heldout question in the voice the run without spike-in
+        # asks it in (the tier then plays that recording: tests/test_calibration.py); every other question is
+        # voiced as in the run without spike-in
+        lines = {line.id: line for line in question_lines(qa)}
+        unspiked = {line.id: line for line in question_lines(base)}
+        for q in spiked:
+            ask, train = unspiked[question_line_id(q.id)], lines[question_line_id(q.source_id, 0)]
+            assert (ask.text, ask.voice_index) == (train.text, train.voice_index)
+            assert question_line_id(q.id) not in lines
+        assert {i: line for i, line in lines.items() if i in unspiked} == \
+            {i: line for i, line in unspiked.items() if i in lines}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tqdm import tqdm
 
@@ -28,6 +28,9 @@ class Written:
 
 
 class DatasetSource(ABC):
+    # whether the training split is the layout's own conversations (whose facts the dataset stage then records)
+    trains_on_layout: ClassVar[bool] = False
+
     @abstractmethod
     def identity(self) -> str:
         """Cache-key material for what the source reads besides its config (files that may change in place)."""
@@ -43,6 +46,8 @@ class DatasetSource(ABC):
 
 class BuiltDataset(DatasetSource):
     """The default: train on the conversations the layout made of the run's own training Q/A."""
+
+    trains_on_layout = True
 
     def identity(self) -> str:
         return ""  # everything it reads (Q/A, speech, layout, aligner) is already in the stage's key

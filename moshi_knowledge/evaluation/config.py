@@ -27,6 +27,7 @@ class EvalConfig:
                                                       "unseen_wording", "shifted", "retain", "heldout_facts"])
     max_per_tier: Optional[int] = None  # score a fixed random subset of each tier (None: all questions)
     seed: int = 0  # subset choice, the shuffled-question control and audio sampling
+    shuffles: int = 3  # derangements the shuffled control is scored under and averaged over (controls.py)
     mc: bool = True
     candidate_audio: bool = False  # each candidate with its own Moshi-voice audio (default: no answer audio at all)
     mc_batch_size: int = 64  # candidate rows per pass (each question's shared prefix runs once, see mc.MCPlan)
@@ -46,6 +47,7 @@ class EvalConfig:
         self.tiers = list(self.tiers)
         checks = [
             ("recall_every", self.recall_every >= 0, "0 (start and end only) or a positive number of steps"),
+            ("shuffles", self.shuffles >= 1, "1 or more derangements (3 by default)"),
             ("tiers", bool(self.tiers), "a non-empty list of tiers, e.g. [train, paraphrase, eval]"),
             ("tiers", set(self.tiers) <= set(get_args(Tier)), f"a list of tiers among {', '.join(get_args(Tier))}"),
             ("max_per_tier", self.max_per_tier is None or self.max_per_tier >= 1, "null or at least 1"),

@@ -1,7 +1,9 @@
 """Controls for multiple-choice recall: the same scoring, in conditions where the question cannot pick the answer.
 
 - `shuffled`: each question's audio is scored against the candidates (and gold) of another question of its tier,
-  paired by a seeded derangement within the tier;
+  paired by a seeded derangement within the tier, once for each of `eval.shuffles` derangements; its figure is the
+  share of them in which the other question's gold was picked (one derangement alone is a draw that can sit well
+  above chance on a small tier);
 - `silence`: the question's audio is replaced by silence of the same length, candidates unchanged.
 
 A model that answers from the question scores near chance (1 / number of candidates) in both. A control above
@@ -25,7 +27,7 @@ from moshi_knowledge.evaluation.metrics import correct_field
 from moshi_knowledge.evaluation.prompts import PreparedQuestion
 from moshi_knowledge.evaluation.questions import EvalQuestion
 
-SHUFFLED_QID = "shuffled_qid"  # prediction-row field: whose candidates the shuffled control scored
+SHUFFLED_QIDS = "shuffled_qids"  # prediction-row field: whose candidates the shuffled control scored, per derangement
 
 
 @dataclass(frozen=True)
@@ -45,15 +47,16 @@ def derangement(n: int, rng: random.Random) -> list[int]:
     return perm
 
 
-def shuffled_pairs(questions: Sequence[EvalQuestion], seed: int) -> list[tuple[int, int]]:
-    """(question, the question whose candidates it is scored against), within each tier of two or more."""
+def shuffled_pairs(questions: Sequence[EvalQuestion], seed: int, draw: int = 0) -> list[tuple[int, int]]:
+    """(question, the question whose candidates it is scored against), within each tier of two or more; `draw`
+    numbers the derangements of one seed."""
     by_tier: dict[str, list[int]] = defaultdict(list)
     for i, q in enumerate(questions):
         by_tier[q.tier].append(i)
     pairs = []
     for tier, members in by_tier.items():
         if len(members) > 1:
-            perm = derangement(len(members), random.Random(f"{seed}-{tier}-shuffled"))
+            perm = derangement(len(members), random.Random(f"{seed}-{tier}-shuffled" + (f"-{draw}" if draw else "")))
             pairs += [(members[k], members[perm[k]]) for k in range(len(members))]
     return sorted(pairs)
 
@@ -62,10 +65,14 @@ class Controls:
     """The control questions of one question set, prepared once (like the real ones) and scored at each evaluation."""
 
     def __init__(self, questions: Sequence[EvalQuestion],
-                 prepare: Callable[[Sequence[EvalQuestion]], list[PreparedQuestion]], seed: int) -> None:
-        """`prepare` turns questions into model inputs exactly as the real questions were prepared."""
-        pairs = shuffled_pairs(questions, seed)
-        self.shuffled_qid = {i: questions[j].id for i, j in pairs}
+                 prepare: Callable[[Sequence[EvalQuestion]], list[PreparedQuestion]], seed: int,
+                 shuffles: int = 1) -> None:
+        """`prepare` turns questions into model inputs exactly as the real questions were prepared; `shuffles`
+        derangements are scored for the shuffled control."""
+        pairs = [pair for draw in range(shuffles) for pair in shuffled_pairs(questions, seed, draw)]
+        self.shuffled_qids: dict[int, list[str]] = defaultdict(list)
+        for i, j in pairs:
+            self.shuffled_qids[i].append(questions[j].id)
         variants = {
             "shuffled": [(i, replace(questions[i], gold=questions[j].gold, distractors=questions[j].distractors,
                                      aliases=questions[j].aliases)) for i, j in pairs],
@@ -82,13 +89,17 @@ class Controls:
 
     def row_fields(self, results: Sequence[MCResult], weights_finite: bool) -> dict[int, dict[str, Any]]:
         """Question index -> the control fields of its prediction row, from the scores of `mc_questions` (with
-        non-finite weights, or scores, gold never counts as picked: as for the real questions)."""
+        non-finite weights, or scores, gold never counts as picked: as for the real questions). A control scored
+        several times (the shuffled one, once per derangement) gives the share of its scorings that picked gold."""
         out: dict[int, dict[str, Any]] = defaultdict(dict)
-        for i, qid in self.shuffled_qid.items():
-            out[i][SHUFFLED_QID] = qid
+        for i, qids in self.shuffled_qids.items():
+            out[i][SHUFFLED_QIDS] = qids
         results = iter(results)
         for name, prepared in self.prepared.items():
+            picked: dict[int, list[bool]] = defaultdict(list)
             for i, result in zip(self.index[name], [next(results) for _ in prepared]):
-                out[i][correct_field(name)] = weights_finite and result.correct
+                picked[i].append(weights_finite and result.correct)
+            for i, scorings in picked.items():
+                out[i][correct_field(name)] = scorings[0] if len(scorings) == 1 else sum(scorings) / len(scorings)
         return dict(out)
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from moshi_knowledge.evaluation.power import tier_mde
 from moshi_knowledge.evaluation.stats import accuracy_interval, paired_p_value, unpaired_p_value
 
 if TYPE_CHECKING:
@@ -220,12 +221,12 @@ def _judge_fields(a: Answer) -> dict[str, Any]:
 
 def _control(name: str) -> Metric:
     """mc_acc_<name> and p_vs_<name>: the one-sided exact McNemar test (clustered by fact) that the real questions
-    beat the control on the same questions, model and step."""
+    beat the control on the same questions, model and step (a control scored several times counts its share)."""
     control_field = correct_field(name)
 
     def aggregate(t: TierRows) -> dict[str, float]:
         scored = [r for r in t.rows if control_field in r]
-        control = [bool(r[control_field]) for r in scored]
+        control = [float(r[control_field]) for r in scored]
         return {f"mc_acc_{name}": sum(control) / len(control),
                 f"p_vs_{name}": paired_p_value(control, [r["mc_correct"] for r in scored],
                                                [r["cluster"] for r in scored], alternative="greater")}
@@ -288,6 +289,7 @@ for _metric in (
     Metric("n_flagged", lambda t: {"n_flagged": sum(bool(r["untrained_candidates"]) for r in t.rows)},
            field="untrained_candidates"),
     Metric("n_balanced", lambda t: {"n_balanced": sum(bool(r["balanced"]) for r in t.rows)}, field="balanced"),
+    Metric("n_spiked", lambda t: {"n_spiked": sum(bool(r.get("spiked")) for r in t.rows)}, field="spiked"),
     Metric("chance", figure("chance", mean("chance")), field="chance"),
     Metric("gen_acc", accuracy("gen_acc", "gen_correct"), field="gen_correct",
            per_question=_on_text("gen_correct", _exact), extra=("gen_acc_low", "gen_acc_high"),
@@ -301,3 +303,14 @@ for _metric in (
     Metric("p_vs_null", _vs_null, extra=(HOLM,)),  # HOLM across the tiers: report.with_holm
 ):
     register(_metric)
+
+
+def _mde(t: TierRows) -> dict[str, float]:
+    """The tier's minimum detectable effect over its chance level (power.py: exact binomial power at the tier's
+    effective number of units); none when the rows do not say their chance level."""
+    if "chance" not in t.figures:
+        return {}
+    return {"mde": tier_mde([r["mc_correct"] for r in t.rows], [r["cluster"] for r in t.rows], t.figures["chance"])}
+
+
+register(Metric("mde", _mde, field="mc_correct"))  # after `chance`, whose figure it reads

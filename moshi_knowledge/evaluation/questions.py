@@ -45,6 +45,7 @@ class EvalQuestion:
     source_id: str | None = None
     untrained_candidates: list[str] = field(default_factory=list)  # the distractor contract's flags (qa/schema.py)
     balanced: bool = False  # its candidate set is counterbalanced within its tier (qa/balance.py)
+    spiked: bool = False  # heldout_facts: its Q/A was trained on purpose (qa.spike_in, a calibration run)
     fact_ids: list[str] = field(default_factory=list)
     entity_ids: list[str] = field(default_factory=list)  # the entities it names (qa/schema.py)
     group: str | None = None  # set by load_questions: the first id among the questions of its tier sharing a fact,
@@ -127,7 +128,7 @@ def _question(entry: dict, dataset_dir: Path, path: Path) -> EvalQuestion:
                         gold=entry["gold"], distractors=list(entry["distractors"]),
                         aliases=list(entry.get("aliases") or []), source_id=entry.get("source_id"),
                         untrained_candidates=list(entry.get("untrained_candidates") or []),
-                        balanced=bool(entry.get("balanced")),
+                        balanced=bool(entry.get("balanced")), spiked=bool(entry.get("spiked")),
                         fact_ids=list(entry.get("fact_ids") or []), entity_ids=list(entry.get("entity_ids") or []),
                         shift_sec=float(entry.get("shift_sec") or 0.0))
 

@@ -77,7 +77,7 @@ class RecallEvaluator:
         prepare_all = partial(prepare, mimi=mimi, tokenize=tokenizer.encode, spec=self.spec, speech=speech,
                               timing=timing, candidate_audio=cfg.candidate_audio)
         self.prepared: list[PreparedQuestion] = prepare_all(questions)
-        self.controls = Controls(questions, prepare_all, cfg.seed) if cfg.mc else None
+        self.controls = Controls(questions, prepare_all, cfg.seed, cfg.shuffles) if cfg.mc else None
         # the real questions and their controls, scored in one pass (a question's prefix serves its shuffled control)
         self.mc_plan = MCPlan(find_lm(model), [p.mc for p in self.prepared] + self.controls.mc_questions(),
                               cfg.mc_batch_size) if self.controls is not None else None
@@ -143,6 +143,7 @@ class RecallEvaluator:
         row: dict[str, Any] = {"step": step, "qid": q.id, "tier": q.tier, "cluster": q.cluster,
                                "question": q.text, "gold": q.gold, "aliases": q.aliases, "finite": finite,
                                "untrained_candidates": q.untrained_candidates, "balanced": q.balanced,
+                               "spiked": q.spiked,
                                "chance": 1 / len(q.candidates)}
         if q.half is not None:
             row["half"] = q.half

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from moshi_knowledge.evaluation.metrics import CONTROLS, HOLM, METRICS, NULL_TIER, holm, paired_figures, tier_figures
 from moshi_knowledge.evaluation.pitch import semitones
+from moshi_knowledge.evaluation.power import verdict
 from moshi_knowledge.tracking.contract import SPLIT_TIERS, half_tier, number
 from moshi_knowledge.tracking.contract import recall_key as key
 
@@ -137,14 +138,15 @@ def _controls_table(summary: Mapping[str, Any], tiers: Sequence[str]) -> list[st
     """Under the recall table, the headline: per tier, the final MC figure beside each null's (the silence and
     shuffled controls on the same questions, the unseen_facts tier) with the one-sided p-value against each,
     p_vs_null, the largest of them (none without controls), that p-value adjusted over the tiers (Holm), the
-    tier's chance level and how many of its questions sit in counterbalanced candidate sets."""
+    tier's chance level, how many of its questions sit in counterbalanced candidate sets, the tier's minimum
+    detectable effect over chance (MDE) and the verdict that reading gives (`tier_verdict`)."""
     nulls = (*CONTROLS, NULL_TIER)
     shown = [t for t in tiers if key(t, "p_vs_null") in summary or key(t, "mc_acc_silence") in summary]
     if not shown:
         return []
     w = _tier_width(shown)
     header = f"{'vs nulls':<{w}}{'MC':>5}{'chance':>7}" + "".join(f"{n[:8]:>9}{'p':>10}" for n in nulls) \
-        + f"{'p null':>10}{'Holm':>10}{'balanced':>9}"
+        + f"{'p null':>10}{'Holm':>10}{'balanced':>9}{'MDE':>6}  verdict"
     lines = ["", header, "-" * len(header)]
     for tier in shown:
         cells = [f"{_fmt(summary.get(key(tier)), '.2f'):>5}{_fmt(summary.get(key(tier, 'chance')), '.2f'):>7}"]
@@ -153,8 +155,21 @@ def _controls_table(summary: Mapping[str, Any], tiers: Sequence[str]) -> list[st
             cells.append(f"{_fmt(value, '.2f'):>9}{_fmt(summary.get(key(tier, f'p_vs_{null}')), '.3g'):>10}")
         balanced = f"{_fmt(summary.get(key(tier, 'n_balanced')), '.0f')}/{_fmt(summary.get(key(tier, 'n')), '.0f')}"
         lines.append(f"{tier:<{w}}" + "".join(cells) + f"{_fmt(summary.get(key(tier, 'p_vs_null')), '.3g'):>10}"
-                     f"{_fmt(summary.get(key(tier, HOLM)), '.3g'):>10}{balanced:>9}")
+                     f"{_fmt(summary.get(key(tier, HOLM)), '.3g'):>10}{balanced:>9}"
+                     f"{_fmt(summary.get(key(tier, 'mde')), '.2f'):>6}  "
+                     f"{tier_verdict(lambda stat, tier=tier: summary.get(key(tier, stat))) or 'n/a'}")
     return lines
+
+
+def tier_verdict(figure: Callable[[str], Any]) -> str | None:
+    """power.verdict on one tier, from its figures (`figure(stat)` gives `recall/<tier>/<stat>` or None): the Holm
+    p-value where the tier has one (else p_vs_null), the upper end of its 95% interval minus its chance level, and
+    its MDE. None when the tier has no headline test. The run's final table and the sweep report both use it, so the
+    two never disagree on a tier."""
+    p = next((v for stat in (HOLM, "p_vs_null") if math.isfinite(v := number(figure(stat)))), None)
+    if p is None:
+        return None
+    return verdict(p, number(figure("mc_acc_high")) - number(figure("chance")), number(figure("mde")))
 
 
 def _fmt(value: Any, spec: str) -> str:

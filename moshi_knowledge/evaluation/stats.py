@@ -8,14 +8,17 @@ is one piece of evidence, not several, so the paraphrase tier is clustered by th
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import binomtest, fisher_exact, permutation_test
+from scipy.stats import t as student_t
 
 Z95 = 1.959963984540054  # two-sided 95% standard normal quantile
+_TIE = 1e-9  # a summed difference of shares within rounding of zero is a tie (1 - 1/3 - 2/3 is not exactly 0)
 
 
 @dataclass(frozen=True)
@@ -69,22 +72,24 @@ def accuracy_interval(correct: Sequence[bool], clusters: Sequence[str] | None = 
     return Interval(p, low, high, n, n_eff)
 
 
-def paired_p_value(before: Sequence[bool], after: Sequence[bool], clusters: Sequence[str] | None = None,
+def paired_p_value(before: Sequence[float], after: Sequence[float], clusters: Sequence[str] | None = None,
                    alternative: str = "two-sided") -> float:
     """Exact McNemar test of `after` against `before` on the same items (1.0 when nothing changed);
     `alternative="greater"` asks only whether `after` is better.
 
     With clusters it is the exact sign test on clusters: a cluster counts as improved (worsened) when more
-    (fewer) of its items are correct after. With one item per cluster this is exactly McNemar's exact test.
+    (fewer) of its items are correct after. With one item per cluster this is exactly McNemar's exact test. An
+    item may be a share instead of a bool (a control scored several times): the sign test reads the sign of each
+    cluster's summed difference.
     """
     if len(before) != len(after):
         raise ValueError(f"paired test needs equal lengths, got {len(before)} and {len(after)}")
     labels = clusters if clusters is not None else [str(i) for i in range(len(before))]
-    diffs: dict[str, int] = defaultdict(int)
+    diffs: dict[str, float] = defaultdict(float)
     for b, a, label in zip(before, after, labels, strict=True):
-        diffs[label] += int(bool(a)) - int(bool(b))
-    better = sum(d > 0 for d in diffs.values())
-    worse = sum(d < 0 for d in diffs.values())
+        diffs[label] += float(a) - float(b)
+    better = sum(d > _TIE for d in diffs.values())
+    worse = sum(d < -_TIE for d in diffs.values())
     return mcnemar_exact(better, worse, alternative)
 
 
@@ -129,6 +134,15 @@ def unpaired_p_value(correct: Sequence[bool], null: Sequence[bool], clusters: Se
     test = permutation_test(means, lambda a, b: np.mean(a) - np.mean(b), permutation_type="independent",
                             alternative="greater", n_resamples=UNPAIRED_RESAMPLES, rng=np.random.default_rng(0))
     return float(test.pvalue)
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and the half-width of its two-sided 95% Student t interval (nan for a single value): runs of one
+    config under several seeds are independent draws, few of them."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, float(student_t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def _group(values: Sequence[float], labels: Sequence[str]) -> dict[str, list[float]]:

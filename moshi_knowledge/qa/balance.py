@@ -36,17 +36,19 @@ class Slot:
     key: Hashable
     gold: str
     names: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()  # other right answers: a candidate equal to one would be a second gold
 
 
 def slot(item: QAItem) -> Slot:
-    """The slot of a Q/A item: its relation (or answer type), its answer, and every phrasing it is asked in."""
-    return Slot(item.relation or item.answer_type, item.answer, tuple(item.phrasings))
+    """The slot of a Q/A item: its relation (or answer type), its answer and aliases, and every phrasing it is asked
+    in."""
+    return Slot(item.relation or item.answer_type, item.answer, tuple(item.phrasings), tuple(item.aliases))
 
 
 def clash(a: Slot, b: Slot) -> bool:
-    """Two questions may not share a set when they have one answer or either's answer is said in the other's
-    question."""
-    return _norm(a.gold) == _norm(b.gold) \
+    """Two questions may not share a set when one's answer is a right answer of the other (its gold or an alias),
+    or either's answer is said in the other's question."""
+    return any(_norm(x.gold) in {_norm(t) for t in (y.gold, *y.aliases)} for x, y in ((a, b), (b, a))) \
         or any(_norm(x.gold) in f" {_norm(t)} " for x, y in ((a, b), (b, a)) for t in y.names)
 
 

@@ -263,6 +263,7 @@ class _FactSets:
     def __init__(self, world: World, size: int) -> None:
         self.world, self.size = world, size
         self.sets: list[list[Fact]] = []
+        self._of_relation: dict[str, list[list[Fact]]] = defaultdict(list)  # a fact may only join its relation's
         self._slots: dict[str, Slot] = {}
 
     def slot(self, fact: Fact) -> Slot:
@@ -277,7 +278,7 @@ class _FactSets:
 
     def open_set(self, fact: Fact) -> list[Fact] | None:
         """The set `fact` would join: a lone fact's first (it needs a partner), else the fullest with room."""
-        fitting = [s for s in self.sets if self.fits(fact, s)]
+        fitting = [s for s in self._of_relation[fact.relation] if self.fits(fact, s)]
         return max(fitting, key=lambda s: (len(s) == 1, len(s))) if fitting else None
 
     def add(self, fact: Fact, members: list[Fact] | None = None) -> None:
@@ -285,14 +286,16 @@ class _FactSets:
         members = members if members is not None else self.open_set(fact)
         if members is None:
             self.sets.append([fact])
+            self._of_relation[fact.relation].append(self.sets[-1])
         else:
             members.append(fact)
 
     def remove(self, fact: Fact) -> None:
-        for members in self.sets:
+        for members in self._of_relation[fact.relation]:
             if fact in members:
                 members.remove(fact)
         self.sets = [s for s in self.sets if s]
+        self._of_relation[fact.relation] = [s for s in self._of_relation[fact.relation] if s]
 
     def facts(self) -> list[Fact]:
         return [f for s in self.sets for f in s]
@@ -313,7 +316,7 @@ class FactsQA:
 
     def __init__(self, seed: int, n_train: int = 100, n_eval: int = 20, paraphrases: int = 3,
                  retain: bool = True, n_unseen: int = 20, n_per_cause: int = 20, shift_sec: float = 0.4,
-                 heldout_share: float = 0.0) -> None:
+                 heldout_share: float = 0.0, spike_in: float = 0.0) -> None:
         most = min(len(t) for t in QUESTIONS.values()) - 1
         if not 1 <= paraphrases <= most:
             raise UserError(f"qa.paraphrases is {paraphrases}; qa=facts has templates for 1 to {most}",
@@ -328,8 +331,13 @@ class FactsQA:
         if not 0.0 <= heldout_share < 1.0:
             raise UserError(f"qa.heldout_share={heldout_share}: the share of training facts whose Q/A is held out "
                             "must be in [0, 1)", "set qa.heldout_share to 0 (every Q/A trained) or up to 0.9")
+        if not 0.0 <= spike_in <= 1.0 or (spike_in > 0 and heldout_share == 0):
+            raise UserError(f"qa.spike_in={spike_in} with qa.heldout_share={heldout_share}: spike-in trains a share "
+                            "(0 to 1) of the heldout_facts tier's facts, which needs held-out facts",
+                            "set qa.spike_in between 0 and 1, and qa.heldout_share above 0 (e.g. 0.5)")
         self.seed = seed
         self.heldout_share = heldout_share
+        self.spike_in = spike_in
         self.n_train = n_train
         self.n_eval = n_eval
         self.paraphrases = paraphrases
@@ -361,6 +369,7 @@ class FactsQA:
         unseen = self._unseen_items(world, plan, train_facts, train, held_out, rng)
         heldout = self._heldout_items(world, heldout_sets, held_out)
         causes = self._cause_items(train, para, rng)
+        train += self._spiked_items(world, heldout, heldout_sets, held_out)
         return with_retain(QASet(train=train, eval=evals, paraphrase=para, unseen_facts=unseen, heldout_facts=heldout,
                                  **causes), self.retain)
 
@@ -490,6 +499,36 @@ class FactsQA:
                                 fact_ids=[fact.id], relation=fact.relation, entity_ids=[fact.subject]))
         _give_set_candidates(items, sets, rng)
         return items
+
+    def _spiked_items(self, world: World, heldout: list[QAItem], sets: list[list[Fact]],
+                      held_out: dict[str, str]) -> list[QAItem]:
+        """Calibration by spike-in (`qa.spike_in`): the Q/A of that share of the held-out facts is trained after all,
+        as a train item is (its heldout_facts question first, then other training templates, in training voices),
+        so the heldout_facts tier's known share is known. Whole candidate sets are spiked: a set is all known or
+        all unknown, so knowing one answer never rules out another within an unknown set. The sets come in one
+        seeded order whatever the share, so a larger share spikes a superset of a smaller one's facts."""
+        if self.spike_in == 0:
+            return []
+        order = random.Random(f"{self.seed}-spike-in").sample(range(len(sets)), len(sets))
+        target, total, chosen = self.spike_in * sum(map(len, sets)), 0, set()
+        for k in order:  # the prefix of whole sets whose size is nearest the target
+            if abs(total + len(sets[k]) - target) > abs(total - target):
+                break
+            total += len(sets[k])
+            chosen.add(k)
+        facts = {f.id for k in chosen for f in sets[k]}
+        rng = random.Random(f"{self.seed}-spike-in-phrasings")
+        spiked = []
+        for item in (q for q in heldout if q.fact_ids[0] in facts):
+            item.spiked, item.source_id = True, f"train-spike-{len(spiked):03d}"
+            assert item.relation is not None
+            templates = _training_templates(item.relation, held_out)
+            subject = label(world.entity(item.entity_ids[0]))
+            others = [capitalize(t.format(s=subject)) for t in rng.sample(templates, len(templates))]
+            phrasings = [item.question, *(p for p in others if p != item.question)]
+            spiked.append(item.model_copy(update=dict(id=item.source_id, tier="train", source_id=None,
+                                                      phrasings=phrasings[:self.paraphrases])))
+        return spiked
 
     def _cause_items(self, train: list[QAItem], para: list[QAItem], rng: random.Random) -> dict[str, list[QAItem]]:
         """Tiers that change one thing of a trained question, so a drop from the train tier has one cause: the

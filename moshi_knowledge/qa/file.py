@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.qa.balance import give_candidates, group, slot
 from moshi_knowledge.qa.retain import with_retain
 from moshi_knowledge.qa.schema import QAItem, QASet, Tier
 from moshi_knowledge.specs import init_schema
@@ -118,12 +119,22 @@ def _item(raw: _RawItem, tier: Tier, qid: str) -> QAItem:
 
 
 def _fill_distractors(items: list[QAItem], seed: int) -> None:
-    """Give each item without distractors N_DISTRACTORS of the other items' answers.
+    """Give each item without distractors the other answers of a counterbalanced set of its tier (qa/balance.py:
+    up to four items of one answer type with distinct answers, each answer gold once), where the file's answers
+    allow; an item left without a set gets N_DISTRACTORS of the other items' answers and stays unbalanced (the
+    run reports how many are, `recall/<tier>/n_balanced`).
 
-    Preference: same answer type before other types, then train answers before eval answers (every train
-    answer has been trained as an answer, so picking the gold shows the model tied it to this question).
+    A leftover's preference: same answer type before other types, then train answers before eval answers (every
+    train answer has been trained as an answer, so picking the gold shows the model tied it to this question).
     Within a preference group the order is a shuffle seeded by `seed` and the item id.
     """
+    rng = random.Random(f"{seed}:sets")
+    left: list[QAItem] = []
+    for tier in ("train", "eval"):
+        open_items = [q for q in items if q.tier == tier and not q.distractors]
+        sets, rest = group([slot(q) for q in open_items], rng)
+        give_candidates(open_items, sets, rng)
+        left += [open_items[i] for i in rest]
     pool: list[QAItem] = []
     seen: set[str] = set()
     for other in items:  # train items come first in `items`
@@ -131,9 +142,7 @@ def _fill_distractors(items: list[QAItem], seed: int) -> None:
         if key not in seen:
             seen.add(key)
             pool.append(other)
-    for item in items:
-        if item.distractors:
-            continue
+    for item in left:
         excluded = {normalise(a) for a in [item.answer, *item.aliases]}
         candidates = [o for o in pool if normalise(o.answer) not in excluded]
         rng = random.Random(f"{seed}:{item.id}")

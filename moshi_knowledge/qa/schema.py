@@ -39,11 +39,15 @@ class QAItem(BaseModel):
     untrained_candidates: list[str] = Field(default_factory=list)
     # Whether its candidate set is counterbalanced within its tier (qa/balance.py): set by QASet for every backend.
     balanced: bool = False
+    # qa.spike_in (a calibration run): this held-out fact's Q/A is trained on purpose; the heldout_facts question
+    # and the train item that trains it are both marked
+    spiked: bool = False
     fact_ids: list[str] = Field(default_factory=list)  # supporting facts (or training item ids)
     # qa=facts: the entities the question names (its subject; the object of a reversed question). Questions about
     # one entity lean on the same knowledge of it, so recall counts them as one cluster.
     entity_ids: list[str] = Field(default_factory=list)
-    source_id: str | None = None  # paraphrase and CAUSE_TIERS: the training item it asks again
+    # paraphrase and CAUSE_TIERS: the training item it asks again; a spiked heldout_facts item: the one training it
+    source_id: str | None = None
     shift_sec: float = Field(default=0.0, ge=0.0)  # shifted tier: silence put before the question's audio
     quote: str | None = None  # LLM backends: the story passage that supports the answer
 
@@ -94,11 +98,16 @@ class QASet(BaseModel):
         return self
 
     def _check_heldout(self) -> None:
-        """A held-out fact's Q/A must never be trained: no training item shares its fact or asks its question."""
+        """A held-out fact's Q/A must never be trained (no training item shares its fact or asks its question), unless
+        it is spiked in on purpose; a spiked one's question is trained."""
         trained_facts = {f for q in self.train for f in q.fact_ids}
         trained_questions = {p for q in self.train for p in q.phrasings}
         for q in self.heldout_facts:
-            if set(q.fact_ids) & trained_facts or q.question in trained_questions:
+            trains = next((t for t in self.train if t.id == q.source_id), None) if q.spiked else None
+            if q.spiked and (trains is None or trains.question != q.question):
+                raise ValueError(f"heldout_facts item {q.id} is spiked in, but its training item {q.source_id!r} "
+                                 "does not ask its question")
+            if not q.spiked and (set(q.fact_ids) & trained_facts or q.question in trained_questions):
                 raise ValueError(f"heldout_facts item {q.id} asks a fact or question that a training item trains")
 
     def _flag_untrained(self) -> None:

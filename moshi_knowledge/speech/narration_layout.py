@@ -52,7 +52,9 @@ class NarrationLayout(DialogueLayout):
         train, evals = self._turn_keys(qa)
         passages = [p for r in self.narration.rounds(_needs(story), qa) for p in self._passages(r, speech)]
         narrated = [self._render_passage(p, f"train-narration-{i:04d}") for i, p in enumerate(passages)]
-        qa_train = self._pack([self._block(item, k, speech) for item, k in train], "train") if self.qa_turns else []
+        # the Q/A of a spiked-in held-out fact (qa.spike_in) is trained in every regime: that is the calibration
+        qa_train = self._pack([self._block(item, k, speech) for item, k in train if self.qa_turns or item.spiked],
+                              "train")
         return [*narrated, *qa_train, *self._pack([self._block(item, k, speech) for item, k in evals], "eval")]
 
     def _passages(self, sentences: list[Line], speech: Mapping[str, Utterance]) -> Iterator[list[Utterance]]:

@@ -18,15 +18,26 @@ def question_lines(qa: QASet) -> list[Line]:
     """Every phrasing of every train/eval/retain/unseen_facts/heldout_facts question in rotating user voices (the
     never-trained tiers last, so the other tiers keep their voices); paraphrases and unseen_voice in the held-out voice;
     unseen_wording in the voice of its training item's first phrasing. The shifted tier has no line: it plays its
-    training item's own recording (speaking it again would not give the same samples)."""
+    training item's own recording (speaking it again would not give the same samples). Nor has a spiked-in
+    heldout_facts question (qa.spike_in): its training item's first phrasing is that question in the voice the tier
+    asks it in, and the tier plays that recording, the very samples trained; the item's other phrasings come after
+    every other line, so a calibration run voices every other question as the run without spike-in does."""
     lines: list[Line] = []
     voice_of: dict[str, int] = {}
+    spiked_in = {q.source_id: q.id for q in qa.heldout_facts if q.spiked}
     turn = 0
-    for item in [*qa.train, *qa.eval, *qa.retain, *qa.unseen_facts, *qa.heldout_facts]:
+    for item in [*(q for q in qa.train if q.id not in spiked_in), *qa.eval, *qa.retain, *qa.unseen_facts,
+                 *qa.heldout_facts]:
         voice_of[item.id] = turn
         for k, text in enumerate(item.phrasings):
-            lines.append(Line(question_line_id(item.id, k), text, "user", voice_index=turn))
+            if not (item.tier == "heldout_facts" and item.spiked):
+                lines.append(Line(question_line_id(item.id, k), text, "user", voice_index=turn))
             turn += 1
+    for item in (q for q in qa.train if q.id in spiked_in):
+        voice_of[item.id] = voice_of[spiked_in[item.id]]
+        for k, text in enumerate(item.phrasings):
+            lines.append(Line(question_line_id(item.id, k), text, "user", voice_index=turn if k else voice_of[item.id]))
+            turn += bool(k)
     for item in [*qa.paraphrase, *qa.unseen_voice]:
         lines.append(Line(question_line_id(item.id), item.question, "heldout"))
     for item in qa.unseen_wording:

@@ -50,11 +50,27 @@ exact names:
                                   (the distractor contract's flags, qa/schema.py)
     recall/<tier>/n_balanced      questions whose candidate set is counterbalanced within the tier (qa/balance.py):
                                   on those, every question-blind strategy scores exactly chance
+    recall/<tier>/n_spiked        questions whose fact's Q/A a calibration run trained on purpose (qa.spike_in): in
+                                  heldout_facts the tier's known share is n_spiked / n
     recall/<tier>/chance          the tier's chance level: the mean of 1/k over its questions of k candidates
+    recall/<tier>/mde             minimum detectable effect: the smallest true mc_acc minus chance that a one-sided
+                                  exact binomial test against chance detects with 80% power at alpha 0.05, on the
+                                  tier's effective units (the clustered n_eff, at most its number of clusters);
+                                  NaN (null) when too few units for any effect (evaluation/power.py; recall rows
+                                  and summary). Its verdict ("above null", "inconclusive (MDE x)", "no effect
+                                  larger than y") is printed in the final table and the sweep report, not stored
     recall_time/<part>_sec        seconds of one recall evaluation's parts: mc, gen, controls, voice, total, and
                                   setup with the first (recall rows)
     memory/train_peak_gib         training's peak GPU memory allocated so far (train rows, GPU only)
     memory/recall_peak_gib        one recall evaluation's peak GPU memory allocated (recall rows, GPU only)
+    data/exposures_per_fact       how often the training data presents each trained fact, as measured (summary);
+                                  the sweep report's Study section reads it as the dose, else the override
+                                  train.exposures_per_fact. The mean over data/trained_facts of each fact's
+                                  statements (Q/A turns, every phrasing; narrated sentences, every restatement) in
+                                  the rows the loop drew (train/exposures.py; also in every train row, the dose
+                                  so far); absent where the dataset does not record its conversations' facts (an
+                                  imported dataset=moshi_finetune)
+    data/trained_facts            the number of distinct facts the training conversations state (summary, train rows)
     finish_errors                 the steps after training that failed, with their errors; the run keeps its
                                   status and figures (summary)
 
@@ -78,6 +94,8 @@ MESSAGE = "message"
 TRAIN_LOSS = "train/loss"
 EVAL_LOSS = "eval/loss"
 NAN_EVENTS = "nan_guard/events"
+EXPOSURES_PER_FACT = "data/exposures_per_fact"
+TRAINED_FACTS = "data/trained_facts"
 
 RUNNING = "running"
 COMPLETED = "completed"

@@ -1,8 +1,9 @@
-"""Reading run directories back: every directory under a root that holds a summary.json is one run."""
+"""Reading run directories back: every directory under a root that holds a summary.json is one run, with its
+overrides (.hydra/overrides.yaml) and config-group choices (.hydra/hydra.yaml: `layout: narration`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ class RunRecord:
     summary: dict[str, Any]
     metrics: list[dict[str, Any]]
     overrides: list[str]
+    choices: dict[str, str] = field(default_factory=dict)  # config group -> option, from .hydra/hydra.yaml
 
     @property
     def status(self) -> str:
@@ -52,7 +54,23 @@ def load_run(run_dir: Path) -> RunRecord:
         summary=read_json(run_dir / SUMMARY_FILE),
         metrics=read_metrics(run_dir / METRICS_FILE),
         overrides=[str(o) for o in overrides or []],
+        choices=read_choices(run_dir),
     )
+
+
+def read_choices(run_dir: Path) -> dict[str, str]:
+    """The config-group options the run was composed with (`hydra.runtime.choices`), which say a run's `layout` even
+    when an experiment preset chose it rather than an override; {} without a readable .hydra/hydra.yaml (a report
+    must not fail on one run's Hydra files)."""
+    path = run_dir / ".hydra" / "hydra.yaml"
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return {}
+    node = config
+    for part in ("hydra", "runtime", "choices"):
+        node = node.get(part) if isinstance(node, dict) else None
+    return {str(k): str(v) for k, v in node.items() if v is not None} if isinstance(node, dict) else {}
 
 
 def find_runs(root: Path) -> list[RunRecord]:

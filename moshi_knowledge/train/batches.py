@@ -81,7 +81,8 @@ class TrainStream:
 
     Epoch e is a shuffle of every conversation seeded by (seed, e), with its own audio_drop draw, packed. Batches
     run on across epoch ends, so every step gets a full batch however small the data. `position` (epoch, row) is
-    all a checkpoint needs to continue exactly.
+    all a checkpoint needs to continue exactly. `drawn[i]` counts the rows handed out that hold conversation i
+    (the measured exposures of train/exposures.py); a checkpoint keeps it too.
     """
 
     def __init__(self, samples: Sequence[ConversationCodes], spec: StreamSpec, seq_frames: int, packing: bool,
@@ -90,33 +91,59 @@ class TrainStream:
         self.samples, self.spec, self.seq_frames = list(samples), spec, seq_frames
         self.packing, self.audio_drop, self.seed = packing, audio_drop, seed
         self.position: tuple[int, int] = (0, 0)
-        self._epoch: tuple[int, list[PackedRow]] | None = None
+        self.drawn: list[int] = [0] * len(self.samples)
+        self._epoch: tuple[int, list[list[Placement]], list[PackedRow]] | None = None
+
+    def _shuffled(self, epoch: int) -> tuple[list[int], random.Random]:
+        """Epoch `epoch`'s order, and its generator where the audio_drop draws continue."""
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        order = list(range(len(self.samples)))
+        rng.shuffle(order)
+        return order, rng
+
+    def epoch_layout(self, epoch: int) -> list[list[Placement]]:
+        """Which conversations each row of epoch `epoch` holds: the packing alone, no codes (cheap to replay)."""
+        if self._epoch is not None and self._epoch[0] == epoch:
+            return self._epoch[1]
+        order, _ = self._shuffled(epoch)
+        return pack_rows(self.samples, order, self.seq_frames, self.spec.gap, self.packing)
 
     def epoch_rows(self, epoch: int) -> list[PackedRow]:
         if self._epoch is None or self._epoch[0] != epoch:
-            rng = random.Random(self.seed * 1_000_003 + epoch)
-            order = list(range(len(self.samples)))
-            rng.shuffle(order)
+            order, rng = self._shuffled(epoch)
             codes = [s.codes for s in self.samples]
             for i in order:  # drawn in shuffled order, so each epoch drops different turns
                 codes[i] = drop_answer_audio(self.samples[i], self.audio_drop, rng)
             layout = pack_rows(self.samples, order, self.seq_frames, self.spec.gap, self.packing)
-            self._epoch = (epoch, _rows(codes, layout))
-        return self._epoch[1]
+            self._epoch = (epoch, layout, _rows(codes, layout))
+        return self._epoch[2]
 
     def next_rows(self, n: int) -> list[PackedRow]:
-        """The next `n` rows of the global stream; advances `position`."""
+        """The next `n` rows of the global stream; advances `position` and `drawn`."""
         epoch, row = self.position
         out: list[PackedRow] = []
         while len(out) < n:
             rows = self.epoch_rows(epoch)
             take = rows[row:row + n - len(out)]
+            for placements in self.epoch_layout(epoch)[row:row + len(take)]:
+                for p in placements:
+                    self.drawn[p.sample] += 1
             out.extend(take)
             row += len(take)
             if row >= len(rows):
                 epoch, row = epoch + 1, 0
         self.position = (epoch, row)
         return out
+
+    def replay_drawn(self) -> list[int]:
+        """`drawn` recounted from `position`: what the rows before it held (a checkpoint written without it)."""
+        drawn = [0] * len(self.samples)
+        epoch, row = self.position
+        for e in range(epoch + 1):
+            for placements in self.epoch_layout(e)[:row if e == epoch else None]:
+                for p in placements:
+                    drawn[p.sample] += 1
+        return drawn
 
 
 def eval_batches(samples: Sequence[ConversationCodes], spec: StreamSpec, seq_frames: int, batch_size: int,

@@ -15,7 +15,11 @@ from moshi_knowledge.errors import UserError
 class TrainConfig:
     """Every knob of the loop. Defaults follow moshi-finetune's published recipe unless noted."""
 
-    max_steps: int = 200
+    # optimizer steps; null when exposures_per_fact sets them from the data
+    max_steps: Optional[int] = 200
+    # the run's length as a dose: steps until the trained facts are heard this many times on average (mean over
+    # the facts the training conversations state, every phrasing, restatement and Q/A turn counted; train/exposures.py)
+    exposures_per_fact: Optional[float] = None
     batch_size: int = 8  # rows per optimizer step, over all ranks and micro-batches
     grad_accum: int = 1  # micro-batches per optimizer step (per rank)
     seq_sec: float = 100.0  # length of one training row; moshi-finetune's duration_sec is 100 s in its recipe
@@ -52,7 +56,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # OmegaConf gives a list
         checks = [
-            ("max_steps", self.max_steps >= 1, "a positive number of optimizer steps"),
+            ("max_steps", self.max_steps is None or self.max_steps >= 1, "a positive number of optimizer steps"),
+            ("exposures_per_fact", self.exposures_per_fact is None or self.exposures_per_fact > 0,
+             "a positive number of exposures per trained fact, e.g. 10 (or null: train.max_steps sets the length)"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("grad_accum", self.grad_accum >= 1, "at least 1"),
             ("seq_sec", self.seq_sec > 0, "a positive number of seconds"),
@@ -74,6 +80,18 @@ class TrainConfig:
         for name, ok, want in checks:
             if not ok:
                 raise UserError(f"train.{name}={getattr(self, name)!r} is invalid", f"set train.{name} to {want}")
+        self._check_length()
+
+    def _check_length(self) -> None:
+        """One setting says how long a run trains: two would disagree, none leaves it unknown."""
+        if self.max_steps is not None and self.exposures_per_fact is not None:
+            raise UserError(f"train.max_steps={self.max_steps} and "
+                            f"train.exposures_per_fact={self.exposures_per_fact:g} both set how long the run trains",
+                            "add train.max_steps=null to let exposures_per_fact set the steps from the data, or "
+                            "set train.exposures_per_fact=null to keep max_steps")
+        if self.max_steps is None and self.exposures_per_fact is None:
+            raise UserError("train.max_steps and train.exposures_per_fact are both null: nothing sets the run's length",
+                            "set train.max_steps (optimizer steps) or train.exposures_per_fact (a dose per fact)")
 
 
 @dataclass

@@ -28,7 +28,7 @@ from moshi_knowledge.errors import UserError
 from moshi_knowledge.tracking import RunIdentity, Tracker
 from moshi_knowledge.tracking.contract import INTERRUPTED
 from moshi_knowledge.train.attention import segment_attention
-from moshi_knowledge.train.batches import Batch, PackedRow, TrainStream, collate, eval_batches
+from moshi_knowledge.train.batches import Batch, PackedRow, collate, eval_batches
 from moshi_knowledge.train.checkpoint import resume_latest, save_checkpoint
 from moshi_knowledge.train.compile import compile_wanted, set_layer_compile
 from moshi_knowledge.train.config import TrainConfig
@@ -42,6 +42,7 @@ from moshi_knowledge.train.distributed import (
     shard,
     wrap_model,
 )
+from moshi_knowledge.train.exposures import FactIndex, FactMap, resolve_steps, training_stream
 from moshi_knowledge.train.loss import LossSettings, LossSums, loss_sums, step_loss, target_weights
 from moshi_knowledge.train.nan_guard import NanGuard, Snapshot
 from moshi_knowledge.train.optim import build_optimizer, lr_at
@@ -142,8 +143,10 @@ class Trainer:
     def __init__(self, model: nn.Module, train_samples: Sequence[ConversationCodes],
                  eval_samples: Sequence[ConversationCodes], cfg: TrainConfig, guard: NanGuard, run_dir: Path,
                  run_log: Optional[RunLog] = None, on_eval: Optional[OnEval] = None,
-                 inject_nonfinite_at: Sequence[int] = ()) -> None:
-        """`run_log` None writes nothing (SilentLog)."""
+                 inject_nonfinite_at: Sequence[int] = (), facts: Optional[FactMap] = None) -> None:
+        """`run_log` None writes nothing (SilentLog). `facts`: the facts each training conversation states, by
+        conversation id (dataset/facts.py): the exposures are measured, and `cfg.exposures_per_fact` sets the
+        steps."""
         self.info = dist_info()
         self.cfg, self.guard, self.run_dir, self.on_eval = cfg, guard, run_dir, on_eval
         self.run_log = run_log if run_log is not None else SilentLog()
@@ -173,7 +176,9 @@ class Trainer:
         self.spec = StreamSpec.from_lm(model)
         self.settings = LossSettings(cfg.text_weight, cfg.text_padding_weight, cfg.first_codebook_weight_multiplier)
         self.seq_frames = round(cfg.seq_sec * FRAME_RATE)
-        self.stream = TrainStream(train_samples, self.spec, self.seq_frames, cfg.packing, cfg.audio_drop, cfg.seed)
+        self.stream = training_stream(train_samples, self.spec, cfg)
+        self.facts = FactIndex.build(train_samples, facts)
+        self.cfg = cfg = resolve_steps(cfg, self.stream, self.facts)
         # what was trained on, in the summary: with an imported dataset, its size says the import was complete
         self.data = {"data/train_conversations": len(train_samples),
                      "data/train_frames": sum(s.n_frames for s in train_samples)}
@@ -247,11 +252,15 @@ class Trainer:
         seconds = time.time() - start
         self.steps_run += 1
         warmup = {"compile/warmup_sec": seconds} if self.compiled and self.steps_run == 1 else {}
-        return {f"train/{k}": v for k, v in figures.items()} | self._memory() | warmup | {
+        return {f"train/{k}": v for k, v in figures.items()} | self._memory() | warmup | self._dose() | {
             "train/lr": lr, "train/grad_norm": grad_norm, "nan_guard/events": self.guard.events,
             "nan_guard/action": action, "train/useful_fraction": useful / (len(rows) * self.seq_frames),
             "train/useful_frames_per_sec": useful / max(seconds, 1e-9), "train/step_sec": seconds,
         }
+
+    def _dose(self) -> dict[str, float | int]:
+        """data/exposures_per_fact so far (and data/trained_facts), measured in the rows drawn; {} if facts unknown."""
+        return {} if self.facts is None else self.facts.figures(self.stream.drawn)
 
     def _memory(self) -> dict[str, float]:
         if self.device.type != "cuda":
@@ -271,7 +280,7 @@ class Trainer:
     # ---- checkpoints --------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {"position": list(self.stream.position), "lr_scale": self.lr_scale,
-                "nan_guard": self.guard.state_dict(), "last": self.last}
+                "nan_guard": self.guard.state_dict(), "last": self.last, "drawn": list(self.stream.drawn)}
 
     def save(self) -> None:
         """A checkpoint of this step (every rank takes part)."""
@@ -285,6 +294,9 @@ class Trainer:
             return
         self.step, self.lr_scale = int(state["step"]), float(state["lr_scale"])
         self.stream.position = (int(state["position"][0]), int(state["position"][1]))
+        drawn = state.get("drawn")  # a checkpoint of older code has none: the rows before it are replayed
+        self.stream.drawn = ([int(n) for n in drawn] if drawn is not None and len(drawn) == len(self.stream.samples)
+                             else self.stream.replay_drawn())
         self.guard.load_state_dict(state["nan_guard"])
         self.last = dict(state["last"])
         self.run_log.keep_until(self.step)
@@ -348,6 +360,7 @@ class Trainer:
             "status": self.status, "message": self.message, "step": self.step, "max_steps": self.cfg.max_steps,
             "trainable_params": sum(p.numel() for p in self.params.values()),
             "world_size": self.info.world, "wall_sec": time.time() - self.started, **self.data,
+            **self._dose(),
             "nan_guard/policy": self.guard.policy, "nan_guard/events": self.guard.events,
             **{k: v for k, v in self.last.items() if k != "nan_guard/events"},
         }
@@ -355,20 +368,22 @@ class Trainer:
 
 def train(model: nn.Module, train_samples: Sequence[ConversationCodes], eval_samples: Sequence[ConversationCodes],
           cfg: TrainConfig, nan_guard: NanGuard, run_dir: str | Path, *, tracker: Optional[RunLog] = None,
-          on_eval: Optional[OnEval] = None, inject_nonfinite_at: Sequence[int] = ()) -> dict[str, Any]:
+          on_eval: Optional[OnEval] = None, inject_nonfinite_at: Sequence[int] = (),
+          facts: Optional[FactMap] = None) -> dict[str, Any]:
     """Train `model` in place; returns the summary, which also goes to the tracker's summary.json.
 
     `tracker`: the app's tracking.Tracker (entered), used on rank 0 only; None makes a files-only Tracker in
     `run_dir`, which records status "failed" if training raises. `on_eval(step, model)` runs after every
     evaluation on every rank, model in eval mode; a mapping it returns is logged in the same metrics row.
     `inject_nonfinite_at` lists optimizer steps (from 1) whose loss is made NaN, to test the NaN guard. A diverged
-    run returns normally with status "diverged".
+    run returns normally with status "diverged". `facts` (conversation id -> facts stated) adds the measured
+    data/exposures_per_fact and data/trained_facts to the summary and lets `cfg.exposures_per_fact` set the steps.
     """
     run_dir = Path(run_dir)
 
     def run(run_log: RunLog) -> dict[str, Any]:
         return Trainer(model, train_samples, eval_samples, cfg, nan_guard, run_dir, run_log, on_eval,
-                       inject_nonfinite_at).run()
+                       inject_nonfinite_at, facts).run()
 
     if not dist_info().is_main:
         return run(SilentLog())

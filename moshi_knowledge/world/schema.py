@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from moshi_knowledge.io_utils import atomic_write_json, atomic_write_text, read_json
 
@@ -39,11 +39,12 @@ class World(BaseModel):
     entities: list[Entity]
     facts: list[Fact] = Field(min_length=1)
 
-    def entity(self, entity_id: str) -> Entity:
-        return self._by_id()[entity_id]
+    _index: dict[str, Entity] = PrivateAttr(default_factory=dict)  # id -> entity, rebuilt when entities grow
 
-    def _by_id(self) -> dict[str, Entity]:
-        return {e.id: e for e in self.entities}
+    def entity(self, entity_id: str) -> Entity:
+        if len(self._index) != len(self.entities):
+            self._index = {e.id: e for e in self.entities}
+        return self._index[entity_id]
 
 
 class Story(BaseModel):
