@@ -123,7 +123,7 @@ def test_plan_of_a_bad_command_line_exits_2(tmp_path: Path, args: list[str], nam
 # end only, so that the three regimes' jobs take about two minutes and the report can read the study
 STUDY_RUN = [o for o in TINY_RUN if not o.startswith(("train.max_steps=", "train.warmup_steps=", "qa.n_eval="))]
 STUDY_RUN += ["qa.n_eval=2", "eval.generate=false", "eval.recall_every=0",
-              "eval.tiers=[train,heldout_facts,unseen_facts]"]
+              "eval.tiers=[train,heldout_facts,unseen_facts]", "objective.metric=recall/heldout_facts/mc_acc"]
 
 
 @pytest.fixture(scope="module")
