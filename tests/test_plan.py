@@ -158,7 +158,8 @@ def test_the_study_report_gives_one_verdict_per_regime(study: Path) -> None:
     assert report_main([str(study)]) == 0
     text = (study / "report.md").read_text()
     assert "## Study" in text and (study / STUDY_PLOT).is_file()
-    verdicts = [line for line in text.splitlines() if line.startswith("- **")]
+    section = text.split("## Study", 1)[1].split("\n## ", 1)[0]
+    verdicts = [line for line in section.splitlines() if line.startswith("- **")]
     assert [line.split("**")[1] for line in verdicts] == ["dialogue", "narration", "mixed"]
     assert all("above the null on" not in line for line in verdicts)
 
