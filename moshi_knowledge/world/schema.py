@@ -41,6 +41,11 @@ class World(BaseModel):
 
     _index: dict[str, Entity] = PrivateAttr(default_factory=dict)  # id -> entity, rebuilt when entities grow
 
+    def __eq__(self, other: object) -> bool:
+        """Worlds are equal by their fields; the lookup index is a cache, not content."""
+        return isinstance(other, World) and (self.name, self.seed, self.entities, self.facts) == \
+            (other.name, other.seed, other.entities, other.facts)
+
     def entity(self, entity_id: str) -> Entity:
         if len(self._index) != len(self.entities):
             self._index = {e.id: e for e in self.entities}
