@@ -363,10 +363,11 @@ class FactsQA:
         needed_ids = {i for q in evals for i in q.fact_ids}
         needed = [f for f in world.facts if f.id in needed_ids]
         qa_sets = self._fill_sets(world, needed, self.n_train - n_heldout, set(), rng)
-        heldout_sets = self._heldout_sets(world, qa_sets, n_heldout)
+        twin = twins(world)
+        heldout_sets = self._heldout_sets(world, qa_sets, n_heldout, twin)
         train_facts = [f for s in [*qa_sets, *heldout_sets] for f in s]
         train, para = self._train_items(world, qa_sets, held_out, rng)
-        unseen = self._unseen_items(world, plan, train_facts, train, held_out, rng)
+        unseen = self._unseen_items(world, plan, train_facts, train, held_out, twin, rng)
         heldout = self._heldout_items(world, heldout_sets, held_out)
         causes = self._cause_items(train, para, rng)
         train += self._spiked_items(world, heldout, heldout_sets, held_out)
@@ -468,13 +469,13 @@ class FactsQA:
                 sets.remove(spare)
         return [rng.sample(s, len(s)) for s in rng.sample(sets.sets, len(sets.sets))]
 
-    def _heldout_sets(self, world: World, qa_sets: list[list[Fact]], n: int) -> list[list[Fact]]:
+    def _heldout_sets(self, world: World, qa_sets: list[list[Fact]], n: int,
+                      twin: dict[str, set[str]]) -> list[list[Fact]]:
         """`n` training facts whose Q/A is held out, in counterbalanced sets of their own, none an eval question's
         support (those stay Q/A-trained, so the eval tier means what it means without narration) nor a twin of a
         fact whose Q/A is trained, drawn from their own seeded stream."""
         if n == 0:
             return []
-        twin = twins(world)
         trained = {f.id for s in qa_sets for f in s}
         banned = trained | {t for i in trained for t in twin[i]}
         sets = self._fill_sets(world, [], n, banned, random.Random(f"{self.seed}-heldout-facts"))
@@ -564,7 +565,7 @@ class FactsQA:
         return out
 
     def _unseen_items(self, world: World, plan: _EvalPlan, train_facts: list[Fact], train: list[QAItem],
-                      held_out: dict[str, str], rng: random.Random) -> list[QAItem]:
+                      held_out: dict[str, str], twin: dict[str, set[str]], rng: random.Random) -> list[QAItem]:
         """The null tier: facts never trained nor narrated, and no twin of one (no question of it is ever heard in
         training, nor its subject with its answer), asked with the training templates, in counterbalanced sets
         like every other tier, with the relations of the train tier in the train tier's proportions as far as the
@@ -573,7 +574,6 @@ class FactsQA:
         if self.n_unseen == 0:
             return []
         trained_ids = {f.id for f in train_facts}
-        twin = twins(world)
         pool = [f for f in world.facts if f.id not in trained_ids and plan.useful_answer(f.object)
                 and not twin[f.id] & trained_ids]
         items = []
