@@ -13,6 +13,11 @@ time the GPU was busy (the rest is the CPU holding it up).
 
     python benchmarks/recall_speed.py --out results/        # on a GPU
     python benchmarks/recall_speed.py --smoke --out /tmp/x   # tiny sizes, any machine
+    python benchmarks/recall_speed.py --study --out results/  # 2,000 questions: batch sizes at study size
+
+`--study` asks 2,000 questions (about what `experiment=moshiko_h200` asks a recall point with its power-sized
+tiers: 24,000 multiple-choice rows with the controls) and times generation and multiple choice at several batch
+sizes each, with their peak memory, to choose the preset's batches (`recall_speed_study.json` / `.md`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ LORA = LoraSpec(targets="all", rank=64, alpha=128.0)  # experiment=moshiko_h200
 N_QUESTIONS, N_CANDIDATES, ANSWER_SEC = 330, 4, 4.0  # the default recall set
 MC_BATCH, GEN_BATCH = 384, 352  # the preset's eval.mc_batch_size and eval.gen_batch_size
 MC_BATCH_SWEEP = (128, 256, 384, 512)
+STUDY_QUESTIONS = 2000
+STUDY_GEN_BATCHES = (352, 704, 1024)
+STUDY_MC_BATCHES = (384, 768, 1536)
 
 
 def questions(spec: StreamSpec, card: int, n: int, rng: random.Random) -> tuple[list[MCQuestion], list[Prompt]]:
@@ -126,13 +134,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny model, 8 questions")
+    parser.add_argument("--study", action="store_true", help=f"{STUDY_QUESTIONS} questions, batch-size sweeps")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scale = SMOKE if args.smoke else FULL
-    n = 8 if args.smoke else N_QUESTIONS
     model, _ = build_model(device, scale, LORA)
     model.eval()
     spec = StreamSpec.from_lm(model)
+    if args.study:
+        study_size(model, spec, device, args.out, 24 if args.smoke else STUDY_QUESTIONS)
+        return
+    n = 8 if args.smoke else N_QUESTIONS
     mc, prompts = questions(spec, spec.card, n, random.Random(0))
     answer_frames = round(ANSWER_SEC * FRAME_RATE)
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -178,6 +190,54 @@ def main() -> None:
     atomic_write_json(args.out / "recall_speed.json", result)
     atomic_write_text(args.out / "recall_speed.md", report(result, len(mc)))
     print(report(result, len(mc)))
+
+
+def study_size(model: torch.nn.Module, spec: StreamSpec, device: torch.device, out: Path, n: int) -> None:
+    """Recall at study size: one warm-up point at the preset's batches, then generation and multiple choice alone
+    at each batch size of the sweeps, with the allocator's peak of each."""
+    mc, prompts = questions(spec, spec.card, n, random.Random(0))
+    answer_frames = round(ANSWER_SEC * FRAME_RATE)
+    result: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                              "torch": torch.__version__, "questions": n, "mc_rows": sum(len(q.candidates) for q in mc),
+                              "gen": [], "mc": []}
+
+    def peak(fn: Any) -> tuple[float, float | None]:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        _, sec = timed(fn, device)
+        return sec, (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
+
+    with torch.no_grad(), uncompiled(), sdpa_kernel(RECALL_ATTENTION), generation_lm(model) as lm:
+        plan = MCPlan(find_lm(model), mc, MC_BATCH)
+        result["warmup_sec"] = {"gen": timed(lambda: generate(lm, prompts, answer_frames, GEN_BATCH), device)[1],
+                                "mc": timed(lambda: score(lm, plan), device)[1]}
+        print(f"warm-up point: {result['warmup_sec']}", flush=True)
+        for batch in STUDY_GEN_BATCHES:
+            sec, gib = peak(partial(generate, lm, prompts, answer_frames, batch))
+            result["gen"].append({"batch": batch, "sec": sec, "peak_gib": gib})
+            print(f"generation, {batch} prompts a batch: {sec:.2f} s, peak {gib} GiB", flush=True)
+        for batch in STUDY_MC_BATCHES:
+            other, build = timed(partial(MCPlan, find_lm(model), mc, batch), torch.device("cpu"))
+            runs = [peak(partial(score, lm, other)) for _ in range(2)]
+            result["mc"].append({"batch": batch, "passes": len(other.groups), "plan_sec": build,
+                                 "sec": [r[0] for r in runs], "peak_gib": max((r[1] or 0) for r in runs),
+                                 **plan_frames(other)})
+            print(f"multiple choice, {batch} rows a pass: {runs[0][0]:.2f}, {runs[1][0]:.2f} s", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "recall_speed_study.json", result)
+    lines = [f"# Recall at study size ({result['device']}, torch {result['torch']})", "",
+             f"{n} questions, {result['mc_rows']:,} multiple-choice rows with the controls. Warm-up point at the "
+             f"preset's batches ({GEN_BATCH} prompts, {MC_BATCH} rows): generation "
+             f"{result['warmup_sec']['gen']:.1f} s, multiple choice {result['warmup_sec']['mc']:.1f} s.", "",
+             "| generation: prompts a batch | seconds | peak GiB |", "|---|---|---|"]
+    lines += [f"| {r['batch']} | {r['sec']:.2f} | {r['peak_gib'] or 0:.1f} |" for r in result["gen"]]
+    lines += ["", "| multiple choice: rows a pass | passes | seconds (two runs) | peak GiB "
+              "| rest frames run / needed |", "|---|---|---|---|---|"]
+    lines += [f"| {r['batch']} | {r['passes']} | {r['sec'][0]:.2f}, {r['sec'][1]:.2f} | {r['peak_gib']:.1f} | "
+              f"{r['rest_frames']:,} / {r['rest_frames_needed']:,} |" for r in result["mc"]]
+    atomic_write_text(out / "recall_speed_study.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def report(result: dict[str, Any], n_mc: int) -> str:

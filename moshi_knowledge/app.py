@@ -20,10 +20,12 @@ from omegaconf import DictConfig
 
 from moshi_knowledge.config_schema import register
 from moshi_knowledge.errors import UserError
+from moshi_knowledge.quiet import silence_known_warnings
 
 log = logging.getLogger("moshi_knowledge")
 
 register()
+silence_known_warnings()  # here, as every launcher's worker imports this module to run its job
 
 
 def task(cfg: DictConfig) -> float | None:

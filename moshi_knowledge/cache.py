@@ -3,13 +3,16 @@
 A stage's key hashes its name, version, resolved config and its inputs' keys. Its output is built in a
 temp dir and renamed into place, so a killed stage leaves nothing that looks complete (its temp dir is removed by
 the next build of that stage on the host, under the lock); a file lock makes a second process computing the same
-key wait and then reuse the result.
+key wait and then reuse the result. The marker records every file's fingerprint at publish time, and each reuse
+checks them: an entry damaged since (a disk fault, a hand edit) is named in a warning and rebuilt, instead of
+crashing a later stage with a JSON error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -21,7 +24,10 @@ from typing import Any
 
 from filelock import FileLock
 
+from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"  # .tmp-<key>-<host>-<pid>-<random>: a build in progress, or debris of a killed one
 MARKER = ".stage.json"  # written last inside the temp dir; its presence in a final dir means complete
@@ -124,18 +130,59 @@ class CacheEntry:
     computed: bool  # False when an earlier run (or a concurrent process) had already built it
 
 
+def _manifest(entry: Path) -> dict[str, dict[str, Any]]:
+    """The fingerprint of every file of a built entry (its marker aside), by path relative to the entry."""
+    return {p.relative_to(entry).as_posix(): file_fingerprint(p)
+            for p in sorted(entry.rglob("*")) if p.is_file() and p.name != MARKER}
+
+
+def damage(entry: Path) -> str | None:
+    """Why a published entry cannot be trusted any more (a file missing or changed since its marker was written,
+    or an unreadable marker); None when it is intact. An entry whose marker predates the manifest is trusted."""
+    try:
+        record = json.loads((entry / MARKER).read_text(encoding="utf-8"))
+        files = record.get("files") if isinstance(record, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"its {MARKER} cannot be read ({type(err).__name__})"
+    for name, fingerprint in (files or {}).items():
+        path = entry / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if file_fingerprint(path) != fingerprint:
+            return f"{name} changed since it was published"
+    return None
+
+
+def _discard(final: Path, reason: str) -> None:
+    """Move a damaged entry out of the way (a rename, so no reader sees it half-deleted), then delete it."""
+    stage_dir = final.parent
+    try:
+        trash = stage_dir / f"{TMP_PREFIX}{final.name}-{socket.gethostname()}-{os.getpid()}-damaged"
+        os.rename(final, trash)
+    except OSError as err:
+        raise UserError(f"cache entry {final} is damaged ({reason}) and cannot be rebuilt: {err.strerror}",
+                        f"delete {final} (or make {stage_dir} writable) and rerun") from None
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def build_or_reuse(
     cache_dir: Path, stage: str, key: str, record: dict[str, Any], build: Callable[[Path], None]
 ) -> CacheEntry:
-    """Return the cached output of `stage` at `key`, building it with `build(tmp_dir)` if absent."""
+    """Return the cached output of `stage` at `key`, building it with `build(tmp_dir)` if absent or damaged."""
     stage_dir = Path(cache_dir) / stage
     final = stage_dir / key
     if (final / MARKER).exists():
-        return CacheEntry(stage, key, final, computed=False)
+        reason = damage(final)
+        if reason is None:
+            return CacheEntry(stage, key, final, computed=False)
+        log.warning("cache entry %s is damaged (%s); rebuilding it", final, reason)
     stage_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(stage_dir / f"{key}.lock")):
         if (final / MARKER).exists():
-            return CacheEntry(stage, key, final, computed=False)
+            reason = damage(final)  # again under the lock: another process may have rebuilt it meanwhile
+            if reason is None:
+                return CacheEntry(stage, key, final, computed=False)
+            _discard(final, reason)
         if final.exists():  # a directory without its marker is debris of a killed run
             shutil.rmtree(final)
         _remove_dead_temps(stage_dir)
@@ -143,7 +190,7 @@ def build_or_reuse(
         tmp.mkdir()
         try:
             build(tmp)
-            atomic_write_json(tmp / MARKER, {"stage": stage, "key": key, **record})
+            atomic_write_json(tmp / MARKER, {"stage": stage, "key": key, **record, "files": _manifest(tmp)})
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

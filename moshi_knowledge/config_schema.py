@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from hydra.core.config_store import ConfigStore
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter
 
+from moshi_knowledge.cli import register_help_resolver
 from moshi_knowledge.dataset import moshi_finetune, source
 from moshi_knowledge.evaluation import config as eval_config
 from moshi_knowledge.qa import facts
@@ -40,12 +41,18 @@ SCHEMAS = {
 
 
 def register() -> None:
+    register_help_resolver()
     cs = ConfigStore.instance()
     for (group, name), node in SCHEMAS.items():
         cs.store(group=f"schema/{group}", name=name, node=node)
 
 
 # ---- the root's own settings (conf/config.yaml): not a group, so pydantic checks them before the first stage ----
+
+
+SEED_RANGE = "an integer in [0, 2**32), the seeds numpy and torch accept, e.g. seed=0"
+Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32, description=SEED_RANGE)]
+SEED = TypeAdapter(Seed)  # a group's own seed (train.seed=...) is checked against the same type (preflight)
 
 
 class _Strict(BaseModel):
@@ -66,7 +73,7 @@ class RootSettings(BaseModel):
     """The top-level keys besides the groups; a group's keys are checked by its structured schema."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
-    seed: int
+    seed: Seed
     stages: list[str] = Field(min_length=1, description="a non-empty list of stages, e.g. stages=[story,qa]")
     objective: ObjectiveSettings = Field(description="objective.metric=... objective.mode=max|min, not a string")
     debug: DebugSettings = Field(description="a node with inject_nonfinite_at (debug.inject_nonfinite_at=[5]), "

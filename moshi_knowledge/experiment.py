@@ -7,27 +7,30 @@ to W&B. A diverged run ends normally with its status, so a sweep carries on.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from moshi_knowledge.codes.encode import load_split
 from moshi_knowledge.dataset.facts import read_conversation_facts
 from moshi_knowledge.dataset.format import META, read_meta
-from moshi_knowledge.evaluation import report
+from moshi_knowledge.errors import UserError
+from moshi_knowledge.evaluation import run_summary
 from moshi_knowledge.evaluation.judge import judge_from_config
 from moshi_knowledge.evaluation.pitch import training_voice_f0
 from moshi_knowledge.evaluation.questions import AnswerSpeech, load_questions
 from moshi_knowledge.evaluation.recall import EvalResult, RecallEvaluator
-from moshi_knowledge.io_utils import atomic_write_text
+from moshi_knowledge.io_utils import atomic_write_text, explain_os_errors, read_json
 from moshi_knowledge.model.depformer_patch import patch_depformer
 from moshi_knowledge.model.lora import apply_lora, count_parameters, export_adapter
-from moshi_knowledge.preflight import check_config
+from moshi_knowledge.preflight import check_config, check_weights
 from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
 from moshi_knowledge.tracking import Tracker, objective_value, run_identity_from_hydra
 from moshi_knowledge.tracking.contract import (
@@ -38,6 +41,7 @@ from moshi_knowledge.tracking.contract import (
     METRICS_FILE,
     PREDICTIONS_FILE,
     STATUS,
+    SUMMARY_FILE,
 )
 from moshi_knowledge.tracking.files import dumps, read_metrics
 from moshi_knowledge.tracking.secrets import redact
@@ -49,18 +53,23 @@ from moshi_knowledge.train.seed import seed_everything
 log = logging.getLogger(__name__)
 
 FINISH_ERRORS = "finish_errors"  # summary.json: finishing steps that failed after training, with their errors
+CONFIG_HASH = "config_hash"  # summary.json: the run's config (where it runs aside), so a resumed sweep knows its jobs
+FINAL = (COMPLETED, DIVERGED)  # a run that ended so is not run again by train.resume=true
 
 
 class RecallHook:
     """The training loop's `on_eval`: recall at step 0, every `eval.recall_every` steps and at the last step.
 
-    Prediction rows go to predictions.jsonl, strict JSON like metrics.jsonl (a NaN score is null). On resume, rows
-    logged after the checkpoint are dropped and the step-0 rows become the baseline again, so p-values still
-    compare against the untrained model.
+    Prediction rows go to predictions.jsonl, strict JSON like metrics.jsonl (a NaN score is null), and each
+    evaluation's rows to the tracker's `predictions` table, with a few spoken answers in its `answers` table, so
+    step 0 and the end compare on the dashboard. On resume, rows logged after the checkpoint are dropped and the
+    step-0 rows become the baseline again, so p-values still compare against the untrained model.
     """
 
-    def __init__(self, evaluator: RecallEvaluator, every: int, last_step: int, path: Path) -> None:
+    def __init__(self, evaluator: RecallEvaluator, every: int, last_step: int, path: Path,
+                 tracker: Tracker | None = None) -> None:
         self.evaluator, self.every, self.last_step, self.path = evaluator, every, last_step, path
+        self.tracker = tracker
         self.last_evaluated: int | None = None
 
     def __call__(self, step: int, model: Any) -> dict[str, float] | None:
@@ -69,9 +78,13 @@ class RecallHook:
         kept = [r for r in self.rows() if r["step"] < step]
         if self.evaluator.baseline is None and any(r["step"] == 0 for r in kept):
             self.evaluator.baseline = EvalResult(0, {}, [r for r in kept if r["step"] == 0])
-        result = self.evaluator.evaluate(model, step)
+        result = self.evaluator.evaluate(model, step, self.tracker.log_answers if self.tracker else 0)
         lines = [dumps(r) for r in [*kept, *result.predictions]]
         atomic_write_text(self.path, "".join(line + "\n" for line in lines))
+        if self.tracker is not None:
+            self.tracker.table("predictions", result.predictions, step)
+            if result.answers:
+                self.tracker.table("answers", result.answers, step)
         self.last_evaluated = step
         return result.metrics
 
@@ -85,20 +98,59 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> float | None:
     """Check every setting, then run the stages listed in `cfg.stages`; return the sweep objective (None unless
     completed).
 
-    Under torchrun every rank trains; only rank 0 tracks, evaluates recall and writes the run's files.
+    Under torchrun every rank trains; only rank 0 tracks, evaluates recall and writes the run's files. A full disk
+    or a folder we may not write becomes a UserError naming it (status `failed` with that sentence).
+    With `train.resume=true`, a run directory whose run already ended (a resumed sweep's finished job) with this
+    config is not run again: its objective is read back.
     """
-    check_config(cfg)
-    entries = run_stages(cfg, run_dir)
-    wanted = [s for s in cfg.stages if s in RUN_STAGES]
-    if not wanted:
+    with explain_os_errors():
+        check_config(cfg)
+        check_weights(cfg)
+        wanted = [s for s in cfg.stages if s in RUN_STAGES]
+        done = _finished(cfg, run_dir) if wanted else None
+        if done is not None:
+            log.info("this job already ended %s in %s; skipped (train.resume=false runs it again)",
+                     done[STATUS], run_dir)
+            return objective_value(done, cfg.objective.metric)
+        entries = run_stages(cfg, run_dir)
+        if not wanted:
+            return None
+        dist, device = init_from_env()
+        if not dist.is_main:
+            RunRecipe(cfg, entries, run_dir, wanted, device, tracker=None).run()
+            return None
+        with Tracker(cfg.logger, run_dir, cfg, run_identity_from_hydra(run_dir.name)) as tracker:
+            with explain_os_errors():  # inside the Tracker too, so summary.json says `failed` with the sentence
+                tracker.summary({CONFIG_HASH: config_hash(cfg)})
+                RunRecipe(cfg, entries, run_dir, wanted, device, tracker).run()
+            return objective_value(tracker.values, cfg.objective.metric)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """What makes a run this run: the resolved config without where it runs or logs and without `train.resume`."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for node in ("paths", "logger"):
+        config.pop(node, None)
+    config.get("train", {}).pop("resume", None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _finished(cfg: DictConfig, run_dir: Path) -> Mapping[str, Any] | None:
+    """summary.json of a run that already ended in `run_dir` with this config, when `train.resume=true`."""
+    path = run_dir / SUMMARY_FILE
+    if not cfg.train.resume or not path.is_file():
         return None
-    dist, device = init_from_env()
-    if not dist.is_main:
-        RunRecipe(cfg, entries, run_dir, wanted, device, tracker=None).run()
+    try:
+        summary = read_json(path)
+    except ValueError:  # a torn summary is no proof of a finished run
         return None
-    with Tracker(cfg.logger, run_dir, cfg, run_identity_from_hydra(run_dir.name)) as tracker:
-        RunRecipe(cfg, entries, run_dir, wanted, device, tracker).run()
-        return objective_value(tracker.values, cfg.objective.metric)
+    if not isinstance(summary, dict) or summary.get(STATUS) not in FINAL:
+        return None
+    if summary.get(CONFIG_HASH) != config_hash(cfg):
+        raise UserError(f"{run_dir} holds a finished run of another config, and train.resume=true would continue it",
+                        "resume a sweep with the same command line it was started with, or give a new "
+                        "hydra.sweep.dir / hydra.run.dir")
+    return summary
 
 
 @dataclass(frozen=True)
@@ -158,14 +210,16 @@ class RunRecipe:
         if fit:
             self.train_cfg = fix_length(self.train_cfg, self.train_samples, self.facts, self.model)
         self.hook = (_recall_hook(cfg, self.entries, self.loaded, self.run_dir,
-                                  self.train_cfg.max_steps if fit else 0) if self.choices.recall else None)
+                                  self.train_cfg.max_steps if fit else 0, self.tracker)
+                     if self.choices.recall else None)
 
     def fit(self) -> dict[str, Any]:
         """Train with the recall hook; the training summary (status, step and final figures)."""
         if not self.choices.fit:
             return {"status": COMPLETED, "step": 0}
         return train(self.model, self.train_samples, load_split(self.entries["tokenize"].path, "eval"), self.train_cfg,
-                     instantiate(self.cfg.nan_guard), self.run_dir, tracker=self.tracker, on_eval=self.hook,
+                     instantiate(self.cfg.nan_guard), self.run_dir,
+                     tracker=_HeldStatus(self.tracker) if self.tracker is not None else None, on_eval=self.hook,
                      inject_nonfinite_at=list(self.cfg.debug.inject_nonfinite_at), facts=self.facts)
 
     def export(self) -> None:
@@ -173,10 +227,13 @@ class RunRecipe:
             _after_training(self.tracker, "export", self._export)
 
     def final_recall(self, outcome: dict[str, Any]) -> None:
-        """Recall at the step training ended on, unless the hook measured it there (a run that stopped early, e.g.
-        diverged, still gets its final recall)."""
+        """Recall at the step training ended on, unless the hook measured it there, in this attempt or in the one
+        that wrote the checkpoint this run resumed from (a run that stopped early, e.g. diverged, still gets its
+        final recall)."""
         hook = self.hook
         if hook is None or hook.last_evaluated == outcome["step"]:
+            return
+        if any(r["step"] == outcome["step"] for r in hook.rows()):
             return
         tracker = self._main
 
@@ -194,16 +251,18 @@ class RunRecipe:
         diverged, like training that left non-finite weights: its recall figures are not results.
         """
         hook = self.hook
-        if hook is None:
+        if self.tracker is None:
             return
         tracker = self._main
-        status = {STATUS: outcome["status"]}
-        tracker.summary(status)
+        status = {STATUS: outcome["status"], MESSAGE: outcome.get(MESSAGE, "")}
+        tracker.summary(status)  # held back by _HeldStatus until now: the export and final recall are published
+        if hook is None:
+            return
         recall: dict[str, Any] = {}
 
         def summarise() -> None:
             rows = hook.rows()
-            recall.update(report.summarize(rows, read_metrics(tracker.run_dir / METRICS_FILE)))
+            recall.update(run_summary.summarize(rows, read_metrics(tracker.run_dir / METRICS_FILE)))
             final_step, final = _final_rows(rows)
             if status[STATUS] == COMPLETED and not all(r.get("finite", True) for r in final):
                 status.update({STATUS: DIVERGED, MESSAGE: f"the recall at step {final_step} was measured on "
@@ -215,10 +274,10 @@ class RunRecipe:
                 tracker.audio(f"dataset/{wav.stem}", wav)
 
         _after_training(tracker, "recall summary", summarise)
-        _after_training(tracker, "predictions table", lambda: tracker.table("predictions", _final_rows(hook.rows())[1]))
         _after_training(tracker, "audio logging", audio)
         _after_training(tracker, "recall table",
-                        lambda: print("\n" + report.recall_table(recall) + f"\nstatus: {status[STATUS]}\n", flush=True))
+                        lambda: log.info("final recall\n%s\nstatus: %s\n", run_summary.recall_table(recall),
+                                         status[STATUS]))
 
     @property
     def _main(self) -> Tracker:
@@ -237,6 +296,28 @@ class RunRecipe:
             self._main.artifact(target, "adapter")
 
 
+class _HeldStatus:
+    """The tracker as the training loop sees it, less the status: the loop's `completed` would say so before the
+    export and the final recall are published. `finish` writes the status once they are; until then summary.json
+    says `running`, true at every instant. An interrupted run has nothing left to publish: its status goes through.
+    """
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        self.tracker.log(row)
+
+    def keep_until(self, step: int) -> None:
+        self.tracker.keep_until(step)
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        if values.get(STATUS) == INTERRUPTED:
+            self.tracker.summary(values)
+        else:
+            self.tracker.summary({k: v for k, v in values.items() if k not in (STATUS, MESSAGE)})
+
+
 def _after_training(tracker: Tracker | None, name: str, step: Callable[[], None]) -> None:
     """Run one step that comes after training; a failure is logged and listed in summary.json's
     `finish_errors`, never raised: a finished run keeps its status, figures, checkpoints and whatever the other
@@ -250,7 +331,8 @@ def _after_training(tracker: Tracker | None, name: str, step: Callable[[], None]
             tracker.summary({FINISH_ERRORS: [*errors, redact(f"{name}: {type(err).__name__}: {err}")]})
 
 
-def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, last_step: int) -> RecallHook:
+def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, last_step: int,
+                 tracker: Tracker | None) -> RecallHook:
     eval_cfg = instantiate(cfg.eval)
     dataset_dir = entries["dataset"].path
     questions = load_questions(dataset_dir, eval_cfg.tiers, eval_cfg.max_per_tier, eval_cfg.seed)
@@ -259,7 +341,7 @@ def _recall_hook(cfg: DictConfig, entries: dict, loaded: Any, run_dir: Path, las
                                 read_meta(dataset_dir / META),
                                 training_voice_f0(dataset_dir) if eval_cfg.voice else None,
                                 judge_from_config(eval_cfg))
-    return RecallHook(evaluator, eval_cfg.recall_every, last_step, run_dir / PREDICTIONS_FILE)
+    return RecallHook(evaluator, eval_cfg.recall_every, last_step, run_dir / PREDICTIONS_FILE, tracker)
 
 
 def _final_rows(rows: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:

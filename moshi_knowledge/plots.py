@@ -25,3 +25,25 @@ def save(fig: Any, path: Path, dpi: int = 110, **options: Any) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, **options)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def small_multiples(n: int, panel: tuple[float, float], xlabel: str, ylabel: str,
+                    max_cols: int = 3) -> tuple[Any, list[Any]]:
+    """A figure of `n` panels of `panel` inches (width, height), at most `max_cols` a row, one per tier or regime so
+    that nine series stay nine readable panels rather than nine lines on one; the panels left over in the last row
+    are removed, and each panel has its x label where no panel sits below it, its y label in the first column."""
+    plt = pyplot()
+    cols = min(n, max_cols)
+    rows = -(-n // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(panel[0] * cols, panel[1] * rows), squeeze=False,
+                             layout="constrained")
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[n:]:
+        ax.remove()
+    for k, ax in enumerate(axes[:n]):
+        if k + cols >= n:
+            ax.set_xlabel(xlabel, fontsize=8)
+        if k % cols == 0:
+            ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=8)
+    return fig, axes[:n]

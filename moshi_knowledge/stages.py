@@ -6,6 +6,7 @@ about caching, Hydra or W&B; `run_stages` adds those.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -17,12 +18,12 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from moshi_knowledge.cache import CacheEntry, build_or_reuse, cache_key
+from moshi_knowledge.cache import CacheEntry, build_or_reuse, cache_key, file_fingerprint
 from moshi_knowledge.codes.encode import encode_dataset
 from moshi_knowledge.dataset.build import build_dataset
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import atomic_write_json, read_json
-from moshi_knowledge.model.load import LoadedModel, load_codec, load_model
+from moshi_knowledge.model.load import LoadedModel, LocalModel, load_codec, load_model
 from moshi_knowledge.qa.schema import QASet
 from moshi_knowledge.speech.narration import is_narration_line
 from moshi_knowledge.speech.script import answer_lines, question_lines
@@ -56,7 +57,7 @@ def _qa(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
 def _script(cfg: DictConfig, inputs: Inputs):
     qa = QASet.load(inputs["qa"])
     extra = instantiate(cfg.layout).lines(qa, Story.load(inputs["story"]))
-    lines = {line.id: line for line in [*question_lines(qa), *answer_lines(qa), *extra]}
+    lines = {line.id: line for line in [*question_lines(qa, cfg.tts.voices_per_fact), *answer_lines(qa), *extra]}
     return list(lines.values())
 
 
@@ -67,6 +68,14 @@ def _tts(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
 def _dataset(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
     build_dataset(QASet.load(inputs["qa"]), Story.load(inputs["story"]), instantiate(cfg.layout),
                   instantiate(cfg.align), instantiate(cfg.dataset), inputs["tts"], out)
+
+
+def _model_files_key(cfg: DictConfig, inputs: Inputs) -> str:
+    """The files a `model=local` folder (`model.dir`) lends, by content: weights swapped inside the same folder
+    rebuild what was built from them (a file named by its own setting is fingerprinted with the config)."""
+    source = instantiate(cfg.model)
+    files = source.files() if isinstance(source, LocalModel) else {}
+    return json.dumps({k: file_fingerprint(path) for k, path in files.items() if path is not None}, sort_keys=True)
 
 
 def _model(cfg: DictConfig, inputs: Inputs, out: Path) -> None:
@@ -101,12 +110,13 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         Stage("story", "1", (), ("story",), _story),
-        Stage("qa", "8", ("story",), ("qa",), _qa),
+        Stage("qa", "9", ("story",), ("qa",), _qa),
         Stage("tts", "4", ("story", "qa"), ("tts",), _tts,
               extra_key=lambda cfg, inputs: script_fingerprint(_script(cfg, inputs))),
         Stage("dataset", "9", ("story", "qa", "tts"), ("layout", "align", "dataset"), _dataset,
               extra_key=lambda cfg, inputs: instantiate(cfg.dataset).identity()),
-        Stage("model", "1", ("story", "qa", "tts"), ("model",), _model, ignore=("model.device", "model.dtype")),
+        Stage("model", "1", ("story", "qa", "tts"), ("model",), _model, extra_key=_model_files_key,
+              ignore=("model.device", "model.dtype")),
         Stage("tokenize", "1", ("dataset", "model"), (), _tokenize),
     ]
 }

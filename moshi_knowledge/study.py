@@ -21,7 +21,8 @@ of showing an effect:
     MDE         the mean over the runs of recall/<tier>/mde (one run's test against chance, evaluation/power.py)
     verdict     evaluation/power.verdict on the Holm p, the interval's upper end and that MDE
 
-then the excess at every dose, the retain tier's recall and change from the base model (forgetting) at every dose,
+then the excess at every dose, the retain tier's recall and change from the base model (forgetting) and the drift of
+Moshi's voice from the base model's at every dose,
 one plain verdict line per regime, and `study_dose_response.png`: a panel per regime, recall of each tier and of
 the null over the exposures per fact (log scale), with the 95% t-interval over seeds as error bars.
 """
@@ -36,8 +37,9 @@ from pathlib import Path
 
 from moshi_knowledge.evaluation.metrics import HEADLINE, NULL_TIER, holm
 from moshi_knowledge.evaluation.power import ABOVE_NULL, verdict
+from moshi_knowledge.evaluation.run_summary import F0_VS_BASELINE
 from moshi_knowledge.evaluation.stats import mean_interval
-from moshi_knowledge.markdown import table_row
+from moshi_knowledge.markdown import MISSING, fmt, plural, table_row
 from moshi_knowledge.plots import pyplot, save
 from moshi_knowledge.tracking.contract import COMPLETED, EXPOSURES_PER_FACT, number, recall_key
 from moshi_knowledge.tracking.runs import RunRecord
@@ -152,7 +154,7 @@ def study_section(runs: list[RunRecord], out: Path) -> str | None:
     head = ["regime", "tier", "role", "exposures/fact", "seeds", "null", "excess over null", "95% CI (t, seeds)",
             "p (t, one-sided)", "Holm p", "MDE", "verdict"]
     rows = [table_row([t.regime, t.tier, role(t.regime, t.tier), _x(t.dose), str(t.excess.n), t.null_name,
-                  f"{t.excess.mean:+.3f}", _interval(t.excess), _p(t.p), _p(t.p_holm), _p(t.mde, ".2f"), t.verdict])
+                  f"{t.excess.mean:+.3f}", _interval(t.excess), fmt(t.p), fmt(t.p_holm), fmt(t.mde, ".2f"), t.verdict])
             for t in tests]
     parts += ["\n".join([table_row(head), table_row(["---"] * len(head)), *rows]), _verdict_lines(list(doses), tests),
               _dose_table(doses, tiers)]
@@ -188,7 +190,7 @@ def _dose_label(run: RunRecord) -> str:
     if nominal is not None:
         return nominal
     measured = exposures(run)
-    return "–" if measured is None else f"{measured:.3g}"
+    return fmt(measured, ".3g")
 
 
 def _test(regime_name: str, tier: str, dose: Dose) -> Test | None:
@@ -212,9 +214,9 @@ def _holm(tests: list[Test]) -> list[Test]:
 
 def _intro(runs: list[RunRecord], doses: dict[str, list[Dose]]) -> str:
     left_out = sum(r.status != COMPLETED or regime(r) is None for r in runs)
-    regimes = ", ".join(f"`{n}` ({REGIMES.get(n, n)}: {_count(sum(len(d.runs) for d in ds), 'run')})"
+    regimes = ", ".join(f"`{n}` ({REGIMES.get(n, n)}: {plural(sum(len(d.runs) for d in ds), 'run')})"
                         for n, ds in doses.items())
-    return (f"Regimes: {regimes}" + (f"; {_count(left_out, 'run')} left out (not completed, or no layout)."
+    return (f"Regimes: {regimes}" + (f"; {plural(left_out, 'run')} left out (not completed, or no layout)."
                                      if left_out else ".")
             + " Excess = final MC recall minus the never-trained null (`unseen_facts`) of the same run (minus the "
             "tier's chance where a run has no null tier), at each regime's highest dose; mean over seeds with the "
@@ -236,7 +238,7 @@ def _verdict_lines(regimes: Sequence[str], tests: list[Test]) -> str:
         lead = f"latent recall above the null on {', '.join(above)}" if above else "no latent tier above the null"
         details = "; ".join(f"{t.tier} {t.verdict}" for t in latent)
         line = f"- **{name}** ({REGIMES.get(name, name)}; {_x(mine[0].dose)} exposures per fact, " \
-               f"{_count(mine[0].excess.n, 'seed')}): {lead}" + (f" ({details})." if details else ".")
+               f"{plural(mine[0].excess.n, 'seed')}): {lead}" + (f" ({details})." if details else ".")
         line += "".join(f" Positive control {t.tier}: {t.verdict}." for t in mine if t not in latent)
         forgetting = SeedMean.of(_values(mine[0].dose.runs, RETAIN_TIER, "delta"))
         if forgetting is not None:
@@ -254,28 +256,31 @@ def _dose_table(doses: dict[str, list[Dose]], tiers: list[str]) -> str:
         by_label = {d.label: d for d in ds}
         for tier in tiers:
             cells = [_cell(SeedMean.of([v for r in by_label[lb].runs if (v := excess(r, tier)) is not None]))
-                     if lb in by_label else "–" for lb in labels]
-            if any(c != "–" for c in cells):
+                     if lb in by_label else MISSING for lb in labels]
+            if any(c != MISSING for c in cells):
                 rows.append(table_row([name, tier, *cells]))
     return "\n".join(["Excess over the null at every dose (mean [95% t interval] over seeds):", "", table_row(head),
                       table_row(["---"] * len(head)), *rows])
 
 
 def _retain_table(doses: dict[str, list[Dose]]) -> str | None:
-    """The retain tier (general knowledge the model had before): final recall and its change from the base model,
-    mean [95% t interval] over seeds, per regime and dose; None when no run has it."""
+    """What training cost: the retain tier (general knowledge the model had before), its final recall and change
+    from the base model, and the drift of Moshi's voice (median F0 of its generated answers against the base
+    model's, in semitones), mean [95% t interval] over seeds, per regime and dose; None when no run has either."""
     rows = []
     for name, ds in doses.items():
         for d in ds:
             final = SeedMean.of(_values(d.runs, RETAIN_TIER))
             change = SeedMean.of(_values(d.runs, RETAIN_TIER, "delta"))
-            if final is not None:
-                rows.append(table_row([name, _x(d), str(final.n), final.cell(".3f"), _cell(change)]))
+            drift = SeedMean.of([v for r in d.runs if (v := _finite(r.final(F0_VS_BASELINE))) is not None])
+            if final is not None or drift is not None:
+                rows.append(table_row([name, _x(d), str(max(m.n for m in (final, drift) if m is not None)),
+                                       final.cell(".3f") if final else MISSING, _cell(change), _cell(drift)]))
     if not rows:
         return None
-    head = ["regime", "exposures/fact", "seeds", "retain recall", "retain − base model"]
-    return "\n".join(["Forgetting: the retain tier (mean [95% t interval] over seeds):", "", table_row(head),
-                      table_row(["---"] * len(head)), *rows])
+    head = ["regime", "exposures/fact", "seeds", "retain recall", "retain − base model", "voice drift (semitones)"]
+    return "\n".join(["Forgetting: the retain tier and Moshi's voice (mean [95% t interval] over seeds):", "",
+                      table_row(head), table_row(["---"] * len(head)), *rows])
 
 
 _STYLES = {CONTROL_TIER: {"color": "C2"}, "heldout_facts": {"color": "C0"}, "eval": {"color": "C1"},
@@ -357,12 +362,8 @@ def _mean(values: Sequence[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def _x(dose: Dose) -> str:
-    return "–" if dose.x is None else f"{dose.x:.3g}"
+    return fmt(dose.x, ".3g")
 
 
 def _label_order(label: str) -> tuple[int, float, str]:
@@ -371,12 +372,8 @@ def _label_order(label: str) -> tuple[int, float, str]:
 
 
 def _cell(mean: SeedMean | None) -> str:
-    return "–" if mean is None else mean.cell()
+    return MISSING if mean is None else mean.cell()
 
 
 def _interval(mean: SeedMean) -> str:
-    return "–" if math.isnan(mean.low) else f"[{mean.low:+.3f}, {mean.high:+.3f}]"
-
-
-def _p(value: float, spec: str = ".3g") -> str:
-    return "–" if not math.isfinite(value) else format(value, spec)
+    return MISSING if math.isnan(mean.low) else f"[{mean.low:+.3f}, {mean.high:+.3f}]"

@@ -1,4 +1,5 @@
-"""`python -m moshi_knowledge.validate DIR`: check a dataset folder before training on it.
+"""`moshi-knowledge validate DIR` (or `python -m moshi_knowledge.validate DIR`): check a dataset folder before
+training on it.
 
 Exit status: 0 when sound, 1 when problems were found (each printed), 2 when DIR is not a dataset.
 `--moshi-finetune` also prints the `data:` block that trains moshi-finetune on the train split alone. Given a folder
@@ -22,7 +23,7 @@ from moshi_knowledge.errors import UserError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m moshi_knowledge.validate",
+        prog="moshi-knowledge validate",
         description="Check a moshi-knowledge dataset (moshi-finetune format) before training on it.",
     )
     parser.add_argument("dataset_dir", type=Path, help="the dataset/ folder written by the dataset stage")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from moshi_knowledge.calibration import CALIBRATION_PLOT, points
-from moshi_knowledge.report import main
+from moshi_knowledge.sweep_report import main
 from moshi_knowledge.tracking.runs import find_runs
 
 N = 48  # heldout_facts questions of every run

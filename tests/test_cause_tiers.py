@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import compose_cfg
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.evaluation.questions import load_questions
 from moshi_knowledge.qa.facts import FactsQA
@@ -67,3 +68,29 @@ def test_the_shifted_question_is_the_trained_speech_after_silence(small_data_run
         source = questions[q.source_id].samples()
         assert q.text == questions[q.source_id].text
         assert len(q.samples()) != len(source) or not np.array_equal(q.samples(), source)  # another voice
+
+
+@pytest.mark.parametrize("per_fact", [None, 1, 2])
+def test_voices_per_fact_sets_how_many_voices_speak_each_trained_fact(qa: QASet, per_fact: int | None) -> None:
+    """`tts.voices_per_fact`: a fact's phrasings rotate through that many voices (null: one per phrasing); each
+    tier's first phrasing keeps the voice its other tiers play."""
+    lines = {line.id: line for line in question_lines(qa, per_fact)}
+    n_voices = 3  # conf/tts/espeak.yaml
+    for item in qa.train:
+        voices = {lines[question_line_id(item.id, k)].voice_index % n_voices for k in range(len(item.phrasings))}
+        expected = len(item.phrasings) if per_fact is None else min(per_fact, len(item.phrasings))
+        assert len(voices) == min(expected, n_voices), item.id
+    for item in qa.unseen_wording:
+        assert lines[question_line_id(item.id)].voice_index == lines[question_line_id(item.source_id)].voice_index
+    if per_fact is None:  # the default: each phrasing of each trained fact the next voice in turn
+        indices = [lines[question_line_id(i.id, k)].voice_index for i in qa.train for k in range(len(i.phrasings))]
+        assert indices == list(range(len(indices)))
+
+
+def test_voices_per_fact_below_one_is_refused_before_any_stage() -> None:
+    from moshi_knowledge.errors import UserError
+    from moshi_knowledge.speech.espeak import EspeakTTS
+
+    tts = compose_cfg(["tts.voices_per_fact=0"]).tts
+    with pytest.raises(UserError, match="tts.voices_per_fact=0"):
+        EspeakTTS(tts.moshi_voice, list(tts.user_voices), tts.heldout_voice, tts.voices_per_fact)

@@ -1,12 +1,12 @@
-"""Every command the README (and the sweep and launcher configs' own comments, and the Makefile's demo) shows is
-run here, so the docs cannot drift from the code.
+"""Every command the README and docs/ show (in bash blocks and inline), the sweep and launcher configs' own
+comments and the Makefile's demo is run or checked here, so the docs cannot drift from the code.
 
 An app command is composed as Hydra composes its jobs (a sweep's grid, an Optuna search's choices and interval
 ends: every value of every axis in some job) and put through the checks a run makes before its first stage.
-The README's `my_dataset` (a moshi-finetune folder of the user's) is a real one, made from a small run's training
-split. `--cfg job` commands and text-only runs (`stages=[story,qa]` offline) run for real as subprocesses. Commands of
-other programs are listed in OTHER_PROGRAMS with the reason they are not run; a new command that fits nowhere
-fails the test.
+The docs' `my_dataset` (a moshi-finetune folder of the user's) is a real one, made from a small run's training
+split. `--cfg job` commands, text-only runs (`stages=[story,qa]` offline), `plan` and `validate` run for real as
+subprocesses or calls. Commands of other programs are listed in OTHER_PROGRAMS with the reason they are not run;
+a new command that fits nowhere fails the test.
 """
 
 from __future__ import annotations
@@ -33,23 +33,34 @@ OTHER_PROGRAMS = {
     "python -m spacy": "downloads a spaCy model: needs the network",
     "python -m moshi.server": "moshi's own server on trained weights",
     "report": "needs a sweep's runs: tests/test_tracking.py and tests/test_report.py run it on real sweeps",
+    "export": "needs a trained run: tests/test_cli.py moves one and runs `moshi-knowledge export` on it",
 }
 APP = re.compile(r"^(?:\S+=\S+\s+)*(?:torchrun\s.*?-m moshi_knowledge|(?:\.venv/bin/)?python -m moshi_knowledge"
                  r"|moshi-knowledge)(?=\s|$)(?P<args>.*)$")
-VALIDATE = re.compile(r"^(?:\.venv/bin/)?python -m moshi_knowledge\.validate\s+(?P<args>.*)$")
+VALIDATE = re.compile(r"^(?:(?:\.venv/bin/)?python -m moshi_knowledge\.validate|moshi-knowledge validate)"
+                      r"\s+(?P<args>.*)$")
+DATASET_PLACEHOLDER = "DIR"  # the docs' stand-in for a dataset folder: validated as the small run's dataset
 TEXT_ONLY = {"story", "qa"}
 MY_DATASET = "my_dataset"  # the README's folder of a moshi-finetune dataset, made by the `my_dataset` fixture
 
 
-def _readme_commands() -> list[str]:
-    """Each command of the README's bash blocks, continuation lines joined, comments dropped."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# an inline command: a code span that starts with the app's name (the rest of a sentence's code spans are settings)
+INLINE = re.compile(r"(?<!`)`((?:moshi-knowledge|python -m moshi_knowledge|torchrun)\s[^`]+)`(?!`)")
+
+
+def _doc_commands() -> list[str]:
+    """Each command of the docs' bash blocks (continuation lines joined, comments dropped) and each inline one."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            words = shlex.split(line, comments=True)
-            if words:
-                commands.append(shlex.join(words))
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                if words:
+                    commands.append(shlex.join(words))
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        commands += [shlex.join(shlex.split(m.replace("\n", " "))) for m in INLINE.findall(prose)]
     return commands
 
 
@@ -70,23 +81,25 @@ def _makefile_commands() -> list[str]:
             if line.startswith("\t$(PY) -m moshi_knowledge")]
 
 
-README = _readme_commands()
-COMMANDS = sorted(set(README + _config_comment_commands() + _makefile_commands()))
+DOC_COMMANDS = _doc_commands()
+COMMANDS = sorted(set(DOC_COMMANDS + _config_comment_commands() + _makefile_commands()))
 
 
 def _app_args(command: str) -> list[str] | None:
     match = APP.match(command)
-    if match is None or command.startswith("python -m moshi_knowledge.validate"):
+    if match is None or VALIDATE.match(command):
         return None
     args = shlex.split(match["args"])
-    # the README's placeholders: a bare `...` (more overrides) and an optional `[key=...]`
-    return [a[1:-1] if a.startswith("[") and a.endswith("]") else a for a in args if a != "..."]
+    # the docs' placeholders: a bare `...` (more overrides), `[overrides]` / `[OVERRIDE ...]` / `[DIR ...]` (any
+    # number of them, none here) and an optional `[key=...]`
+    args = [a for a in args if a != "..." and not re.fullmatch(r"\[(overrides|OVERRIDE|DIR)\]?|\[(OVERRIDE|DIR)", a)]
+    return [a[1:-1] if a.startswith("[") and a.endswith("]") else a for a in args]
 
 
 def _other_program(command: str) -> str | None:
     args = _app_args(command)
-    if args is not None and args[:1] == ["report"]:
-        return "report"
+    if args is not None and args[:1] in (["report"], ["export"]):
+        return args[0]
     return next((p for p in OTHER_PROGRAMS if command == p or command.startswith(p + " ")), None)
 
 
@@ -123,22 +136,24 @@ def _runs_for_real(args: list[str]) -> bool:
 
 
 def test_every_command_is_covered() -> None:
-    assert len(README) >= 30  # the parser found the README's blocks
+    assert len(DOC_COMMANDS) >= 30  # the parser found the docs' blocks
     uncovered = [c for c in COMMANDS if _app_args(c) is None and _other_program(c) is None
                  and not VALIDATE.match(c)]
     assert uncovered == [], "commands neither run by this test nor listed in OTHER_PROGRAMS"
 
 
-def test_every_sweep_and_launcher_config_is_shown_in_the_readme() -> None:
-    shown = " ".join(README)
+def test_every_sweep_and_launcher_config_is_shown_in_the_docs() -> None:
+    shown = " ".join(DOC_COMMANDS)
     for group in ("sweep", "launcher"):
         for path in (REPO / "conf" / group).glob("*.yaml"):
             if group == "launcher" and path.stem == "basic":
                 continue  # the default
-            assert f"{group}={path.stem}" in shown, f"the README shows no command with {group}={path.stem}"
+            assert f"{group}={path.stem}" in shown, f"the docs show no command with {group}={path.stem}"
 
 
-APP_COMMANDS = [c for c in COMMANDS if _app_args(c) is not None and _other_program(c) is None]
+APP_COMMANDS = [c for c in COMMANDS if _app_args(c) is not None and _other_program(c) is None
+                and _app_args(c)[:1] != ["plan"]]
+PLAN_COMMANDS = [c for c in COMMANDS if (_app_args(c) or [None])[:1] == ["plan"]]
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +196,14 @@ def test_short_commands_run_for_real(command: str, tmp_path: Path) -> None:
         assert (tmp_path / "run" / "qa" / "qa.json").exists()
 
 
+@pytest.mark.parametrize("command", PLAN_COMMANDS)
+def test_plan_commands_run_for_real(command: str, capsys) -> None:
+    from moshi_knowledge.plan import main
+
+    assert main(_app_args(command)[1:]) == 0
+    assert "runs" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("command", [c for c in COMMANDS if VALIDATE.match(c)])
 def test_validate_commands_run_on_a_real_dataset(command: str, small_data_run, capsys,
                                                  request: pytest.FixtureRequest) -> None:
@@ -188,7 +211,7 @@ def test_validate_commands_run_on_a_real_dataset(command: str, small_data_run, c
 
     _, run_dir, _ = small_data_run
     args = shlex.split(VALIDATE.match(command)["args"])
-    assert args[0] in ("runs/demo/dataset", MY_DATASET)
-    folder = run_dir / "dataset" if args[0] == "runs/demo/dataset" else _with_my_dataset(args[:1], request)[0]
+    assert args[0] in ("runs/demo/dataset", MY_DATASET, DATASET_PLACEHOLDER)
+    folder = _with_my_dataset(args[:1], request)[0] if args[0] == MY_DATASET else run_dir / "dataset"
     assert main([str(folder), *args[1:]]) == 0
     assert capsys.readouterr().out.startswith("OK: ")

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from conftest import compose_cfg
+from moshi_knowledge.evaluation.metrics import recall_stats
 from moshi_knowledge.evaluation.questions import load_questions
-from moshi_knowledge.evaluation.report import summarize
+from moshi_knowledge.evaluation.run_summary import summarize
 from moshi_knowledge.qa.facts import FactsQA
 from moshi_knowledge.tracking.contract import check_objective
 from moshi_knowledge.world.prose import label
@@ -80,8 +81,8 @@ def test_other_tiers_are_not_split(tmp_path: Path) -> None:
 def test_the_sweep_tunes_on_one_half_and_each_half_is_reported() -> None:
     cfg = compose_cfg()
     assert cfg.objective.metric == "recall/eval_tune/mc_acc"
-    check_objective(cfg.objective.metric, cfg.objective.mode, list(cfg.eval.tiers))
-    check_objective("recall/eval_test/p_vs_null", "min", ["eval"])
+    check_objective(cfg.objective.metric, cfg.objective.mode, list(cfg.eval.tiers), recall_stats())
+    check_objective("recall/eval_test/p_vs_null", "min", ["eval"], recall_stats())
     rows = [{"step": s, "qid": f"q{i}", "tier": "eval", "cluster": f"q{i}", "half": "tune" if i < 3 else "test",
              "mc_correct": i % 2 == 0, "mc_rank": 1, "mc_margin": 0.0} for s in (0, 5) for i in range(6)]
     summary = summarize(rows)

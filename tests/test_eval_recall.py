@@ -23,7 +23,7 @@ from moshi_knowledge.evaluation.pitch import training_voice_f0
 from moshi_knowledge.evaluation.prompts import Timing, prepare
 from moshi_knowledge.evaluation.questions import AnswerSpeech, load_questions
 from moshi_knowledge.evaluation.recall import RecallEvaluator
-from moshi_knowledge.evaluation.report import F0, recall_table, summarize
+from moshi_knowledge.evaluation.run_summary import F0, recall_table, summarize
 from moshi_knowledge.model.load import load_model
 from moshi_knowledge.model.lora import apply_lora
 from moshi_knowledge.model.tiny import TinyModel, build_tiny_checkpoint
@@ -220,7 +220,7 @@ def test_recall_prompts_take_the_gap_the_dataset_was_built_with(tiny_cache, tmp_
     meta = read_meta(dataset / META)
     assert (meta.layout, meta.lead_sec, meta.gap_sec) == ("dialogue", 0.3, 0.6)
     loaded = load_stage_model(cfg, entries["model"].path, device="cpu")
-    evaluator = _recall_hook(cfg, entries, loaded, tmp_path / "run", 0).evaluator
+    evaluator = _recall_hook(cfg, entries, loaded, tmp_path / "run", 0, tracker=None).evaluator
     entry = next(e for e in read_conversations_index(dataset / CONVERSATIONS) if e.split == "train")
     prepared = next(p for p in evaluator.prepared if p.question.id == entry.turns[0].qid)
     answer_at = round(0.3 * SAMPLE_RATE) + len(prepared.question.samples()) + round(0.6 * SAMPLE_RATE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy.stats import fisher_exact
 
-from moshi_knowledge.evaluation.report import F0, F0_VS_BASELINE, recall_table, step_metrics, summarize
+from moshi_knowledge.evaluation.run_summary import F0, F0_VS_BASELINE, recall_table, step_metrics, summarize
 from moshi_knowledge.evaluation.stats import accuracy_interval, mcnemar_exact
 
 

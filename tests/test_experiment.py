@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,16 +11,18 @@ from safetensors.torch import load_file
 
 from conftest import TINY_RUN, run_app
 from moshi_knowledge.qa.schema import CAUSE_TIERS
+from wandb_offline import decode_only
 
 LORA_RUN = [*TINY_RUN, "lora=all", "lora.rank=4", "logger=none"]
 
 
 @pytest.fixture(scope="module")
 def lora_run(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One LoRA run of the tiny model at lr 1e-3, alone in its process."""
+    """One LoRA run of the tiny model at lr 1e-3, alone in its process, mirrored to an offline W&B run."""
     root = tmp_path_factory.mktemp("lora_run")
     run = root / "run"
-    done = run_app([*LORA_RUN, "train.lr=1e-3", f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run}"], cwd=root)
+    args = [*(o for o in LORA_RUN if o != "logger=none"), "logger=wandb", "train.lr=1e-3"]
+    done = run_app([*args, f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run}"], cwd=root)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return run, done
 
@@ -55,6 +58,36 @@ def test_a_lora_run_writes_the_run_directory_contract(lora_run) -> None:
     assert json.loads((run / "adapter" / "moshi" / "config.json").read_text())["lora_rank"] == 4
     assert (run / "adapter" / "peft" / "adapter_config.json").is_file()
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1].endswith("4")
+
+
+@pytest.mark.slow
+def test_a_run_logs_each_evaluation_its_recall_parts_and_the_final_table_and_feeds_wandb(lora_run) -> None:
+    """The Hydra job log (the file SLURM users keep) holds a line per evaluation, recall's parts as they start and
+    the final table; the offline W&B run a short name, predictions and spoken answers at each recall step (step 0
+    and the end compare), no Hydra plumbing, and the objective."""
+    run_dir, done = lora_run
+    log = (run_dir / "moshi_knowledge.log").read_text()
+    assert "recall: preparing " in log
+    for step in (0, 2, 4):
+        line = next(x for x in log.splitlines() if f"step {step}/4 | eval loss" in x)
+        assert re.search(r"recall MC train [\d.]+ \(null [\d.]+, p [\d.e-]+\); ", line), line
+        assert f"recall at step {step}: generation, " in log and f"recall at step {step}: multiple choice, " in log
+    for out in (log, done.stdout):
+        assert "MC final" in out and "vs nulls" in out and "status: completed" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["objective"] == summary["recall/eval_tune/mc_acc"]
+    wandb_run = decode_only(run_dir)
+    assert wandb_run.name == "run-run" and wandb_run.summary["objective"] == summary["objective"]
+    assert "_target_" not in json.dumps(wandb_run.config) and wandb_run.config["lora"]["rank"] == 4
+    assert "lora:all" in wandb_run.tags and not any("schema" in t for t in wandb_run.tags)
+    assert sorted(wandb_run.tables("predictions")) == [0, 2, 4]
+    answers = wandb_run.tables("answers")
+    assert sorted(answers) == [0, 2, 4]
+    for table in answers.values():
+        assert len(table.data) == 4 and {"qid", "tier", "question", "gold", "generated"} <= set(table.columns)
+        assert all(table.file(cell).stat().st_size > 1000 for cell in table.column("audio"))
+        assert table.column("qid") == answers[0].column("qid")  # the same questions at each step
+    assert len({tier for tier in answers[0].column("tier")}) == 4  # one of each of four tiers
 
 
 @pytest.mark.slow

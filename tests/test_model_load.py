@@ -3,6 +3,8 @@ and with a Mimi whose codes tell different audio apart. Also the Hub and local e
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from conftest import compose_cfg
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.model.load import HubModel, LocalModel, load_codec, load_model
 from moshi_knowledge.model.mimi_fit import fit_mimi_codebooks
-from moshi_knowledge.model.tiny import TinyModel, build_tiny_checkpoint, tiny_lm, tiny_lm_config, tiny_mimi
+from moshi_knowledge.model.tiny import NAMES, TinyModel, build_tiny_checkpoint, tiny_lm, tiny_lm_config, tiny_mimi
 from moshi_knowledge.specs.tiny import TinySizes
 
 torch.set_num_threads(1)
@@ -189,8 +191,9 @@ def test_the_codec_loads_without_the_lm(folder, loaded, tmp_path) -> None:
     wave = torch.from_numpy(speechlike(5, 2.0))[None, None]
     with torch.no_grad():
         assert torch.equal(codec.mimi.encode(wave), loaded.mimi.encode(wave))
-    with pytest.raises(SafetensorError):
+    with pytest.raises(UserError, match=r"model.moshi_weights: .*model.safetensors cannot be loaded") as err:
         load_model(source, device="cpu")
+    assert isinstance(err.value.__cause__, SafetensorError)
 
 
 def test_moshi_imported_before_the_project_still_never_compiles_on_cpu(tmp_path) -> None:
@@ -214,3 +217,80 @@ def test_moshi_imported_before_the_project_still_never_compiles_on_cpu(tmp_path)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "graphs 0" in done.stdout
+
+
+def test_model_dir_finds_the_files_of_a_folder_laid_out_as_the_hub_repo(folder) -> None:
+    """model=local model.dir=PATH: the folder's config.json names its files, as in a Hub repo."""
+    local = instantiate(compose_cfg(["model=local", f"model.dir={folder}"]).model)
+    assert local.files() == {"moshi_weights": folder / NAMES["moshi_name"], "mimi_weights": folder / NAMES["mimi_name"],
+                             "tokenizer": folder / NAMES["tokenizer_name"], "config_path": folder / "config.json",
+                             "mimi_config_path": folder / NAMES["mimi_config_name"], "lora_weights": None}
+    assert load_model(local, device="cpu").lm.text_card == local.checkpoint_info().lm_config["text_card"]
+
+
+def test_model_dir_without_config_json_uses_moshis_file_names(tmp_path) -> None:
+    from moshi.models import loaders
+
+    for name in (loaders.MOSHI_NAME, loaders.MIMI_NAME, loaders.TEXT_TOKENIZER_NAME):
+        (tmp_path / name).write_bytes(b"x")
+    files = LocalModel(dir=str(tmp_path)).files()
+    assert (files["moshi_weights"].name, files["mimi_weights"].name, files["tokenizer"].name) == (
+        loaders.MOSHI_NAME, loaders.MIMI_NAME, loaders.TEXT_TOKENIZER_NAME)
+    assert files["config_path"] is None
+    (tmp_path / loaders.MIMI_NAME).unlink()
+    with pytest.raises(UserError, match=f"model.dir={tmp_path}: mimi weights .*{loaders.MIMI_NAME}: file not found"):
+        LocalModel(dir=str(tmp_path)).check_files()
+
+
+def test_a_given_path_overrides_the_folders_file(folder, tmp_path) -> None:
+    tokenizer = tmp_path / "mine.model"
+    tokenizer.write_bytes((folder / "tokenizer.model").read_bytes())
+    assert LocalModel(dir=str(folder), tokenizer=str(tokenizer)).files()["tokenizer"] == tokenizer
+    with pytest.raises(UserError, match="model.tokenizer=.*nope.model: file not found"):
+        LocalModel(dir=str(folder), tokenizer=str(tmp_path / "nope.model")).check_files()
+    with pytest.raises(UserError, match="model.moshi_weights: no value, and no model.dir") as err:
+        LocalModel().check_files()
+    assert "model.dir=PATH" in err.value.fix
+
+
+def _hub_cache(root: Path, repo: str, names: list[str]) -> None:
+    """The Hugging Face cache's layout for one snapshot of `repo` holding `names`."""
+    entry = root / f"models--{repo.replace('/', '--')}"
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text("abc123")
+    snapshot = entry / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    for name in names:
+        (snapshot / name).write_bytes(b"x")
+
+
+def test_hub_model_files_are_checked_in_the_cache_offline(monkeypatch, tmp_path) -> None:
+    import huggingface_hub.constants
+    from moshi.models import loaders
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    source = instantiate(compose_cfg(["model=moshiko"]).model)
+    _hub_cache(tmp_path, source.hf_repo, [loaders.MOSHI_NAME, loaders.TEXT_TOKENIZER_NAME])
+    with pytest.raises(UserError, match=f"{loaders.MIMI_NAME} .* not in the Hugging Face cache {tmp_path}") as err:
+        source.check_files()
+    assert f"hf download {source.hf_repo}" in err.value.fix and "model=local model.dir=PATH" in err.value.fix
+    (tmp_path / f"models--kyutai--moshiko-pytorch-bf16/snapshots/abc123/{loaders.MIMI_NAME}").write_bytes(b"x")
+    source.check_files()
+
+
+def test_weights_swapped_inside_model_dir_rebuild_the_model_stage(folder, tmp_path) -> None:
+    """The model stage's key holds model.dir's files by content: the same folder with other weights is another
+    model, so its tokenize stage is not reused."""
+    import shutil
+
+    from moshi_knowledge.stages import STAGES
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    cfg = compose_cfg(["model=local", f"model.dir={copy}"])
+    key = STAGES["model"].extra_key
+    before = key(cfg, {})
+    weights = copy / NAMES["moshi_name"]
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    assert key(cfg, {}) != before
+    assert key(compose_cfg(), {}) == "{}"  # the tiny model is built from the run's data: no folder to read

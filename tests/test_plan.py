@@ -22,8 +22,8 @@ from moshi_knowledge.dataset.format import read_manifest
 from moshi_knowledge.plan import expand, read_speeds
 from moshi_knowledge.preflight import check_config
 from moshi_knowledge.qa.schema import QASet
-from moshi_knowledge.report import main as report_main
 from moshi_knowledge.study import STUDY_PLOT
+from moshi_knowledge.sweep_report import main as report_main
 from moshi_knowledge.tracking.contract import EXPOSURES_PER_FACT, TRAINED_FACTS
 from moshi_knowledge.world.schema import Story
 

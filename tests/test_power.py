@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import binom, binomtest
 
 from moshi_knowledge.evaluation.power import critical_count, minimum_detectable_effect, tier_mde, tier_units, verdict
-from moshi_knowledge.evaluation.report import recall_table, step_metrics, summarize
+from moshi_knowledge.evaluation.run_summary import recall_table, step_metrics, summarize
 
 
 def _smallest_rejecting_count(n: int, chance: float) -> int:

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from moshi_knowledge.evaluation.metrics import holm
-from moshi_knowledge.report import main
 from moshi_knowledge.study import STUDY_PLOT, excess_p
+from moshi_knowledge.sweep_report import main
 
 SEEDS = (0, 1, 2)
 NULL = 0.25  # unseen_facts recall of every run
@@ -39,7 +39,8 @@ def _write_run(run_dir: Path, regime: str, dose: int, seed: int) -> None:
     (run_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
     summary: dict = {"status": "completed", "step": 10, "recall/unseen_facts/mc_acc": NULL,
                      "recall/unseen_facts/chance": 0.25, "recall/unseen_facts/mde": MDE,
-                     "recall/retain/mc_acc": 0.40 - 0.01 * dose / 3, "recall/retain/delta": -0.01 * dose / 3}
+                     "recall/retain/mc_acc": 0.40 - 0.01 * dose / 3, "recall/retain/delta": -0.01 * dose / 3,
+                     "voice/f0_semitones_vs_baseline": -0.1 * dose / 3 - 0.1 * seed}
     if regime != "narration":
         summary["data/exposures_per_fact"] = dose * (1 + 0.01 * seed)  # measured: a little off the nominal dose
     for tier, values in EXCESS[regime].items():
@@ -106,7 +107,7 @@ def test_the_study_section_gives_each_regime_and_tier_its_verdict(study: Path) -
 
 
 def test_the_run_table_gives_each_tier_its_mde_and_verdict(study: Path) -> None:
-    """Each run's own reading, as its final table printed it (evaluation.report.tier_verdict)."""
+    """Each run's own reading, as its final table printed it (evaluation.run_summary.tier_verdict)."""
     assert main([str(study)]) == 0
     report = (study / "report.md").read_text()
     rows = {r[0]: r for line in report.splitlines() if line.startswith("| ")
@@ -124,7 +125,9 @@ def test_the_study_section_shows_every_dose_forgetting_and_a_readable_figure(stu
     doses = _rows(report[report.index("Excess over the null at every dose"):report.index("Forgetting")])
     assert doses["mixed", "heldout_facts"][2:] == ["+0.100 [+0.083, +0.117]", "+0.300 [+0.250, +0.350]"]
     retain = [r for r in _rows(report[report.index("Forgetting"):].split("![")[0]).values()]
-    assert ["narration", "3", "3", "0.390 [0.390, 0.390]", "-0.010 [-0.010, -0.010]"] in retain
+    # voice drift over seeds 0-2 at dose 3: -0.1, -0.2, -0.3 semitones; mean -0.2 +- t(2) 4.30 * 0.1 / sqrt(3)
+    assert ["narration", "3", "3", "0.390 [0.390, 0.390]", "-0.010 [-0.010, -0.010]",
+            "-0.200 [-0.448, +0.048]"] in retain
     assert f"]({STUDY_PLOT})" in report
     image = matplotlib.image.imread(study / STUDY_PLOT)
     assert image.shape[1] > 2 * image.shape[0] > 400 and image.std() > 0.01  # three panels side by side

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import NO_RECALL, QUICK, run_app
-from moshi_knowledge.report import main as report_main
+from moshi_knowledge.sweep_report import main as report_main
 
 CANARY = "sk-canary-0123456789abcdefghijklmnop"
 

@@ -19,12 +19,14 @@ from hydra import compose, initialize_config_dir
 from conftest import NO_RECALL, QUICK, REPO, compose_cfg, run_app
 from moshi_knowledge.config_schema import SCHEMAS
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.report import main as report_main
+from moshi_knowledge.evaluation.metrics import recall_stats
+from moshi_knowledge.sweep_report import main as report_main
 from moshi_knowledge.tracking import RunIdentity, Tracker, check_objective, objective_value, run_identity_from_hydra
 from moshi_knowledge.tracking.files import MetricsFile, read_metrics
-from moshi_knowledge.tracking.identity import choice_tags, run_name
+from moshi_knowledge.tracking.identity import choice_tags, run_name, swept_keys
 from moshi_knowledge.tracking.secrets import is_secret_name, is_secret_override, loggable_config
-from moshi_knowledge.tracking.sinks import WandbSink
+from moshi_knowledge.tracking.sinks import AudioClip, WandbSink
+from wandb_offline import decode_only
 
 WANDB_OFFLINE = {"_target_": "moshi_knowledge.tracking.sinks.WandbSink", "mode": "offline", "project": "test"}
 WANDB_VARS = {"WANDB_MODE": "disabled", "WANDB_PROJECT": "p-env", "WANDB_ENTITY": "e-env", "WANDB_DIR": "/d-env"}
@@ -79,13 +81,13 @@ def test_a_status_set_by_the_run_is_kept_and_is_not_an_objective(tmp_path: Path)
 def test_objective_is_any_reported_key_with_a_direction() -> None:
     tiers = ["train", "paraphrase", "eval"]
     for metric in ("recall/paraphrase/mc_acc", "eval/loss", "recall/train/mc_rank", "recall/eval/delta"):
-        check_objective(metric, "max", tiers)
+        check_objective(metric, "max", tiers, recall_stats())
     assert objective_value({"status": "completed", "eval/loss": 1.5}, "eval/loss") == 1.5
     for metric in ("recall/eval/accuracy", "recall/retain/mc_acc", "eval/los", "eval"):
         with pytest.raises(UserError, match=f"(?s)objective.metric='{metric}'.*eval.tiers"):
-            check_objective(metric, "max", tiers)
+            check_objective(metric, "max", tiers, recall_stats())
     with pytest.raises(UserError, match="(?s)objective.mode='maximize'.*max or min"):
-        check_objective("eval/loss", "maximize", tiers)
+        check_objective("eval/loss", "maximize", tiers, recall_stats())
 
 
 def test_rows_need_an_integer_step(tmp_path: Path) -> None:
@@ -249,6 +251,48 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path: Path) -> None:
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
 
 
+def test_the_wandb_run_holds_settings_tables_per_step_spoken_answers_and_the_objective(tmp_path: Path) -> None:
+    """Decoded from the offline run: a config without Hydra's `_target_` plumbing, no schema tags, a predictions
+    and an answers table at each step (step 0 and the end compare), the answers with their audio, and the
+    objective under one summary key."""
+    config = {"lora": {"_target_": "moshi_knowledge.specs.lora.LoraSpec", "rank": 8},
+              "eval": {"_target_": "moshi_knowledge.evaluation.config.EvalConfig", "_convert_": "object",
+                       "tiers": [{"_target_": "x.Y", "name": "train"}]},
+              "objective": {"metric": "recall/train/mc_acc", "mode": "max"}}
+    tags = choice_tags({"lora": "all", "schema/lora@lora": "lora_schema", "hydra/launcher": "basic"})
+    clip = AudioClip((0.1 * np.sin(np.arange(2400) / 5.0)).astype(np.float32), 24000, "q1")
+    with Tracker(WANDB_OFFLINE, tmp_path, config, RunIdentity("0:lora.rank=8", "sweep-x", tags=tags)) as tracker:
+        for step, said in ((0, "uh"), (4, "ada")):
+            tracker.table("predictions", [{"qid": "q1", "mc_correct": said == "ada", "candidates": [{"text": "a"}]}],
+                          step)
+            tracker.table("answers", [{"qid": "q1", "question": "who?", "gold": "Ada", "generated": said,
+                                       "audio": clip}], step)
+            tracker.log({"step": step, "recall/train/mc_acc": float(said == "ada")})
+        tracker.summary({"recall/train/mc_acc": 1.0})
+    run = decode_only(tmp_path)
+    assert (run.name, run.group, run.tags) == ("0:lora.rank=8", "sweep-x", ["lora:all", "launcher:basic"])
+    assert run.config["lora"] == {"rank": 8} and run.config["eval"] == {"tiers": [{"name": "train"}]}
+    assert run.summary["objective"] == 1.0 == _summary(tmp_path)["objective"]
+    assert sorted(run.tables("predictions")) == [0, 4]
+    answers = run.tables("answers")
+    assert [answers[s].column("generated") for s in (0, 4)] == [["uh"], ["ada"]]
+    for table in answers.values():
+        assert table.column("question") == ["who?"] and table.column("gold") == ["Ada"]
+        (audio,) = table.column("audio")
+        assert audio["_type"] == "audio-file" and table.file(audio).stat().st_size > 4000  # 0.1 s of 16-bit audio
+
+
+def test_the_objective_is_null_unless_the_run_completed(tmp_path: Path) -> None:
+    config = {"objective": {"metric": "eval/loss", "mode": "min"}}
+    with Tracker(None, tmp_path / "diverged", config) as tracker:
+        tracker.log({"step": 1, "eval/loss": 2.0})
+        tracker.summary({"status": "diverged"})
+    assert _summary(tmp_path / "diverged")["objective"] is None
+    with Tracker(None, tmp_path / "done", config) as tracker:
+        tracker.log({"step": 1, "eval/loss": 2.0})
+    assert _summary(tmp_path / "done")["objective"] == 2.0
+
+
 @pytest.mark.slow
 def test_wandb_follows_its_environment_in_a_real_sweep_unless_the_config_says_otherwise(
         tiny_cache: Path, tmp_path: Path) -> None:
@@ -346,6 +390,19 @@ def test_identity_outside_hydra_and_from_overrides() -> None:
     # the launcher tag names the launcher that ran the job, also when picked as hydra/launcher=joblib
     tags = choice_tags({"story": "procedural", "launcher": "basic", "hydra/launcher": "joblib"})
     assert tags == ("story:procedural", "launcher:joblib")
+    # the schema behind each group's option is plumbing, not a choice
+    assert choice_tags({"lora": "all", "schema/lora@lora": "lora_schema"}) == ("lora:all",)
+
+
+def test_a_sweep_job_is_named_by_what_the_sweep_varies_and_briefly() -> None:
+    swept = swept_keys(["lora.rank=8,32", "train.lr=tag(log, interval(1e-5, 1e-2))", "+x=choice(a,b)",
+                        "qa.n_train=8", "train.seq_sec=24", "bad=[unclosed"])
+    assert swept == {"lora.rank", "train.lr", "x"}
+    overrides = ["qa.n_train=8", "lora.rank=8", "train.seq_sec=24", "train.lr=0.000123456789012", "paths.cache_dir=/c"]
+    assert run_name(overrides, 12, "x", swept) == "12:lora.rank=8,train.lr=0.0001235"  # an Optuna trial's float
+    assert run_name(["train.lr=1e-4"], 0, "x", {"train.lr"}) == "0:train.lr=1e-4"  # kept as typed when shorter
+    long = run_name([f"key{i}.setting=value{i}" for i in range(20)], 3, "x")
+    assert len(long) == 80 and long.endswith("\u2026")
 
 
 # ---- sweep and launcher configs, in a tiny Hydra app with the keys they sweep ---------------------------------
@@ -528,6 +585,16 @@ def test_plain_optuna_sweeper_follows_objective_mode_and_outlives_failed_trials(
     assert len(set(values)) > 1
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())["best_value"]
     assert best == pytest.approx(max(values))
+
+
+def test_a_sweep_names_each_job_by_what_varies(tiny_app: Path) -> None:
+    """Only the swept override names a job (not the fixed one, nor the config's schema choices in its tags)."""
+    sweep_dir = _multirun(tiny_app, "-m", "lora.rank=2,4", "train.audio_drop=0.3",
+                          "hydra.sweep.dir=runs/sweeps/names")
+    identities = [json.loads((job / "identity.json").read_text()) for job in _jobs(sweep_dir)]
+    assert [i["name"] for i in identities] == ["0:lora.rank=2", "1:lora.rank=4"]
+    assert {i["group"] for i in identities} == {"names"}
+    assert all("logger:none" in i["tags"] and not any("schema" in t for t in i["tags"]) for i in identities)
 
 
 def test_launcher_tag_names_the_launcher_that_ran(tiny_app: Path) -> None:

@@ -22,7 +22,7 @@ from torch._dynamo.utils import counters
 from moshi_knowledge.model.depformer_patch import patch_depformer
 from moshi_knowledge.model.lora import apply_lora
 from moshi_knowledge.specs.lora import LoraSpec
-from moshi_knowledge.train.compile import compile_wanted
+from moshi_knowledge.train.compile import compile_wanted, set_layer_compile
 from moshi_knowledge.train.config import TrainConfig
 from moshi_knowledge.train.loop import Trainer
 from moshi_knowledge.train.nan_guard import NanGuard
@@ -97,6 +97,21 @@ def test_compiled_layers_give_the_eager_gradients_on_cpu(tmp_path: Path) -> None
                     NanGuard("skip"), tmp_path / "again")
     assert again.compiled_layers == 0
     assert all(m._compiled_call_impl is None for m in trainer.model.modules())
+
+
+def test_the_installed_torch_compiles_each_layer_whole() -> None:
+    """A graph break splits a compiled layer into graphs inductor cannot fuse across (torch 2.9 broke at moshi's
+    `ExitStack`, attention and FFN compiling apart): each layer, LoRA included, traces as one graph."""
+    model = _lora(tiny_lm(), 4)
+    assert set_layer_compile(model, True) == 3
+    layers = [m for m in model.modules() if m.__class__.__name__ == "StreamingTransformerLayer"]
+    for layer in layers:
+        width = layer.norm1.alpha.shape[-1]
+        explained = torch._dynamo.explain(layer.forward)(torch.randn(2, 6, width))
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), \
+            [r.reason.splitlines()[0] for r in explained.break_reasons]
+    set_layer_compile(model, False)
+    assert all("forward" not in vars(layer) for layer in layers)  # moshi's own forward again
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the full-size model and FlexAttention's GPU kernels")

@@ -91,7 +91,14 @@ def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
 def read_manifest(path: Path) -> list[dict[str, Any]]:
     """Rows of a jsonl manifest; a malformed line raises UserError naming the file and line."""
     rows = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), start=1):
+    for lineno, raw in enumerate(Path(path).read_bytes().split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"{path} line {lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
+                fix="save the manifest as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+            ) from None
         if not line.strip():
             continue
         try:

@@ -50,6 +50,8 @@ class EvalConfig:
             ("shuffles", self.shuffles >= 1, "1 or more derangements (3 by default)"),
             ("tiers", bool(self.tiers), "a non-empty list of tiers, e.g. [train, paraphrase, eval]"),
             ("tiers", set(self.tiers) <= set(get_args(Tier)), f"a list of tiers among {', '.join(get_args(Tier))}"),
+            ("tiers", len(set(self.tiers)) == len(self.tiers),  # a repeat would score every question twice
+             f"a list without repeats, e.g. [{','.join(dict.fromkeys(self.tiers))}]"),
             ("max_per_tier", self.max_per_tier is None or self.max_per_tier >= 1, "null or at least 1"),
             ("mc_batch_size", self.mc_batch_size >= 1, "at least 1"),
             ("max_answer_sec", self.max_answer_sec > 0, "a positive number of seconds"),

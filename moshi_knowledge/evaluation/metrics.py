@@ -1,14 +1,15 @@
 """The recall metrics, each registered once: what it writes into a question's prediction row, how a tier's rows
 become its figures, its paired test against the baseline and which direction is better.
 
-Everything that names recall statistics derives from this registry: the key contract (`tracking.contract`
-accepts `recall/<tier>/<stat>` for exactly the stats registered here), the per-evaluation and summary figures
-(`report.step_metrics`, `report.summarize`), the prediction rows (`recall.RecallEvaluator`) and the sweep report
-(`moshi_knowledge.report`: which figures it averages over seeds, which way it ranks runs). Adding a statistic is
-one `register(Metric(...))` and its test.
+Everything that names recall statistics derives from this registry: the objective check (preflight hands
+`recall_stats()` to `tracking.contract.check_objective`, which accepts `recall/<tier>/<stat>` for exactly the stats
+registered here), the per-evaluation and summary figures (`run_summary.step_metrics`, `run_summary.summarize`),
+the prediction rows (`recall.RecallEvaluator`) and the sweep report (`moshi_knowledge.sweep_report`: which figures
+it averages over seeds, which way it ranks runs). Adding a statistic is one `register(Metric(...))` and its test.
 
 Metrics are computed in registration order, so one may read the figures of those before it (`TierRows.figures`).
-The module imports neither torch nor moshi: the contract imports it, and shell completion must stay light.
+The module imports neither torch nor moshi: preflight imports it, and shell completion must stay light. It takes
+the key names from the contract; the contract never imports it (no import cycle).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from moshi_knowledge.evaluation.power import tier_mde
 from moshi_knowledge.evaluation.stats import accuracy_interval, paired_p_value, unpaired_p_value
+from moshi_knowledge.tracking.contract import HEADLINE
 
 if TYPE_CHECKING:
     from moshi_knowledge.evaluation.mc import MCResult
@@ -29,7 +31,6 @@ NAN = float("nan")
 
 CONTROLS = ("shuffled", "silence")  # the MC controls (controls.py), each with its own prediction-row field
 NULL_TIER = "unseen_facts"  # facts never trained: what recall scores from the priors alone
-HEADLINE = "mc_acc"  # the figure a run is judged by: `recall/<tier>` without a stat means this one
 
 
 def correct_field(control: str) -> str:
@@ -117,7 +118,18 @@ def tier_figures(tier: str, by_tier: Mapping[str, Sequence[Row]]) -> dict[str, f
         return figures
     for metric in METRICS.values():
         if metric.field is None or any(metric.field in r for r in rows):
-            figures.update(metric.aggregate(TierRows(tier, rows, by_tier, figures)))
+            figures.update(_declared(metric, metric.aggregate(TierRows(tier, rows, by_tier, figures))))
+    return figures
+
+
+def _declared(metric: Metric, figures: dict[str, float]) -> dict[str, float]:
+    """A figure no metric declared would be logged under a key the contract and the reports do not know: fail
+    loudly instead of letting it vanish from them."""
+    known = recall_stats()
+    stray = [name for name in figures if name not in known]
+    if stray:
+        raise ValueError(f"metric {metric.name!r} computed unknown recall stat {stray[0]!r}; declare it in its "
+                         f"Metric's stats (registered: {known})")
     return figures
 
 
@@ -300,7 +312,7 @@ for _metric in (
     *(_control(c) for c in CONTROLS),
     Metric("judge_acc", _judge_acc, field="judge_correct", per_question=_judge_fields, higher_is_better=True),
     Metric(f"p_vs_{NULL_TIER}", _vs_unseen_facts, field="mc_correct"),
-    Metric("p_vs_null", _vs_null, extra=(HOLM,)),  # HOLM across the tiers: report.with_holm
+    Metric("p_vs_null", _vs_null, extra=(HOLM,)),  # HOLM across the tiers: run_summary.with_holm
 ):
     register(_metric)
 

@@ -2,7 +2,7 @@
 
 `RecallEvaluator` encodes the questions and lays out their multiple-choice passes once; `evaluate(model, step)`
 then scores the model as it is at that step and returns one prediction row per question plus the metric row
-(report.py computes both summaries from the prediction rows, so a resumed run can rebuild them from
+(run_summary.py computes both summaries from the prediction rows, so a resumed run can rebuild them from
 predictions.jsonl). The step-0 evaluation is the
 baseline every later one is compared against, question by question.
 
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from itertools import zip_longest
 from typing import Any
 
 import numpy as np
@@ -32,7 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from moshi_knowledge.codes.samples import FRAME_RATE
 from moshi_knowledge.codes.stream import StreamSpec, find_lm
 from moshi_knowledge.dataset.format import DatasetMeta
-from moshi_knowledge.evaluation import report
+from moshi_knowledge.evaluation import run_summary
 from moshi_knowledge.evaluation.config import EvalConfig
 from moshi_knowledge.evaluation.controls import Controls
 from moshi_knowledge.evaluation.generate import Generation, generate
@@ -45,6 +47,9 @@ from moshi_knowledge.evaluation.questions import EvalQuestion
 from moshi_knowledge.model import uncompiled
 from moshi_knowledge.model.lora import generation_lm
 from moshi_knowledge.speech.schema import Utterance
+from moshi_knowledge.tracking.sinks import AudioClip
+
+log = logging.getLogger(__name__)
 
 # Every attention kernel but cuDNN's (torch's first choice on the H200). cuDNN builds a kernel for each new shape:
 # multiple choice, with rows of many lengths, took 7x as long on its first pass as on the next. Generation's steps
@@ -59,6 +64,8 @@ class EvalResult:
     step: int
     metrics: dict[str, float]  # recall/<tier>/..., voice/... (no `step` key: the caller's row has it)
     predictions: list[dict[str, Any]]  # one row per question, `step` included
+    # a few questions with what Moshi said and its speech (`audio`, an AudioClip), for the logger's answers table
+    answers: list[dict[str, Any]] = field(default_factory=list)
 
 
 class RecallEvaluator:
@@ -71,6 +78,7 @@ class RecallEvaluator:
         (see questions.AnswerSpeech); `dataset` (its meta.json) gives the silences training turns had around the
         question; `train_voice_f0` is the training Moshi voice's median F0 in Hz."""
         start = time.perf_counter()
+        log.info("recall: preparing %d questions (their speech, candidates and controls, encoded once)", len(questions))
         self.cfg, self.mimi, self.tokenizer, self.judge = cfg, mimi, tokenizer, judge
         self.spec = StreamSpec.from_lm(model)
         timing = Timing(dataset.lead_sec, dataset.gap_sec, cfg.max_answer_sec)
@@ -87,37 +95,44 @@ class RecallEvaluator:
         self.baseline: EvalResult | None = None
         self.setup_sec = time.perf_counter() - start  # reported with the first evaluation
 
-    def evaluate(self, model: nn.Module, step: int) -> EvalResult:
+    def evaluate(self, model: nn.Module, step: int, spoken_answers: int = 0) -> EvalResult:
         """Score `model` (a bare or peft-wrapped LMModel, not its DDP wrapper) as it is now, leaving its mode and
         weights as they were; the first call becomes the baseline. Scoring and generation both use moshi's
         streaming attention, which refuses peft's layers: they see the model through `generation_lm`.
 
         The metric row also holds the seconds each part took (`recall_time/*`) and, on a GPU, the evaluation's
-        peak memory (`memory/recall_peak_gib`)."""
+        peak memory (`memory/recall_peak_gib`); each part is logged as it starts, the whole when done. With
+        generation on, `spoken_answers` questions (`_answer_picks`) come back with Moshi's speech decoded."""
         device = next(model.parameters()).device
-        clock = _Stopwatch(device)
+        clock = _Stopwatch(device, step)
         with _peak_memory(device) as peak, uncompiled(), sdpa_kernel(RECALL_ATTENTION), generation_lm(model) as lm, \
                 ThreadPoolExecutor(max_workers=1) as background:
-            with clock("gen"):
+            with clock("gen", f"generation, {len(self.prepared)} answers"):
                 generations = self._generate(lm) if self.cfg.generate else None
+            picks = self._answer_picks(spoken_answers) if generations is not None else []
+            speech = self._decode([generations[i] for i in picks]) if picks else None
             # pitch tracking is CPU work in worker processes: it runs while the GPU scores multiple choice
             voice = background.submit(self._voice, self._voice_clips(generations)) \
                 if self.cfg.voice and generations is not None else None
-            with clock("mc"):  # the real questions and their controls, in one pass
+            with clock("mc", f"multiple choice, {len(self.prepared)} questions and their controls"):  # one pass
                 mc, control_mc = self._score(lm)
             weights_finite = _finite_weights(model)
             rows = [self._row(step, i, mc, generations, weights_finite) for i in range(len(self.prepared))]
             if self.controls is not None:
                 for i, extra in self.controls.row_fields(control_mc, weights_finite).items():
                     rows[i].update(extra)
-            metrics = report.step_metrics(rows, self.baseline.predictions if self.baseline else None)
+            metrics = run_summary.step_metrics(rows, self.baseline.predictions if self.baseline else None)
             if voice is not None:
-                with clock("voice"):  # what is left of it once multiple choice is done
+                with clock("voice", "pitch of the generated speech"):  # what is left once multiple choice is done
                     metrics.update(voice.result())
         metrics.update(clock.figures() | peak)
+        clock.log_total()
         if self.baseline is None:
             metrics["recall_time/setup_sec"] = self.setup_sec
-        result = EvalResult(step, metrics, rows)
+        answers = [] if speech is None else [
+            {**{k: rows[i][k] for k in ("qid", "tier", "question", "gold", "generated") if k in rows[i]},
+             "audio": AudioClip(clip, int(self.mimi.sample_rate), rows[i]["qid"])} for i, clip in zip(picks, speech)]
+        result = EvalResult(step, metrics, rows, answers)
         if self.baseline is None:
             self.baseline = result
         return result
@@ -155,9 +170,20 @@ class RecallEvaluator:
         row.update(row_fields(Answer(q, finite, mc[i] if mc is not None else None, text, self.judge)))
         return row
 
+    def _answer_picks(self, n: int) -> list[int]:
+        """The `n` questions whose spoken answers are shown: each tier's in turn, the same at every step, so step 0
+        and the end compare."""
+        by_tier: dict[str, list[int]] = {}
+        for i, prepared in enumerate(self.prepared):
+            by_tier.setdefault(prepared.question.tier, []).append(i)
+        return [i for turn in zip_longest(*by_tier.values()) for i in turn if i is not None][:n]
+
     def _voice_clips(self, generations: list[Generation]) -> np.ndarray:
+        return self._decode(generations[:self.cfg.voice_max_clips])
+
+    def _decode(self, generations: Sequence[Generation]) -> np.ndarray:
         """Moshi's generated speech, [clips, samples], decoded by Mimi (on its device, before the GPU moves on)."""
-        clips = [g.audio for g in generations[:self.cfg.voice_max_clips]]
+        clips = [g.audio for g in generations]
         with torch.no_grad():
             device = next(self.mimi.parameters()).device
             return self.mimi.decode(torch.stack(clips).to(device)).float().cpu().numpy()[:, 0]
@@ -165,18 +191,20 @@ class RecallEvaluator:
     def _voice(self, audio: np.ndarray) -> dict[str, float]:
         """Median F0 of Moshi's generated speech, against the baseline's and the training voice's."""
         f0 = median_f0(audio, int(self.mimi.sample_rate))
-        baseline = self.baseline.metrics.get(report.F0) if self.baseline else f0
-        return report.voice_metrics(f0, baseline, self.train_voice_f0)
+        baseline = self.baseline.metrics.get(run_summary.F0) if self.baseline else f0
+        return run_summary.voice_metrics(f0, baseline, self.train_voice_f0)
 
 
 class _Stopwatch:
-    """Seconds per named part of an evaluation, with the GPU's queue drained at both ends of each part."""
+    """Seconds per named part of an evaluation, with the GPU's queue drained at both ends of each part. Each part
+    is logged as it starts: a recall point takes a minute or more, and the training bar stands still meanwhile."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.seconds = device, {}
+    def __init__(self, device: torch.device, step: int) -> None:
+        self.device, self.step, self.seconds = device, step, {}
 
     @contextlib.contextmanager
-    def __call__(self, part: str) -> Iterator[None]:
+    def __call__(self, part: str, doing: str) -> Iterator[None]:
+        log.info("recall at step %d: %s", self.step, doing)
         self._sync()
         start = time.perf_counter()
         try:
@@ -192,6 +220,10 @@ class _Stopwatch:
     def figures(self) -> dict[str, float]:
         out = {f"recall_time/{part}_sec": s for part, s in self.seconds.items()}
         return out | {"recall_time/total_sec": sum(self.seconds.values())}
+
+    def log_total(self) -> None:
+        parts = ", ".join(f"{part} {s:.1f} s" for part, s in self.seconds.items())
+        log.info("recall at step %d: done in %.1f s (%s)", self.step, sum(self.seconds.values()), parts)
 
 
 @contextlib.contextmanager

@@ -10,16 +10,21 @@ Three sources share one code path (`load_model`):
 from __future__ import annotations
 
 import inspect
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import sentencepiece
 import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import HfHubHTTPError
 from moshi.models import loaders
 from moshi.models.compression import MimiModel
 from moshi.models.lm import LMModel
+from safetensors import SafetensorError
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.io_utils import read_json
@@ -27,11 +32,18 @@ from moshi_knowledge.specs.model import HubSpec, LocalSpec
 
 MIMI_CONFIG_KEY = "mimi_config_name"  # config.json's name of a non-default Mimi's config file
 LOCAL_FILE = "file://"  # moshi's hf_get reads a name with this prefix as a local path, never from the Hub
+MIMI_CONFIG_FILE = "mimi_config.json"  # an export's copy of its base's Mimi config, beside its config.json
 
 
 def local_file(folder: Path, name: str) -> Path:
     """Where a file named in a checkpoint's config.json lies: an absolute `file://` path, or inside `folder`."""
     return Path(name.removeprefix(LOCAL_FILE)) if name.startswith(LOCAL_FILE) else Path(folder) / name
+
+
+def local_file_name(path: Path) -> str:
+    """How a config.json names a file for `local_file` and moshi to find on disk: by absolute `file://` path, the one
+    form moshi resolves locally (a bare name it fetches from the Hub). Moving the file breaks it: `export` re-points."""
+    return LOCAL_FILE + str(Path(path).resolve())
 
 
 # config.json keys that name the other files of a checkpoint folder (moshi's `from_hf_repo` reads the same keys)
@@ -41,7 +53,11 @@ FILE_KEYS = {
     "tokenizer": ("tokenizer_name", loaders.TEXT_TOKENIZER_NAME),
 }
 
+LOCAL_FILES = ("moshi_weights", "mimi_weights", "tokenizer", "config_path", "mimi_config_path", "lora_weights")
+_REPO_LAYOUT = f"{loaders.MOSHI_NAME}, {loaders.MIMI_NAME}, {loaders.TEXT_TOKENIZER_NAME}, optional config.json"
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+T = TypeVar("T")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -104,6 +120,25 @@ class HubModel(HubSpec):
 
     needs_build: ClassVar[bool] = False
 
+    def check_files(self) -> None:
+        """Preflight: the repo's files are in the Hugging Face cache and readable, checked offline, so that a run
+        without them stops before its data stages rather than at the model stage. Nothing is downloaded."""
+        config = try_to_load_from_cache(self.hf_repo, "config.json")  # optional: legacy repos have none
+        names = read_json(config) if isinstance(config, str) else {}
+        for field, (key, default) in FILE_KEYS.items():
+            name = names.get(key, default)
+            cached = try_to_load_from_cache(self.hf_repo, name)
+            if not isinstance(cached, str):
+                raise UserError(
+                    f"model.hf_repo={self.hf_repo}: {name} (the {field.replace('_', ' ')}) is not in the Hugging "
+                    f"Face cache {hf_constants.HF_HUB_CACHE}",
+                    f"download the repo once where huggingface.co is reachable: hf download {self.hf_repo} (set "
+                    "HF_HOME or HF_HUB_CACHE as the run will see it), or copy it to a folder and run with "
+                    "model=local model.dir=PATH",
+                )
+            _readable(Path(cached), f"model.hf_repo={self.hf_repo}: {cached}",
+                      f"download it again: hf download {self.hf_repo} {name} --force-download")
+
     def checkpoint_info(self, checkpoint_dir: Path | None = None) -> loaders.CheckpointInfo:
         try:
             return loaders.CheckpointInfo.from_hf_repo(self.hf_repo)
@@ -112,8 +147,7 @@ class HubModel(HubSpec):
                 f"model.hf_repo={self.hf_repo}: could not download the weights from the Hugging Face Hub "
                 f"({type(err).__name__}: {str(err).splitlines()[0][:200]})",
                 "run where huggingface.co is reachable (or the files are in the HF cache), or download the "
-                "checkpoint elsewhere and use model=local with model.moshi_weights, model.mimi_weights, "
-                "model.tokenizer and model.config_path pointing at the files",
+                "checkpoint elsewhere and use model=local model.dir=PATH (a copy of the repo)",
             ) from err
 
 
@@ -124,32 +158,42 @@ class LocalModel(LocalSpec):
 
     @classmethod
     def from_folder(cls, folder: Path, **kwargs: Any) -> "LocalModel":
-        """The files of a folder laid out like a Hub repo, named by its config.json (as `from_hf_repo` would)."""
-        config_path = Path(folder) / "config.json"
-        if not config_path.is_file():
+        """A built checkpoint folder's files, each by its own path (as `dir` would find them)."""
+        if not (Path(folder) / "config.json").is_file():
             raise UserError(f"{folder}: no config.json, so this is not a checkpoint folder", "rebuild it (model stage)")
-        config = read_json(config_path)
-        files = {field: str(Path(folder) / config.get(key, default)) for field, (key, default) in FILE_KEYS.items()}
-        mimi_config = config.get(MIMI_CONFIG_KEY)
-        return cls(
-            **files,
-            config_path=str(config_path),
-            mimi_config_path=None if mimi_config is None else str(local_file(folder, mimi_config)),
-            **kwargs,
-        )
+        files = cls(dir=str(folder)).files()
+        return cls(**{field: str(path) for field, path in files.items() if path is not None}, **kwargs)
 
-    def _existing(self, field: str) -> Path | None:
-        value = getattr(self, field)
-        if value is None:
-            return None
-        path = Path(value)
-        if not path.is_file():
-            raise UserError(f"model.{field}={value}: file not found", f"point model.{field} at an existing file")
-        return path
+    def files(self) -> dict[str, Path | None]:
+        """Each file moshi reads, checked readable: the path given, else `dir`'s, named as moshi's `from_hf_repo`
+        names a repo's files (its config.json's names, else moshi's defaults)."""
+        given = {f: None if getattr(self, f) is None else Path(getattr(self, f)) for f in LOCAL_FILES}
+        folder = None if self.dir is None else Path(self.dir)
+        if folder is not None and not folder.is_dir():
+            raise UserError(f"model.dir={self.dir}: no such folder",
+                            f"point model.dir at a copy of the Hub repo ({_REPO_LAYOUT})")
+        if given["config_path"] is None and folder is not None and (folder / "config.json").is_file():
+            given["config_path"] = folder / "config.json"
+        config = {} if given["config_path"] is None else read_json(_given_file("config_path", given["config_path"]))
+        for field, (key, default) in FILE_KEYS.items():
+            if given[field] is None and folder is None:
+                raise UserError(f"model.{field}: no value, and no model.dir to find it in",
+                                f"set model.dir=PATH, a copy of the Hub repo ({_REPO_LAYOUT}), or model.{field}=FILE")
+            if given[field] is None:
+                path = local_file(folder, config.get(key, default))
+                given[field] = _readable(path, f"model.dir={self.dir}: {field.replace('_', ' ')} {path}",
+                                         f"copy the Hub repo's file there, or set model.{field}=FILE")
+        if given["mimi_config_path"] is None and folder is not None and config.get(MIMI_CONFIG_KEY):
+            given["mimi_config_path"] = local_file(folder, config[MIMI_CONFIG_KEY])
+        return {f: None if path is None else _given_file(f, path) for f, path in given.items()}
+
+    def check_files(self) -> None:
+        """Preflight: every file exists and is readable, before the run's first stage."""
+        self.files()
 
     def checkpoint_info(self, checkpoint_dir: Path | None = None) -> loaders.CheckpointInfo:
-        paths = {f: self._existing(f) for f in ("moshi_weights", "mimi_weights", "tokenizer", "config_path")}
-        mimi_config, lora = self._existing("mimi_config_path"), self._existing("lora_weights")
+        paths = self.files()
+        mimi_config, lora = paths.pop("mimi_config_path"), paths.pop("lora_weights")
         if paths["config_path"] is None:
             if lora is not None:
                 raise UserError(
@@ -171,6 +215,23 @@ class LocalModel(LocalSpec):
         )
 
 
+def _readable(path: Path, label: str, fix: str) -> Path:
+    """`path`, or a UserError `label: file not found` (or unreadable: permissions, a broken mount) with `fix`."""
+    if not path.is_file():
+        raise UserError(f"{label}: file not found", fix)
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise UserError(f"{label}: cannot be read ({err.strerror})", f"make it readable by this user, or {fix}") \
+            from err
+    return path
+
+
+def _given_file(field: str, path: Path) -> Path:
+    return _readable(path, f"model.{field}={path}", f"point model.{field} at an existing file")
+
+
 def _check_consistent(info: loaders.CheckpointInfo, text_card: int, card: int, mimi: MimiModel, vocab: int) -> None:
     if vocab != text_card:
         raise UserError(
@@ -182,6 +243,19 @@ def _check_consistent(info: loaders.CheckpointInfo, text_card: int, card: int, m
             f"Mimi {info.mimi_weights} has {mimi.cardinality} bins per codebook but the LM's card is {card}",
             "use the Mimi weights and config that belong to this checkpoint",
         )
+
+
+def _load(field: str, path: Any, read: Callable[[], T]) -> T:
+    """`read()` of one checkpoint file: a damaged or foreign file is a UserError naming it (safetensors says only
+    "header too large", torch.load an unpickling error, sentencepiece "could not parse ModelProto")."""
+    damaged = (RuntimeError,) if field == "tokenizer" else (SafetensorError, pickle.UnpicklingError, EOFError)
+    try:
+        return read()
+    except damaged as err:
+        raise UserError(f"model.{field}: {path} cannot be loaded, the file is damaged or not what it should be "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:200]})",
+                        "replace it with an intact copy (download or copy it again), or point model."
+                        f"{field} at the right file") from err
 
 
 def load_model(
@@ -197,9 +271,9 @@ def load_model(
     info = source.checkpoint_info(checkpoint_dir)
     dev = resolve_device(device if device is not None else source.device)
     dt = resolve_dtype(dtype if dtype is not None else source.dtype, dev)
-    lm = info.get_moshi(device=dev, dtype=dt)
-    mimi = info.get_mimi(device=dev)
-    tokenizer = info.get_text_tokenizer()
+    lm = _load("moshi_weights", info.moshi_weights, lambda: info.get_moshi(device=dev, dtype=dt))
+    mimi = _load("mimi_weights", info.mimi_weights, lambda: info.get_mimi(device=dev))
+    tokenizer = _load("tokenizer", info.tokenizer, info.get_text_tokenizer)
     _check_consistent(info, lm.text_card, lm.card, mimi, tokenizer.vocab_size())
     return LoadedModel(lm=lm, mimi=mimi, tokenizer=tokenizer, checkpoint=info)
 
@@ -223,8 +297,9 @@ def load_codec(source: ModelSource, checkpoint_dir: Path | None = None,
                device: str | torch.device | None = None) -> LoadedCodec:
     """Mimi, the tokenizer and the text stream's padding ids, read from the checkpoint's LM config."""
     info = source.checkpoint_info(checkpoint_dir)
-    mimi = info.get_mimi(device=resolve_device(device if device is not None else source.device))
-    tokenizer = info.get_text_tokenizer()
+    dev = resolve_device(device if device is not None else source.device)
+    mimi = _load("mimi_weights", info.mimi_weights, lambda: info.get_mimi(device=dev))
+    tokenizer = _load("tokenizer", info.tokenizer, info.get_text_tokenizer)
     config = info.lm_config or loaders._lm_kwargs  # legacy repos without config.json: moshi's 7B config
     _check_consistent(info, _lm_setting(config, "text_card"), _lm_setting(config, "card"), mimi,
                       tokenizer.vocab_size())

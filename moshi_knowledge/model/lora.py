@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from moshi_knowledge.io_utils import atomic_write_bytes, atomic_write_json, temp_path_beside
 from moshi_knowledge.model.depformer_patch import is_patched, patch_depformer
-from moshi_knowledge.model.load import LOCAL_FILE, MIMI_CONFIG_KEY
+from moshi_knowledge.model.load import MIMI_CONFIG_FILE, MIMI_CONFIG_KEY, local_file_name
 from moshi_knowledge.specs.lora import TARGETS, FullFinetune, LoraSpec
 
 ADAPTER = "default"  # peft's adapter name; we only ever train one
@@ -271,6 +271,6 @@ def _write_moshi(folder: Path, weights_name: str, tensors: dict[str, torch.Tenso
     folder.mkdir(parents=True, exist_ok=True)
     weights = atomic_write_bytes(folder / weights_name, safetensors_bytes(tensors))
     if mimi_config is not None:
-        mimi_path = atomic_write_json(folder / "mimi_config.json", mimi_config)
-        config = config | {MIMI_CONFIG_KEY: LOCAL_FILE + str(mimi_path.resolve())}
+        mimi_path = atomic_write_json(folder / MIMI_CONFIG_FILE, mimi_config)
+        config = config | {MIMI_CONFIG_KEY: local_file_name(mimi_path)}
     return weights, atomic_write_json(folder / "config.json", config)

@@ -15,17 +15,29 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+import numpy as np
 
 from moshi_knowledge.text_norm import normalise
 
-if TYPE_CHECKING:  # schema checks balance with is_balanced
-    from moshi_knowledge.qa.schema import QAItem
-
 SET_SIZE = 4  # candidates per question (gold + 3 distractors) where a tier has that many distinct answers
+_HEAD = 2 * SET_SIZE  # answers ranked per set before the full order is needed (only when clashes skip several)
+
+
+class QAItem(Protocol):
+    """What balancing reads and writes of a Q/A item (schema.QAItem): spelled here because schema imports this
+    module, and an import back would be a cycle."""
+
+    answer: str
+    phrasings: list[str]
+    aliases: list[str]
+    answer_type: str
+    relation: str | None
+    distractors: list[str]
 
 
 @dataclass(frozen=True)
@@ -72,22 +84,45 @@ def group(slots: Sequence[Slot], rng: random.Random, size: int = SET_SIZE) -> tu
         by_gold: dict[str, list[int]] = defaultdict(list)
         for i in by_key[key]:
             by_gold[normalise(slots[i].gold)].append(i)
+        stacks = list(by_gold.values())  # each answer's questions, the next one taken last
+        counts = np.array([len(members) for members in stacks])
         while True:
-            order = sorted(by_gold, key=lambda g: (-len(by_gold[g]), rng.random()))
-            taken: list[int] = []
-            for gold in order:
-                i = by_gold[gold][-1] if by_gold[gold] else None
-                if i is None or len(taken) == size:
-                    continue
-                if not any(clash(slots[i], slots[j]) for j in taken):
-                    taken.append(i)
+            taken: list[int] = []  # answers, as indices of `stacks`
+            for g in _ranked(counts, _draws(rng, len(stacks))):
+                i = stacks[g][-1]
+                if not any(clash(slots[i], slots[stacks[h][-1]]) for h in taken):
+                    taken.append(g)
+                    if len(taken) == size:
+                        break
             if len(taken) < 2:
                 break
-            for i in taken:
-                by_gold[normalise(slots[i].gold)].pop()
-            sets.append(taken)
-        left += [i for members in by_gold.values() for i in members]
+            sets.append([stacks[g].pop() for g in taken])
+            counts[taken] -= 1
+        left += [i for members in stacks for i in members]
     return sets, left
+
+
+def _draws(rng: random.Random, n: int) -> np.ndarray:
+    """`[rng.random() for _ in range(n)]`, bit for bit and leaving `rng` in the same state, from one call: random()
+    makes its 53-bit float of two 32-bit outputs (a >> 5, b >> 6), and getrandbits(64 * n) returns the same outputs
+    as one little-endian integer. Grouping draws one number per answer per set, so this is its inner loop."""
+    pairs = np.frombuffer(rng.getrandbits(64 * n).to_bytes(8 * n, "little"), dtype="<u8")
+    return (((pairs & 0xFFFFFFFF) >> 5) << 26 | (pairs >> 38)) * (1.0 / (1 << 53))
+
+
+def _ranked(counts: np.ndarray, draws: np.ndarray) -> Iterator[int]:
+    """The answers with questions left, most questions first and ties by their draw: the order of
+    `sorted(range(len(counts)), key=lambda g: (-counts[g], draws[g]))`, lazily. A set needs only the first few, and
+    sorting every answer for every set made grouping quadratic in Python."""
+    most = counts.max()
+    if most == 0:
+        return
+    top = np.flatnonzero(counts == most)
+    if len(top) > _HEAD:
+        top = top[np.argpartition(draws[top], _HEAD)[:_HEAD]]
+    yield from top[np.argsort(draws[top], kind="stable")].tolist()
+    # a set that clashed past the head: the full order, of which the head is the start
+    yield from np.lexsort((draws, -counts))[len(top):np.count_nonzero(counts)].tolist()
 
 
 def take(sets: Sequence[list[int]], n: int, weight: Callable[[list[int]], Hashable] | None = None,
@@ -130,15 +165,13 @@ def give_candidates(items: Sequence[QAItem], sets: Iterable[Sequence[int]], rng:
 def is_balanced(items: Sequence[QAItem]) -> list[bool]:
     """Per question of one tier: whether its candidate set is counterbalanced within the tier, i.e. every question
     with exactly its candidates has one of them as gold and each candidate is gold equally often among them."""
-    def key(q: QAItem) -> frozenset[str]:
-        return frozenset(normalise(c) for c in (q.answer, *q.distractors))
-
+    keys = [frozenset(_norm(c) for c in (q.answer, *q.distractors)) for q in items]
     golds: dict[frozenset[str], Counter[str]] = defaultdict(Counter)
-    for q in items:
-        golds[key(q)][normalise(q.answer)] += 1
+    for q, candidates in zip(items, keys):
+        golds[candidates][_norm(q.answer)] += 1
 
-    def balanced(q: QAItem) -> bool:
-        candidates, counts = key(q), golds[key(q)]
+    def balanced(q: QAItem, candidates: frozenset[str]) -> bool:
+        counts = golds[candidates]
         return len(candidates) == len(q.distractors) + 1 >= 2 and set(counts) == candidates \
             and len(set(counts.values())) == 1
-    return [balanced(q) for q in items]
+    return [balanced(q, candidates) for q, candidates in zip(items, keys)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -78,7 +78,7 @@ class QASet(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "QASet":
         ids = [q.id for q in self.all_items()]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
         if dupes:
             raise ValueError(f"duplicate question ids: {dupes}")
         for tier in TIERS:

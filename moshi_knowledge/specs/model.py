@@ -24,11 +24,14 @@ class HubSpec(Placement):
 
 @dataclass
 class LocalSpec(Placement):
-    """A checkpoint on disk. `config_path: null` means moshi's built-in Moshi 7B config (repos without config.json)."""
+    """A checkpoint on disk: `dir`, a folder laid out as the Hub repo (a copy of kyutai/moshiko-pytorch-bf16), and/or
+    each file's path, which overrides the folder's. Without a config.json (neither `config_path` nor one in `dir`)
+    moshi's built-in Moshi 7B config applies, as for the Hub repos that have none."""
 
-    moshi_weights: str
-    mimi_weights: str
-    tokenizer: str
+    dir: str | None = None
+    moshi_weights: str | None = None
+    mimi_weights: str | None = None
+    tokenizer: str | None = None
     config_path: str | None = None
     mimi_config_path: str | None = None
     lora_weights: str | None = None

@@ -211,8 +211,9 @@ class EspeakTTS(TTSBackend):
 
     built_before_stages = True
 
-    def __init__(self, moshi_voice: Voice, user_voices: list[Voice], heldout_voice: Voice) -> None:
-        super().__init__(moshi_voice, user_voices, heldout_voice)
+    def __init__(self, moshi_voice: Voice, user_voices: list[Voice], heldout_voice: Voice,
+                 voices_per_fact: int | None = None) -> None:
+        super().__init__(moshi_voice, user_voices, heldout_voice, voices_per_fact)
         self._checked: list[Voice] = []  # a few voices, each checked once
         self._check(self.moshi_voice, "tts.moshi_voice")
         for i, voice in enumerate(self.user_voices):

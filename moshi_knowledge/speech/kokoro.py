@@ -129,8 +129,8 @@ class KokoroTTS(TTSBackend):
     """Voices are Kokoro voice names (am_michael, af_heart, ...); `rate` scales the speed, `pitch` is unused."""
 
     def __init__(self, moshi_voice: Voice, user_voices: list[Voice], heldout_voice: Voice,
-                 repo_id: str = "hexgrad/Kokoro-82M", device: str = "cpu") -> None:
-        super().__init__(moshi_voice, user_voices, heldout_voice)
+                 repo_id: str = "hexgrad/Kokoro-82M", device: str = "cpu", voices_per_fact: int | None = None) -> None:
+        super().__init__(moshi_voice, user_voices, heldout_voice, voices_per_fact)
         fields = {"moshi_voice": self.moshi_voice, "heldout_voice": self.heldout_voice,
                   **{f"user_voices[{i}]": v for i, v in enumerate(self.user_voices)}}
         for f, v in fields.items():

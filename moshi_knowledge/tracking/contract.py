@@ -2,8 +2,9 @@
 
 `metrics.jsonl` holds one JSON object per logged row; every row has `step` (the optimizer step), so train, eval
 and recall rows share one axis. `summary.json` holds the final figures of the run. The `<stat>` of a
-`recall/<tier>/<stat>` key is one registered in `evaluation/metrics.py`; the built-in ones are listed here. The
-exact names:
+`recall/<tier>/<stat>` key is one registered in `evaluation/metrics.py`; the built-in ones are listed here. This
+module names keys only: it imports no metric registry (the registry imports it), so the names stay importable
+alone. The exact names:
 
     step                          int, optimizer step (every metrics row; also the final step in the summary)
     status                        "running" | "completed" | "diverged" | "failed" | "interrupted" (summary):
@@ -73,6 +74,9 @@ exact names:
     data/trained_facts            the number of distinct facts the training conversations state (summary, train rows)
     finish_errors                 the steps after training that failed, with their errors; the run keeps its
                                   status and figures (summary)
+    objective                     the value of the run's `objective.metric`, under one key whatever the metric, so
+                                  the runs of sweeps on different metrics line up (summary; null unless the run
+                                  completed with a finite value, like the figure a sweeper receives)
 
 Both files are strict JSON: a non-finite number (a NaN loss) is written as null. A key that is present with
 null means "non-finite"; a key that is absent means "not measured".
@@ -86,7 +90,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.evaluation.metrics import HEADLINE, recall_stats
 
 STEP = "step"
 STATUS = "status"
@@ -96,6 +99,8 @@ EVAL_LOSS = "eval/loss"
 NAN_EVENTS = "nan_guard/events"
 EXPOSURES_PER_FACT = "data/exposures_per_fact"
 TRAINED_FACTS = "data/trained_facts"
+OBJECTIVE = "objective"
+HEADLINE = "mc_acc"  # the figure a run is judged by: `recall/<tier>` without a stat means this one
 
 RUNNING = "running"
 COMPLETED = "completed"
@@ -126,8 +131,6 @@ def number(value: Any) -> float:
 def recall_key(tier: str, stat: str = HEADLINE) -> str:
     """`recall/<tier>/<stat>`: the one place the recall key layout is spelled; `stat` is a registered metric's
     (evaluation/metrics.py)."""
-    if stat not in recall_stats():
-        raise ValueError(f"unknown recall stat {stat!r}; expected one of {recall_stats()}")
     return f"recall/{tier}/{stat}"
 
 
@@ -147,16 +150,18 @@ def recall_tiers(keys: Any) -> list[str]:
     return list(dict.fromkeys(tiers))
 
 
-def check_objective(metric: str, mode: str, tiers: Sequence[str]) -> None:
-    """Refuse, before any stage runs, an objective the run can never report (a typo would make every trial fail)."""
+def check_objective(metric: str, mode: str, tiers: Sequence[str], stats: Sequence[str]) -> None:
+    """Refuse, before any stage runs, an objective the run can never report (a typo would make every trial fail).
+    `stats`: the registered recall stats (evaluation.metrics.recall_stats()), passed in so the contract needs no
+    registry."""
     if mode not in OBJECTIVE_MODES:
         raise UserError(f"objective.mode={mode!r} is not a direction", "set objective.mode to max or min")
-    known = [*LOSS_KEYS, *(recall_key(t, s) for t in reported_tiers(tiers) for s in recall_stats())]
+    known = [*LOSS_KEYS, *(recall_key(t, s) for t in reported_tiers(tiers) for s in stats)]
     if metric not in known:
         raise UserError(f"objective.metric={metric!r} is not a figure this run reports",
                         f"use a key of summary.json: recall/<tier>/<stat> with <tier> one of "
                         f"{reported_tiers(tiers)} (eval.tiers and their halves) and <stat> one of "
-                        f"{', '.join(recall_stats())}, or one of {', '.join(LOSS_KEYS)}")
+                        f"{', '.join(stats)}, or one of {', '.join(LOSS_KEYS)}")
 
 
 def objective_value(summary: Mapping[str, Any], metric: str) -> float | None:

@@ -70,7 +70,12 @@ class SummaryFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.values: dict[str, Any] = read_json(path) if path.exists() else {}
+        self.values: dict[str, Any] = {}
+        if path.exists():
+            try:
+                self.values = dict(read_json(path))
+            except (ValueError, TypeError):  # written atomically, so only a disk fault or a hand edit garbles it
+                log.warning("%s is not a JSON object; the run starts a new summary", path)
 
     def update(self, values: Mapping[str, Any], drop: Iterable[str] = ()) -> None:
         for key in drop:

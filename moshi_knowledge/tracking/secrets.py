@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+
+from moshi_knowledge.errors import UserError
 
 _SECRET_WORDS = frozenset({"key", "keys", "token"})
 _SECRET_FRAGMENTS = ("secret", "password", "passwd", "credential", "apikey")
@@ -60,6 +62,40 @@ def is_secret_override(override: str, secrets: frozenset[str] | None = None) -> 
     secrets = secret_env_values() if secrets is None else secrets
     key = override.split("=", 1)[0].lstrip("+~")
     return any(is_secret_name(part) for part in key.split(".")) or contains_secret(override, secrets)
+
+
+def refuse_resolved_secrets(cfg: Any) -> None:
+    """Raise UserError for a setting whose *resolved* value holds a key: `${oc.env:OPENAI_API_KEY}` passes the
+    command-line check (its text holds none), then reaches the stage cache, prompts and the LLM reply cache."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as err:
+        raise UserError(f"{err.full_key}: cannot be resolved ({err.msg.splitlines()[0]})",
+                        "set the variable or setting it refers to, or give the value itself") from None
+    secrets = secret_env_values()
+    named = {value: name for name, value in os.environ.items() if value in secrets}
+    for setting, value in _leaves(plain):
+        leaked = sorted(name for secret, name in named.items() if contains_secret(value, (secret,)))
+        if leaked:
+            raise UserError(f"{setting}: its resolved value holds ${leaked[0]}, a key or token; a key is never a "
+                            "setting, so the run was refused before anything was written",
+                            f"remove the reference to {leaked[0]} from {setting}: the code that calls the API reads "
+                            "the key from the environment itself")
+
+
+def _leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted setting, value) for every scalar of a plain container."""
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            yield from _leaves(value, f"{prefix}{i}.")
+    else:
+        yield prefix.rstrip("."), obj
 
 
 def redact(text: str, secrets: frozenset[str] | None = None) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.specs import init_schema
@@ -18,13 +19,28 @@ from moshi_knowledge.tracking.contract import COMPLETED, DIVERGED, INTERRUPTED, 
 from moshi_knowledge.tracking.files import dumps
 from moshi_knowledge.tracking.identity import RunIdentity
 
+if TYPE_CHECKING:  # numpy stays out of the config's import (shell completion)
+    import numpy as np
+
 WANDB_MODES = ("offline", "online", "disabled")
 LEGACY_MODES = {"dryrun": "offline", "run": "online"}  # older names W&B still accepts in WANDB_MODE
 DEFAULT_PROJECT = "moshi-knowledge"
+# Keys that tell Hydra how to build an object (`_target_`, ...): not settings, so kept off the dashboard's config.
+_INSTANTIATE_KEYS = frozenset({"_target_", "_convert_", "_partial_", "_recursive_", "_args_"})
+
+
+@dataclass(frozen=True, eq=False)
+class AudioClip:
+    """A table cell holding sound (a generated answer): the logger shows it as a player."""
+
+    samples: np.ndarray  # mono
+    sample_rate: int
+    caption: str = ""
 
 
 class Sink(Protocol):
     log_audio: int
+    log_answers: int
     log_adapter: bool
 
     def start(self, run_dir: Path, config: dict[str, Any], identity: RunIdentity, run_id: str | None) -> str | None:
@@ -48,6 +64,7 @@ class NullSink:
     """`logger=none`: the run's files are the whole record."""
 
     log_audio = 0
+    log_answers = 0
     log_adapter = False
 
     def start(self, run_dir: Path, config: dict[str, Any], identity: RunIdentity, run_id: str | None) -> None:
@@ -89,6 +106,7 @@ class WandbSink:
         job_type: str | None = None,  # null: "sweep" inside a multirun, "run" otherwise
         tags: tuple[str, ...] = (),  # added to the Hydra choices (story:procedural, ...)
         log_audio: int = 4,  # dataset conversations uploaded as wandb.Audio
+        log_answers: int = 4,  # generated answers per recall evaluation, as audio beside their question and gold
         log_adapter: bool = False,  # upload the trained adapter as an artifact
     ) -> None:
         self._mode_from = "logger.mode" if mode or not os.environ.get("WANDB_MODE") else "WANDB_MODE"
@@ -104,7 +122,7 @@ class WandbSink:
         self.dir = dir or os.environ.get("WANDB_DIR") or None
         self.mode, self.job_type = mode, job_type
         self.tags = tuple(tags)
-        self.log_audio, self.log_adapter = log_audio, log_adapter
+        self.log_audio, self.log_answers, self.log_adapter = log_audio, log_answers, log_adapter
         self._run: Any = None
 
     def start(self, run_dir: Path, config: dict[str, Any], identity: RunIdentity, run_id: str | None) -> str:
@@ -121,7 +139,7 @@ class WandbSink:
                 name=identity.name,
                 job_type=self.job_type or identity.job_type,
                 tags=list(dict.fromkeys([*identity.tags, *self.tags])),
-                config=config,
+                config=_settings(config),
                 id=run_id,
                 resume="allow" if run_id else None,
                 reinit="finish_previous",
@@ -180,8 +198,21 @@ class WandbSink:
         self._run.log({name: media} if step is None else {name: media, STEP: step})
 
 
+def _settings(config: Any) -> Any:
+    """The config without Hydra's instantiation keys, which would clutter the run page and parallel coordinates."""
+    if isinstance(config, Mapping):
+        return {k: _settings(v) for k, v in config.items() if k not in _INSTANTIATE_KEYS}
+    if isinstance(config, list):
+        return [_settings(v) for v in config]
+    return config
+
+
 def _cell(value: Any) -> Any:
-    """wandb.Table cells must be scalars: nested values go in as JSON text."""
+    """wandb.Table cells must be scalars or media: nested values go in as JSON text, an AudioClip as wandb.Audio."""
+    if isinstance(value, AudioClip):
+        import wandb
+
+        return wandb.Audio(value.samples, sample_rate=value.sample_rate, caption=value.caption or None)
     return dumps(value) if isinstance(value, (Mapping, list, tuple)) else value
 
 

@@ -7,8 +7,9 @@
 
 The run's files are written whatever the logger, so a run without W&B, or a killed one, still has its record.
 On leaving the block the run is always closed: status `completed` unless the body set another status
-(`diverged`) or raised (`failed`, with the error), and the W&B run is finished, so the next job of a multirun
-starts a run of its own.
+(`diverged`) or raised (`failed`, with the error), the summary's `objective` holds the config's
+`objective.metric` (what the sweeper receives), and the W&B run is finished, so the next job of a multirun starts a
+run of its own.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from moshi_knowledge.tracking.contract import (
     FAILED,
     MESSAGE,
     METRICS_FILE,
+    OBJECTIVE,
     RUNNING,
     STATUS,
     STEP,
     SUMMARY_FILE,
+    objective_value,
 )
 from moshi_knowledge.tracking.files import MetricsFile, SummaryFile
 from moshi_knowledge.tracking.identity import RunIdentity, run_identity_from_hydra
@@ -54,6 +57,8 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self._sink = _make_sink(logger)
         self._config = loggable_config(config)
+        objective = self._config.get("objective")
+        self._objective: str | None = objective.get("metric") if isinstance(objective, Mapping) else None
         self._identity = identity or run_identity_from_hydra(self.run_dir.name)
         self._metrics: MetricsFile | None = None
         self._summary: SummaryFile | None = None
@@ -71,6 +76,11 @@ class Tracker:
     def log_audio(self) -> int:
         """How many dataset conversations the logger wants as audio (0 for logger=none)."""
         return self._sink.log_audio
+
+    @property
+    def log_answers(self) -> int:
+        """How many generated answers per recall evaluation the logger wants as audio (0 for logger=none)."""
+        return self._sink.log_answers
 
     @property
     def log_adapter(self) -> bool:
@@ -116,9 +126,10 @@ class Tracker:
         self._explicit.update(values)
         self._sink.summary(values)
 
-    def table(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        """A table for the logger (e.g. per-question predictions, whose run-dir copy the caller writes itself)."""
-        self._sink.table(name, rows, self.step)
+    def table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int | None = None) -> None:
+        """A table for the logger (e.g. per-question predictions, whose run-dir copy the caller writes itself), at
+        `step` (default: the last logged row's); a cell may be a sinks.AudioClip."""
+        self._sink.table(name, rows, self.step if step is None else step)
 
     def audio(self, name: str, path: str | Path) -> None:
         self._sink.audio(name, Path(path), self.step)
@@ -136,7 +147,10 @@ class Tracker:
             final[STATUS] = COMPLETED
         try:
             summary.update(final)
-            self._sink.summary({k: final[k] for k in (STATUS, MESSAGE) if k in final})
+            if self._objective is not None:
+                final[OBJECTIVE] = objective_value(summary.values, self._objective)
+                summary.update({OBJECTIVE: final[OBJECTIVE]})
+            self._sink.summary({k: final[k] for k in (STATUS, MESSAGE, OBJECTIVE) if k in final})
         finally:
             self._open_metrics().close()
             self._sink.finish(FAILED if exc is not None else summary.values.get(STATUS, COMPLETED))

@@ -9,17 +9,20 @@ inductor's CPU FlexAttention has no backward.
 Each layer module is compiled in place (`nn.Module.compile`): the same modules run under peft, DDP and
 gradient checkpointing (which reruns the compiled layer in backward). Identical layers share one compiled graph;
 a new grad mode or batch shape compiles once more (`dynamic=False`: the few shapes of a run get static kernels).
+A compiled layer runs moshi's layer body without the `ExitStack` that opens moshi's `forward`: torch 2.9 (what
+moshi's pin installs) cannot trace it and broke every layer's graph in two there (`_body_forward`).
 Recall runs under `model.uncompiled()`, where the compiled layers run eagerly. What was measured against eager,
 and why the two differ slightly in bf16, is in docs/moshi.md.
 """
 
 from __future__ import annotations
 
+import types
 from typing import Optional
 
 import torch
 import torch._dynamo
-from moshi.modules.transformer import StreamingTransformer
+from moshi.modules.transformer import StreamingTransformer, StreamingTransformerLayer
 from torch import nn
 
 from moshi_knowledge.codes.stream import find_lm
@@ -48,6 +51,18 @@ def set_layer_compile(model: nn.Module, enabled: bool, eager_rounding: bool = Tr
     for layer in layers:
         if not enabled:
             layer._compiled_call_impl = None  # what nn.Module.compile sets; None is eager
+            layer.__dict__.pop("forward", None)  # moshi's own forward again
         elif layer._compiled_call_impl is None:  # a second call adds nothing
+            layer.forward = types.MethodType(_body_forward, layer)
             layer.compile(dynamic=False, options={"emulate_precision_casts": eager_rounding})
     return len(layers) if enabled else 0
+
+
+def _body_forward(self: StreamingTransformerLayer, x: torch.Tensor,
+                  cross_attention_src: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """moshi's layer forward outside streaming, without its `ExitStack`: the stack only switches moshi's small
+    compiled functions off on CPU, which whole-layer compilation replaces. Streaming and cross-attention keep
+    moshi's forward."""
+    if self._streaming_state is not None or self.cross_attention is not None or cross_attention_src is not None:
+        return StreamingTransformerLayer.forward(self, x, cross_attention_src)
+    return self._ff_block(self._sa_block(x))

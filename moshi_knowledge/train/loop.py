@@ -12,6 +12,7 @@ written here. Only rank 0 writes; every rank returns the same summary.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from pathlib import Path
@@ -21,12 +22,14 @@ import torch
 from moshi.modules.transformer import StreamingTransformer
 from torch import nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from moshi_knowledge.codes.samples import FRAME_RATE, ConversationCodes
 from moshi_knowledge.codes.stream import StreamSpec
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.tracking import RunIdentity, Tracker
 from moshi_knowledge.tracking.contract import INTERRUPTED
+from moshi_knowledge.tracking.progress import eval_line
 from moshi_knowledge.train.attention import segment_attention
 from moshi_knowledge.train.batches import Batch, PackedRow, collate, eval_batches
 from moshi_knowledge.train.checkpoint import resume_latest, save_checkpoint
@@ -50,6 +53,8 @@ from moshi_knowledge.train.seed import seed_everything
 from moshi_knowledge.train.stop_signals import StopSignals
 
 OnEval = Callable[[int, nn.Module], Optional[Mapping[str, Any]]]
+
+log = logging.getLogger(__name__)
 
 
 class RunLog(Protocol):
@@ -186,6 +191,7 @@ class Trainer:
                                       cfg.packing) if eval_samples else [])
         self.snapshot = Snapshot()
         self.step = 0
+        self.eval_pending = False  # a stop signal came before this step's evaluation: resume measures it first
         self.lr_scale = 1.0
         self.status, self.message = "running", ""
         self.last: dict[str, Any] = {}  # latest figures of each key, for the summary
@@ -270,27 +276,35 @@ class Trainer:
 
     # ---- evaluation ---------------------------------------------------------------------------------------
     def _eval_row(self) -> dict[str, Any]:
-        row = evaluate(self.model, self.eval_set, self.spec, self.settings, self.cfg.precision, self.flex)
-        if self.on_eval is not None:
-            self.model.eval()
-            row.update(self.on_eval(self.step, self.model) or {})
-            self.model.train()
+        """Eval loss and the hook's figures (recall), logged in one line; log lines (recall's parts too) print above
+        the training bar rather than into it."""
+        with logging_redirect_tqdm():
+            row = evaluate(self.model, self.eval_set, self.spec, self.settings, self.cfg.precision, self.flex)
+            if self.on_eval is not None:
+                self.model.eval()
+                row.update(self.on_eval(self.step, self.model) or {})
+                self.model.train()
+            if self.info.is_main:
+                log.info("%s", eval_line(self.step, self.cfg.max_steps, row))
         return row
 
     # ---- checkpoints --------------------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
+    def _state(self, eval_pending: bool) -> dict[str, Any]:
         return {"position": list(self.stream.position), "lr_scale": self.lr_scale,
-                "nan_guard": self.guard.state_dict(), "last": self.last, "drawn": list(self.stream.drawn)}
+                "nan_guard": self.guard.state_dict(), "last": self.last, "drawn": list(self.stream.drawn),
+                "eval_pending": eval_pending}
 
-    def save(self) -> None:
-        """A checkpoint of this step (every rank takes part)."""
-        save_checkpoint(self.run_dir, self.step, self.params, self.optimizer, self._state(),
+    def save(self, eval_pending: bool = False) -> None:
+        """A checkpoint of this step (every rank takes part); `eval_pending`: the step's evaluation is still due."""
+        save_checkpoint(self.run_dir, self.step, self.params, self.optimizer, self._state(eval_pending),
                         self.cfg.keep_checkpoints, self.info, model=self.net)
 
     def resume(self) -> None:
-        """Continue from the latest intact checkpoint under the run directory, if any."""
+        """Continue from the latest intact checkpoint under the run directory, if any. Without one the run starts
+        at step 0, and rows an earlier attempt logged (killed before its first checkpoint) are dropped."""
         state = resume_latest(self.run_dir, self.params, self.optimizer, self.info, model=self.net)
         if state is None:
+            self.run_log.keep_until(-1)
             return
         self.step, self.lr_scale = int(state["step"]), float(state["lr_scale"])
         self.stream.position = (int(state["position"][0]), int(state["position"][1]))
@@ -299,7 +313,11 @@ class Trainer:
                              else self.stream.replay_drawn())
         self.guard.load_state_dict(state["nan_guard"])
         self.last = dict(state["last"])
+        self.eval_pending = bool(state.get("eval_pending"))
         self.run_log.keep_until(self.step)
+        if self.info.is_main:
+            log.info("resumed from step %d of %d (checkpoint in %s)", self.step, self.cfg.max_steps,
+                     Path(self.run_dir) / "checkpoints")
 
     # ---- the run ------------------------------------------------------------------------------------------
     def _log(self, row: dict[str, Any]) -> None:
@@ -312,9 +330,13 @@ class Trainer:
         self.model.train()
         if cfg.resume:
             self.resume()
+        else:
+            self.run_log.keep_until(-1)  # a fresh start: rows of an earlier attempt in this directory are void
         if self.guard.policy == "rollback":
             self.snapshot.take(self.params, self.optimizer)
         if self.step == 0 and cfg.eval_at_start:
+            self._log(self._eval_row())
+        elif self.eval_pending:  # the evaluation a stop signal skipped at this step
             self._log(self._eval_row())
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", mininterval=2.0,
                    disable=not self.info.is_main)
@@ -327,16 +349,17 @@ class Trainer:
                 if self.status != "running":
                     self._log(row)
                     break
+                last = self.step == cfg.max_steps
+                due = last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0)
                 if stop.requested(self.device):
                     self._log(row)
-                    self.save()
+                    self.save(eval_pending=due)
                     self.status = INTERRUPTED
                     by = stop.received.name if stop.received else "a signal to another rank"
                     self.message = (f"stopped by {by} after step {self.step}; its checkpoint is saved and "
                                     "train.resume=true continues the run")
                     break
-                last = self.step == cfg.max_steps
-                if last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0):
+                if due:
                     row.update(self._eval_row())
                 if last or self.step % cfg.log_every == 0 or any(k.startswith("eval/") for k in row):
                     self._log(row)

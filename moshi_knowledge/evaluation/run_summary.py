@@ -9,7 +9,7 @@ intervals, the controls and the tests against the nulls, from the second evaluat
 against the baseline); in the summary also each tracked metric's baseline, best and delta.
 
 Rows read back from predictions.jsonl carry null for a non-finite number (the files are strict JSON); it reads as
-NaN here.
+NaN here. (The sweep report over many runs is moshi_knowledge/sweep_report.py.)
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from moshi_knowledge.evaluation.metrics import CONTROLS, HOLM, METRICS, NULL_TIER, holm, paired_figures, tier_figures
 from moshi_knowledge.evaluation.pitch import semitones
 from moshi_knowledge.evaluation.power import verdict
+from moshi_knowledge.markdown import fmt
 from moshi_knowledge.tracking.contract import SPLIT_TIERS, half_tier, number
 from moshi_knowledge.tracking.contract import recall_key as key
 
@@ -33,6 +35,7 @@ F0_VS_TRAIN = "voice/f0_semitones_vs_train"
 
 Row = Mapping[str, Any]
 NAN = float("nan")
+_fmt = partial(fmt, missing="n/a")  # the final table's spelling of a missing or non-finite figure
 
 
 def step_metrics(rows: Sequence[Row], baseline: Sequence[Row] | None = None) -> dict[str, float]:
@@ -105,6 +108,7 @@ def recall_table(summary: Mapping[str, Any]) -> str:
     A figure that is missing, null (how the run files spell NaN) or non-finite prints as n/a: a model that stayed
     silent has no pitch, and a table must never be what fails a finished run.
     """
+
     tiers = list(dict.fromkeys(k.split("/")[1] for k in summary if k.startswith("recall/")))
     w = _tier_width(tiers)
     header = f"{'tier':<{w}}{'n':>4}  {'MC base':>7} {'MC final':>8} {'95% CI':>13} {'delta':>6} {'p':>9}" \
@@ -170,13 +174,6 @@ def tier_verdict(figure: Callable[[str], Any]) -> str | None:
     if p is None:
         return None
     return verdict(p, number(figure("mc_acc_high")) - number(figure("chance")), number(figure("mde")))
-
-
-def _fmt(value: Any, spec: str) -> str:
-    """`value` formatted with `spec`, or n/a when it is absent, null or not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "n/a"
-    return format(value, spec)
 
 
 def _by_tier(rows: Iterable[Row]) -> dict[str, list[Row]]:
