@@ -20,8 +20,9 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check moshi_knowledge tests benchmarks
 
+# two workers, each test file in one of them (its fixtures built once); tests/conftest.py gives each one thread
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/data_pipeline.py

@@ -65,7 +65,8 @@ SMOKE = Scale(
     dict(dim=64, num_heads=4, num_layers=2, context=500, text_card=1000, card=256, depformer_dim=32,
          depformer_num_heads=2, depformer_num_layers=1, depformer_dim_feedforward=64),
     (32, 4, 1, 16),
-    ["qa.n_train=6", "qa.n_eval=2", "qa.paraphrases=1", "train.batch_size=2", "train.seq_sec=24",
+    ["qa.n_train=6", "qa.n_eval=2", "qa.n_unseen=2", "qa.n_per_cause=2", "qa.paraphrases=1", "story=procedural",
+     "train.batch_size=2", "train.seq_sec=24",
      "eval.max_answer_sec=1.0", "eval.voice_max_clips=2", "eval.mc_batch_size=16", "eval.gen_batch_size=16"],
     steps=4, suffix="_smoke")
 

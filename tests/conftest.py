@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 from moshi_knowledge.config_schema import register
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")  # moshi on CPU: skip inductor (docs/moshi.md)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worker and per run it starts, or the
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # workers' torch thread pools contend for the same cores
 # W&B stays offline and in each run directory whatever the shell exports (the sink follows WANDB_* variables)
 os.environ["WANDB_MODE"] = "offline"
 for _var in ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR"):
