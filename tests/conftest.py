@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,22 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = compose_cfg([*TINY_RUN, f"paths.cache_dir={root / 'cache'}", "logger=none"])
     run_stages(cfg, root / "warmup")
     return root / "cache"
+
+
+def refused_in_process(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                       capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> str:
+    """Run the app in process with `argv`; assert it stops with exit 2, no traceback and nothing in the cache;
+    return what it printed and logged."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["moshi-knowledge", *argv, "logger=none", f"paths.cache_dir={tmp_path / 'cache'}",
+                                      f"hydra.run.dir={tmp_path / 'run'}"])
+    from moshi_knowledge.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main()
+    captured = capsys.readouterr()
+    output = captured.out + captured.err + caplog.text
+    assert stop.value.code == 2, output
+    assert "Traceback" not in output and "fix:" in output, output
+    assert not (tmp_path / "cache").exists()  # no stage ran, no LLM reply was cached
+    return output

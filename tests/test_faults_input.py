@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import refused_in_process
 from moshi_knowledge.__main__ import main
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.llm.keys import api_key, load_env_file
@@ -25,23 +26,6 @@ from moshi_knowledge.text_norm import normalise
 from moshi_knowledge.validate import main as validate_main
 
 KEY = "sk-fault-0123456789abcdefghij"
-
-
-def _refused(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-             caplog: pytest.LogCaptureFixture) -> str:
-    """Run the app in process with `argv`; assert it stops with exit 2, no traceback and nothing in the cache;
-    return what it printed and logged."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["moshi-knowledge", *argv, "logger=none", f"paths.cache_dir={tmp_path / 'cache'}",
-                                      f"hydra.run.dir={tmp_path / 'run'}"])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    captured = capsys.readouterr()
-    output = captured.out + captured.err + caplog.text
-    assert stop.value.code == 2, output
-    assert "Traceback" not in output and "fix:" in output, output
-    assert not (tmp_path / "cache").exists()  # no stage ran, no LLM reply was cached
-    return output
 
 
 # ---- foreign encodings ----------------------------------------------------------------------------------------
@@ -61,7 +45,7 @@ def test_a_latin1_manifest_is_named_with_its_line_by_the_run_and_the_validator(
     shown = capsys.readouterr()
     assert says in shown.out + shown.err
 
-    output = _refused(["dataset=moshi_finetune", f"dataset.path={folder}", "stages=[story,qa,tts,dataset]"],
+    output = refused_in_process(["dataset=moshi_finetune", f"dataset.path={folder}", "stages=[story,qa,tts,dataset]"],
                       tmp_path, monkeypatch, capsys, caplog)
     assert says in output and "dataset.path=" in output
 
@@ -108,18 +92,18 @@ REFUSED = [
 def test_a_setting_out_of_range_is_refused_before_any_stage(
         overrides: list[str], says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
-    output = _refused(overrides, tmp_path, monkeypatch, capsys, caplog)
+    output = refused_in_process(overrides, tmp_path, monkeypatch, capsys, caplog)
     assert says in output
 
 
-def test_a_narration_layout_with_an_imported_dataset_is_refused(
+def test_a_narration_layout_with_an_imported_dataset_isrefused_in_process(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
         caplog: pytest.LogCaptureFixture) -> None:
     folder = tmp_path / "data"
     folder.mkdir()
     (folder / "convs.jsonl").write_text('{"path": "a.wav", "duration": 1.0}\n')
     for layout in ("narration", "mixed"):
-        output = _refused(["dataset=moshi_finetune", f"dataset.path={folder}", f"layout={layout}",
+        output = refused_in_process(["dataset=moshi_finetune", f"dataset.path={folder}", f"layout={layout}",
                            "stages=[story,qa,tts,dataset]"], tmp_path, monkeypatch, capsys, caplog)
         assert f"layout={layout} does nothing with this dataset" in output and "layout=dialogue" in output
         caplog.clear()
@@ -157,8 +141,8 @@ def test_an_interpolated_key_is_refused_like_a_pasted_one_before_anything_is_wri
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
         caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    output = _refused(["story=openai", "story.premise=Tell a tale of ${oc.env:OPENAI_API_KEY}", "stages=[story]"],
-                      tmp_path, monkeypatch, capsys, caplog)
+    output = refused_in_process(["story=openai", "story.premise=Tell a tale of ${oc.env:OPENAI_API_KEY}",
+                                 "stages=[story]"], tmp_path, monkeypatch, capsys, caplog)
     assert "story.premise: its resolved value holds $OPENAI_API_KEY" in output and KEY not in output
     leaked = [p for p in tmp_path.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
     assert leaked == [] and not list(tmp_path.rglob("*.stage.json"))

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import TINY_RUN, compose_cfg, run_app
+from conftest import TINY_RUN, compose_cfg, refused_in_process, run_app
 from moshi_knowledge.__main__ import main
 from moshi_knowledge.dataset.format import read_manifest
 from moshi_knowledge.dataset.moshi_finetune import MoshiFinetuneDataset
@@ -212,17 +212,9 @@ def test_a_broken_dataset_stops_the_app_before_any_stage_and_the_validator_names
     shown = capsys.readouterr()
     assert says in shown.out + shown.err
 
-    monkeypatch.setattr(sys, "argv", ["moshi-knowledge", "dataset=moshi_finetune", f"dataset.path={folder}",
-                                      "logger=none", f"paths.cache_dir={tmp_path / 'cache'}",
-                                      f"hydra.run.dir={tmp_path / 'run'}"])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    captured = capsys.readouterr()
-    output = captured.out + captured.err + caplog.text
-    assert stop.value.code == 2, output
-    assert says in output and "dataset.path=" in output and "fix:" in output
-    assert "Traceback" not in output
-    assert not (tmp_path / "cache").exists()  # no stage ran
+    output = refused_in_process(["dataset=moshi_finetune", f"dataset.path={folder}"], tmp_path, monkeypatch, capsys,
+                                caplog)
+    assert says in output and "dataset.path=" in output
 
 
 def test_the_validator_accepts_the_sound_dataset_and_prints_its_data_block(external: Path, capsys) -> None:
