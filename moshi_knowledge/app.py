@@ -18,13 +18,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from moshi_knowledge.config_schema import register
+from moshi_knowledge.cli import completes_group_options
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.quiet import silence_known_warnings
 
 log = logging.getLogger("moshi_knowledge")
 
-register()
+if not completes_group_options(sys.argv[1:], os.environ):  # a Tab after `lora=` lists files: < 0.5 s without them
+    from moshi_knowledge.config_schema import register
+
+    register()
 silence_known_warnings()  # here, as every launcher's worker imports this module to run its job
 
 

@@ -9,7 +9,7 @@ group's options the slow way (seconds) even when the template shows none of them
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 
@@ -54,6 +54,18 @@ def group_options() -> dict[str, list[str]]:
 
     walk(files(CONF_PACKAGE), "")
     return found
+
+
+def completes_group_options(argv: list[str], environ: Mapping[str, str]) -> bool:
+    """Whether this process answers a Tab after `group=` (`lora=<Tab>`, `+debug=<Tab>`): Hydra then lists the
+    group's files and composes nothing, so the structured schemas, whose modules take most of a second to import,
+    need not be registered. Hydra's bash, zsh and fish completions all pass the line in COMP_LINE and complete its
+    last word."""
+    line = environ.get("COMP_LINE", "")
+    if not ({"-sc", "--shell-completion"} & set(argv)) or not line or line.endswith(" "):
+        return False
+    word = line.split()[-1].lstrip("+~")
+    return "=" in word and word.split("=", 1)[0] in group_options()
 
 
 def _primary_config() -> dict:

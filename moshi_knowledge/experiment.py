@@ -32,7 +32,6 @@ from moshi_knowledge.model.depformer_patch import patch_depformer
 from moshi_knowledge.model.lora import apply_lora, count_parameters, export_adapter
 from moshi_knowledge.preflight import check_config, check_weights
 from moshi_knowledge.stages import RUN_STAGES, load_stage_model, run_stages
-from moshi_knowledge.tracking import Tracker, objective_value, run_identity_from_hydra
 from moshi_knowledge.tracking.contract import (
     COMPLETED,
     DIVERGED,
@@ -42,9 +41,12 @@ from moshi_knowledge.tracking.contract import (
     PREDICTIONS_FILE,
     STATUS,
     SUMMARY_FILE,
+    objective_value,
 )
 from moshi_knowledge.tracking.files import dumps, read_metrics
+from moshi_knowledge.tracking.identity import run_identity_from_hydra
 from moshi_knowledge.tracking.secrets import redact
+from moshi_knowledge.tracking.tracker import Tracker
 from moshi_knowledge.train.distributed import dist_info, init_from_env, parallel_mode
 from moshi_knowledge.train.exposures import fix_length
 from moshi_knowledge.train.loop import train

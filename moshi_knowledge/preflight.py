@@ -28,7 +28,7 @@ from moshi_knowledge.model.load import HubModel, LocalModel, resolve_device, res
 from moshi_knowledge.speech.narration_layout import NarrationLayout
 from moshi_knowledge.speech.tts_base import TTSBackend
 from moshi_knowledge.stages import RUN_STAGE_KEYS, RUN_STAGES, STAGES, with_deps
-from moshi_knowledge.tracking import check_objective
+from moshi_knowledge.tracking.contract import check_objective
 from moshi_knowledge.tracking.secrets import refuse_resolved_secrets
 
 ALWAYS_READ = ("paths", "logger")  # read by every run, whatever its stages

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,26 @@ def test_the_config_path_imports_neither_torch_nor_scipy_signal() -> None:
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("line", "expected", "schemas"), [
+    ("lora=", "lora=attn_mlp", False),  # the group's files: nothing composed, so no schema module is imported
+    ("experiment=moshiko_h200 +debug=", "+debug=smoke", False),
+    ("train.l", "train.lr=", True),  # a key: Hydra composes the config, which needs the structured schemas
+])
+def test_a_tab_completes_without_torch_and_imports_the_schemas_only_to_compose(line: str, expected: str,
+                                                                               schemas: bool) -> None:
+    """Hydra's bash completion, as the shell calls the console script (benchmarks/cli_latency.py times it)."""
+    probe = ("import sys, runpy\n"
+             "sys.argv = ['moshi-knowledge', '-sc', 'query=bash']\n"
+             "try:\n    runpy.run_module('moshi_knowledge', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'numpy', 'moshi_knowledge.config_schema') if m in sys.modules))\n")
+    env = {**os.environ, "COMP_LINE": f"moshi-knowledge {line}"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    *answer, imported = done.stdout.strip().splitlines()
+    assert expected in " ".join(answer).split(), done.stdout + done.stderr
+    assert imported == ("['moshi_knowledge.config_schema', 'numpy']" if schemas else "[]")
 
 
 def _adapter(run: Path, folders: tuple[str, ...] = ("moshi", "merged")) -> None:

@@ -28,6 +28,7 @@ from moshi_knowledge.preflight import check_config
 OTHER_PROGRAMS = {
     "make": "`make test` is this suite; `make demo`'s app command is read from the Makefile and composed below",
     "wandb": "W&B's own CLI (uploads offline runs)",
+    "eval": "installs Hydra's bash completion in the shell; tests/test_cli.py runs the queries it makes",
     "echo": "writes a .env line; tests/test_llm_backends.py reads such lines",
     "huggingface-cli": "downloads weights: needs the network",
     "python -m spacy": "downloads a spaCy model: needs the network",

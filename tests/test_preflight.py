@@ -98,16 +98,3 @@ def test_api_key_override_is_refused_before_hydra_writes(tmp_path):
                and key in p.read_text(errors="replace")]
     assert written == []
     assert not run_dir.exists()
-
-
-def test_shell_completion_does_not_import_torch():
-    """A completion query composes configs only: torch (seconds to import) must stay unloaded."""
-    probe = ("import sys, runpy\n"
-             "sys.argv = ['moshi-knowledge', '-sc', 'query=bash']\n"
-             "try:\n    runpy.run_module('moshi_knowledge', run_name='__main__')\n"
-             "except SystemExit:\n    pass\n"
-             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
-    env = {**os.environ, "COMP_LINE": "moshi-knowledge lora=", "COMP_POINT": "21"}
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
-    assert "lora=attn_mlp" in proc.stdout, proc.stdout + proc.stderr
-    assert proc.stdout.strip().endswith("NO-TORCH"), proc.stdout

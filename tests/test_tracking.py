@@ -21,11 +21,12 @@ from moshi_knowledge.config_schema import SCHEMAS
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.evaluation.metrics import recall_stats
 from moshi_knowledge.sweep_report import main as report_main
-from moshi_knowledge.tracking import RunIdentity, Tracker, check_objective, objective_value, run_identity_from_hydra
+from moshi_knowledge.tracking.contract import check_objective, objective_value
 from moshi_knowledge.tracking.files import MetricsFile, read_metrics
-from moshi_knowledge.tracking.identity import choice_tags, run_name, swept_keys
+from moshi_knowledge.tracking.identity import RunIdentity, choice_tags, run_identity_from_hydra, run_name, swept_keys
 from moshi_knowledge.tracking.secrets import is_secret_name, is_secret_override, loggable_config
 from moshi_knowledge.tracking.sinks import AudioClip, WandbSink
+from moshi_knowledge.tracking.tracker import Tracker
 from wandb_offline import decode_only
 
 WANDB_OFFLINE = {"_target_": "moshi_knowledge.tracking.sinks.WandbSink", "mode": "offline", "project": "test"}
@@ -114,7 +115,7 @@ def test_resume_keeps_rows_up_to_the_checkpoint_and_clears_the_old_failure(tmp_p
 def test_a_killed_run_keeps_its_rows_and_says_running(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os
-        from moshi_knowledge.tracking import Tracker
+        from moshi_knowledge.tracking.tracker import Tracker
         tracker = Tracker(None, {str(tmp_path)!r}).__enter__()
         for step in range(3):
             tracker.log({{"step": step, "train/loss": 1.0}})
@@ -433,7 +434,9 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from moshi_knowledge.config_schema import register
-from moshi_knowledge.tracking import Tracker, objective_value, run_identity_from_hydra
+from moshi_knowledge.tracking.contract import objective_value
+from moshi_knowledge.tracking.identity import run_identity_from_hydra
+from moshi_knowledge.tracking.tracker import Tracker
 
 register()
 

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pydantic import BaseModel
 
 from moshi_knowledge.evaluation.config import EvalConfig
-from moshi_knowledge.llm import BadOutput, LLMClient, Message
+from moshi_knowledge.llm.client import LLMClient
 from moshi_knowledge.llm.connection import Connection
+from moshi_knowledge.llm.output import BadOutput, Message
 
 log = logging.getLogger(__name__)
 

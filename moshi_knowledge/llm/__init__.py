@@ -1,6 +1,3 @@
-"""One client wrapper for OpenAI and Gemini: keys from the environment, retries, response cache, structured output."""
-
-from moshi_knowledge.llm.client import LLMClient
-from moshi_knowledge.llm.output import BadOutput, Message
-
-__all__ = ["BadOutput", "LLMClient", "Message"]
+"""One client wrapper for OpenAI and Gemini (`client`): keys from the environment (`keys`), retries, response cache,
+structured output (`output`). Import the modules themselves: this package stays empty so that reading a key
+(`keys`, on every command line) does not load the clients."""

@@ -16,8 +16,9 @@ from typing import ClassVar, TypeVar
 from pydantic import BaseModel, Field
 
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.llm import LLMClient, Message
+from moshi_knowledge.llm.client import LLMClient
 from moshi_knowledge.llm.connection import Connection
+from moshi_knowledge.llm.output import Message
 from moshi_knowledge.llm.validated import ask_until_valid
 from moshi_knowledge.qa.retain import with_retain
 from moshi_knowledge.qa.schema import QAItem, QASet

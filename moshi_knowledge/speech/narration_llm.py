@@ -15,8 +15,9 @@ from typing import ClassVar
 from pydantic import BaseModel, Field
 
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.llm import LLMClient, Message
+from moshi_knowledge.llm.client import LLMClient
 from moshi_knowledge.llm.connection import Connection
+from moshi_knowledge.llm.output import Message
 from moshi_knowledge.llm.validated import ask_until_valid
 from moshi_knowledge.specs import init_schema
 from moshi_knowledge.speech.narration import Narration, Statement

@@ -27,9 +27,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from moshi_knowledge.codes.samples import FRAME_RATE, ConversationCodes
 from moshi_knowledge.codes.stream import StreamSpec
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.tracking import RunIdentity, Tracker
 from moshi_knowledge.tracking.contract import INTERRUPTED
+from moshi_knowledge.tracking.identity import RunIdentity
 from moshi_knowledge.tracking.progress import eval_line
+from moshi_knowledge.tracking.tracker import Tracker
 from moshi_knowledge.train.attention import segment_attention
 from moshi_knowledge.train.batches import Batch, PackedRow, collate, eval_batches
 from moshi_knowledge.train.checkpoint import resume_latest, save_checkpoint

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 from moshi_knowledge.errors import UserError
-from moshi_knowledge.llm import BadOutput, LLMClient, Message
+from moshi_knowledge.llm.client import LLMClient
 from moshi_knowledge.llm.connection import Connection
+from moshi_knowledge.llm.output import BadOutput, Message
 from moshi_knowledge.specs import init_schema
 from moshi_knowledge.world.schema import Story
 
