@@ -209,7 +209,7 @@ def test_recall_prompts_take_the_gap_the_dataset_was_built_with(tiny_cache, tmp_
     question, where the training turn's answer started: its gold text stream is the training conversation's."""
     from conftest import TINY_RUN, compose_cfg
     from moshi_knowledge.codes.encode import SAMPLES_PER_FRAME
-    from moshi_knowledge.experiment import _recall_hook
+    from moshi_knowledge.recipe import _recall_hook
     from moshi_knowledge.speech.schema import SAMPLE_RATE
     from moshi_knowledge.stages import load_stage_model, run_stages
 
