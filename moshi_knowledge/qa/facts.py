@@ -265,6 +265,10 @@ class _FactSets:
         self.sets: list[list[Fact]] = []
         self._of_relation: dict[str, list[list[Fact]]] = defaultdict(list)  # a fact may only join its relation's
         self._slots: dict[str, Slot] = {}
+        # what is asked again and again while sets fill (each choice ranks every fact left): whether two facts
+        # clash, fixed; whether a fact has a set to join, until its relation's sets change
+        self._clashes: dict[tuple[str, str], bool] = {}
+        self._has_room: dict[str, dict[str, bool]] = defaultdict(dict)
 
     def slot(self, fact: Fact) -> Slot:
         if fact.id not in self._slots:
@@ -274,7 +278,20 @@ class _FactSets:
 
     def fits(self, fact: Fact, members: list[Fact]) -> bool:
         return len(members) < self.size and members[0].relation == fact.relation \
-            and not any(clash(self.slot(fact), self.slot(m)) for m in members)
+            and not any(self._clash(fact, m) for m in members)
+
+    def _clash(self, a: Fact, b: Fact) -> bool:
+        key = (a.id, b.id)
+        if key not in self._clashes:
+            self._clashes[key] = clash(self.slot(a), self.slot(b))
+        return self._clashes[key]
+
+    def has_room(self, fact: Fact) -> bool:
+        """Whether some set would take `fact` (`open_set` is not None)."""
+        known = self._has_room[fact.relation]
+        if fact.id not in known:
+            known[fact.id] = any(self.fits(fact, s) for s in self._of_relation[fact.relation])
+        return known[fact.id]
 
     def open_set(self, fact: Fact) -> list[Fact] | None:
         """The set `fact` would join: a lone fact's first (it needs a partner), else the fullest with room."""
@@ -284,6 +301,7 @@ class _FactSets:
     def add(self, fact: Fact, members: list[Fact] | None = None) -> None:
         """Into `members`, else its open set, else a set of its own."""
         members = members if members is not None else self.open_set(fact)
+        self._has_room.pop(fact.relation, None)
         if members is None:
             self.sets.append([fact])
             self._of_relation[fact.relation].append(self.sets[-1])
@@ -291,6 +309,7 @@ class _FactSets:
             members.append(fact)
 
     def remove(self, fact: Fact) -> None:
+        self._has_room.pop(fact.relation, None)
         for members in self._of_relation[fact.relation]:
             if fact in members:
                 members.remove(fact)
@@ -439,12 +458,12 @@ class FactsQA:
 
         def priority(f: Fact) -> tuple[bool, int, bool, int]:
             """Sets are filled to SET_SIZE before new ones open: chance is 1/4 wherever the world allows."""
-            return (sets.open_set(f) is None, in_relation[(f.relation, f.object)], distinct_in_world[f.relation] < 2,
+            return (not sets.has_room(f), in_relation[(f.relation, f.object)], distinct_in_world[f.relation] < 2,
                     overall[f.object])
 
         def add(fact: Fact, members: list[Fact] | None = None) -> None:
             sets.add(fact, members)
-            rest.remove(fact)
+            del rest[next(i for i, f in enumerate(rest) if f is fact)]  # by identity: a model's == compares fields
             in_relation[(fact.relation, fact.object)] += 1
             overall[fact.object] += 1
 
