@@ -22,7 +22,7 @@ lint: $(STAMP)
 
 # two workers, each test file in one of them (its fixtures built once); tests/conftest.py gives each one thread
 test: lint
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/data_pipeline.py

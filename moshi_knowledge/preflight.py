@@ -25,11 +25,13 @@ from moshi_knowledge.dataset.source import DatasetSource
 from moshi_knowledge.errors import UserError
 from moshi_knowledge.evaluation.metrics import recall_stats
 from moshi_knowledge.model.load import HubModel, LocalModel, resolve_device, resolve_dtype
+from moshi_knowledge.specs.lora import LoraSpec
 from moshi_knowledge.speech.narration_layout import NarrationLayout
 from moshi_knowledge.speech.tts_base import TTSBackend
 from moshi_knowledge.stages import RUN_STAGE_KEYS, RUN_STAGES, STAGES, with_deps
 from moshi_knowledge.tracking.contract import check_objective
 from moshi_knowledge.tracking.secrets import refuse_resolved_secrets
+from moshi_knowledge.train.fp8 import MIN_CAPABILITY, fp8_capable
 
 ALWAYS_READ = ("paths", "logger")  # read by every run, whatever its stages
 # Groups whose objects are cheap to build and check their own values in their constructors.
@@ -52,10 +54,30 @@ def check_config(cfg: DictConfig) -> None:
         dataset.check()
     if "model" in keys:
         resolve_dtype(cfg.model.dtype, resolve_device(cfg.model.device))
+    if "train" in keys and built["train"].fp8:
+        _check_fp8(built["train"], built["lora"], resolve_device(cfg.model.device))
     tts = get_class(cfg.tts._target_) if "tts" in keys else None
     if tts is not None and issubclass(tts, TTSBackend) and tts.built_before_stages:
         _build(cfg, "tts")
     check_objective(cfg.objective.metric, cfg.objective.mode, list(cfg.eval.tiers), recall_stats())
+
+
+def _check_fp8(train: Any, lora: Any, device: Any) -> None:
+    """train.fp8 casts the frozen base layers under LoRA, and gains only on FP8 tensor cores, compiled."""
+    off = "or leave train.fp8=false"
+    capability = ".".join(map(str, MIN_CAPABILITY))
+    if not fp8_capable(device):
+        raise UserError(f"train.fp8=true needs FP8 tensor cores (compute capability {capability} or more: H100, "
+                        f"H200, L40S); this run's model is on {device}", f"run it on such a GPU, {off}")
+    if not isinstance(lora, LoraSpec):
+        raise UserError("train.fp8=true computes the frozen base layers under LoRA in float8; lora=full trains "
+                        "every weight", f"use a LoRA option (lora=all, lora=attn_mlp, ...), {off}")
+    if lora.use_dora:
+        raise UserError("train.fp8=true computes the frozen base layers under plain LoRA in float8; "
+                        "lora.use_dora=true rescales them", f"set lora.use_dora=false, {off}")
+    if train.compile is False:
+        raise UserError("train.fp8=true with train.compile=false: only the compiled step fuses the float8 casts "
+                        "(eager, they cost more than float8 saves)", f"leave train.compile unset (on on a GPU), {off}")
 
 
 def check_weights(cfg: DictConfig) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,15 @@ REPO = Path(__file__).resolve().parents[1]
 # A small but complete pipeline config: few questions, so a full data build takes seconds.
 SMALL = ["qa.n_train=12", "qa.n_eval=4", "qa.n_unseen=4", "qa.n_per_cause=3", "qa.paraphrases=2",
          "stages=[story,qa,tts,dataset]", "logger=none"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with the most slow tests run first: `make test`'s two workers take a file at a time, in this order
+    (`--no-loadscope-reorder`), so the long files start early and the two workers end together on short ones,
+    instead of one worker finishing a long file alone."""
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    first_seen = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
+    items.sort(key=lambda item: (-slow[item.path], first_seen[item.path]))
 
 
 def compose_cfg(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

@@ -16,10 +16,14 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from conftest import NO_RECALL, QUICK
 from moshi_knowledge.cache import MARKER
 from moshi_knowledge.io_utils import read_json
 from moshi_knowledge.tracking.files import read_metrics
+
+pytestmark = pytest.mark.slow  # every test runs the app, most of them several times
 
 
 class App:

@@ -49,6 +49,9 @@ class TrainConfig:
     # torch.compile every transformer layer, with FlexAttention for packed rows (train/compile.py); null: on a GPU
     # unless FSDP shards the model, off on CPU
     compile: Optional[bool] = None
+    # the frozen base's Linear layers under LoRA compute in float8 while training (train/fp8.py): faster compiled
+    # steps on FP8 tensor cores (H100, H200); recall stays bf16. Off: a long sweep measures it first
+    fp8: bool = False
     # under torchrun: ddp; fsdp (weights, gradients and optimizer state sharded: full finetuning of the 7B model);
     # auto = fsdp when every parameter trains, else ddp
     distributed: str = "auto"  # auto | ddp | fsdp

@@ -88,6 +88,16 @@ def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> None:
             module.checkpointing = enabled
 
 
+def _float8_base(model: nn.Module, device: torch.device) -> None:
+    """train.fp8: the frozen base layers in float8 (train/fp8.py, whose torchao import is paid only here)."""
+    from moshi_knowledge.train.fp8 import fp8_capable, to_fp8_training
+
+    emulated = not fp8_capable(device)
+    swapped = to_fp8_training(model, emulate=emulated)
+    log.info("train.fp8: %d frozen base layers compute in float8%s", swapped,
+             " (emulated: this device has no FP8 tensor cores)" if emulated else "")
+
+
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if device.type == "cuda" and precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -170,6 +180,8 @@ class Trainer:
         for p in trainable:
             p.data = p.data.float()  # fp32 master weights; autocast computes in bf16 on GPU
         set_gradient_checkpointing(model, cfg.gradient_checkpointing)
+        if cfg.fp8:  # before DDP wraps the model; preflight refused it on a device without FP8 (tests emulate it)
+            _float8_base(model, self.device)
         bf16 = self.device.type == "cuda" and cfg.precision == "bf16"
         self.net = wrap_model(model, self.info, cfg.distributed, torch.bfloat16 if bf16 else None)
         self.compiled = compile_wanted(cfg.compile, self.device, is_sharded(model))
